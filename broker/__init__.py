@@ -1,0 +1,1 @@
+"""privedge: mosquitto configuration and tooling (start a local broker, enrol devices)."""
