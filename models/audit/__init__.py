@@ -1,0 +1,1 @@
+"""The privacy audit: what an attacker learns from a bundle's released features."""
