@@ -1,0 +1,200 @@
+"""The audit's measures, as pure functions on arrays.
+
+Identity: :func:`identity_measures` trains the attackers of :mod:`models.audit.attackers` on the
+attacker's training features and reports, on its test features, top-1 / top-5 accuracy next to chance,
+the 1-nearest-neighbour error and the normalised log-rank of the true identity. Verification:
+:func:`verification_eer`. Reconstruction: :func:`ssim` and :func:`psnr`.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from skimage.metrics import structural_similarity
+from sklearn.metrics import roc_curve
+
+from models.audit.attackers import (AttackerScores, Standardiser, TrainSettings, nearest_neighbour,
+                                    train_attacker)
+
+log = logging.getLogger(__name__)
+
+PSNR_CAP_DB = 100.0   # PSNR of identical inputs is infinite; JSON and tables get this instead
+
+
+def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int) -> float:
+    """Fraction of rows of ``scores`` (N, C) whose true label (N,) is among the k highest scores."""
+    k = min(k, scores.shape[1])
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return float((top == np.asarray(labels)[:, None]).any(axis=1).mean())
+
+
+def true_ranks(scores: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rank (1 = best) of each row's true label among the C scores; ties are broken uniformly at random.
+
+    Random tie-breaking keeps a constant scorer at chance: its rank is uniform on 1..C.
+    """
+    labels = np.asarray(labels)
+    true = scores[np.arange(len(scores)), labels][:, None]
+    above = (scores > true).sum(axis=1)
+    tied = (scores == true).sum(axis=1) - 1
+    return 1 + above + rng.integers(0, tied + 1)
+
+
+def expected_log_rank(n_classes: int) -> float:
+    """E[log r] for r uniform on 1..C, i.e. log(C!)/C (natural log)."""
+    return math.lgamma(n_classes + 1) / n_classes
+
+
+def normalised_log_rank(scores: np.ndarray, labels: np.ndarray, *, seed: int = 0) -> float:
+    """Mean over test samples of log(rank of the true identity), divided by its chance value.
+
+    ``mean_i log(r_i) / (log(C!) / C)`` where r_i in 1..C is the rank of sample i's true identity among
+    the attacker's C scores. The divisor is the expectation of log r under a uniformly random ranking, so
+    an attacker that knows nothing scores 1 in expectation, one that always ranks the truth first scores
+    0, and the largest possible value is log(C) / (log(C!)/C) (always ranked last, about 1.4 for C = 20).
+    """
+    n_classes = scores.shape[1]
+    if n_classes < 2:
+        raise ValueError("log-rank needs at least two identities")
+    ranks = true_ranks(scores, labels, np.random.default_rng(seed))
+    return float(np.log(ranks).mean() / expected_log_rank(n_classes))
+
+
+@dataclass(frozen=True)
+class AttackerResult:
+    """One attacker's figures on the attacker's test set."""
+
+    name: str
+    top1: float
+    top5: float | None          # None when there are 5 identities or fewer
+    log_rank: float
+    epochs: int | None
+
+
+@dataclass(frozen=True)
+class IdentityMeasures:
+    """What the attackers learn about identity. The headline figures come from the best attacker."""
+
+    n_classes: int
+    chance_top1: float          # 1/C
+    chance_top5: float | None   # 5/C where C > 5
+    best: str                   # name of the attacker with the highest top-1 (ties: lower log-rank)
+    top1: float
+    top5: float | None
+    log_rank: float             # of the best attacker
+    nn_error: float             # 1 - top-1 of the 1-nearest-neighbour attacker
+    attackers: dict[str, AttackerResult] = field(default_factory=dict)
+
+
+def encode_identities(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """Map identity labels to 0..C-1 by the attacker's training set; every test identity must occur there."""
+    known = np.unique(train)
+    unknown = np.setdiff1d(np.unique(test), known)
+    if len(unknown):
+        raise ValueError(f"identities {unknown.tolist()} are in the attacker's test set only")
+    return np.searchsorted(known, train), np.searchsorted(known, test), len(known)
+
+
+def identity_measures(x_train: np.ndarray, id_train: np.ndarray, x_test: np.ndarray,
+                      id_test: np.ndarray, *, attackers: tuple[str, ...] = ("linear", "mlp", "1-nn"),
+                      settings: TrainSettings = TrainSettings(), seed: int = 0) -> IdentityMeasures:
+    """Train every attacker on (x_train, id_train) and measure it on (x_test, id_test).
+
+    x_*: features (N, ...) of any shape per sample; id_*: identity labels (N,) of any integer coding.
+    The best attacker is picked on the test set, which is the attacker's most favourable reading:
+    privacy figures from it are conservative.
+    """
+    y_train, y_test, n_classes = encode_identities(np.asarray(id_train), np.asarray(id_test))
+    if n_classes < 2:
+        raise ValueError("the attacker's training set must hold at least two identities")
+    outputs: list[AttackerScores] = []
+    for i, name in enumerate(attackers):
+        if name == "1-nn":
+            outputs.append(nearest_neighbour(x_train, y_train, x_test, n_classes))
+        else:
+            outputs.append(train_attacker(name, x_train, y_train, x_test, n_classes,
+                                          settings=settings, seed=seed + i))
+    results = {}
+    for out in outputs:
+        results[out.name] = AttackerResult(
+            name=out.name, top1=topk_accuracy(out.scores, y_test, 1),
+            top5=topk_accuracy(out.scores, y_test, 5) if n_classes > 5 else None,
+            log_rank=normalised_log_rank(out.scores, y_test, seed=seed), epochs=out.epochs)
+    best = min(results.values(), key=lambda r: (-r.top1, r.log_rank))
+    nn_res = results.get("1-nn")
+    return IdentityMeasures(
+        n_classes=n_classes, chance_top1=1.0 / n_classes,
+        chance_top5=5.0 / n_classes if n_classes > 5 else None,
+        best=best.name, top1=best.top1, top5=best.top5, log_rank=best.log_rank,
+        nn_error=1.0 - nn_res.top1 if nn_res else float("nan"), attackers=results)
+
+
+def equal_error_rate(same: np.ndarray, similarity: np.ndarray) -> float:
+    """EER of a verifier that accepts a pair when ``similarity`` is high; same: bool (P,) ground truth.
+
+    The point where the false-acceptance and false-rejection rates cross, linearly interpolated
+    between the two ROC points around it.
+    """
+    same = np.asarray(same, dtype=bool)
+    if same.all() or not same.any():
+        raise ValueError("EER needs both same-identity and different-identity pairs")
+    fpr, tpr, _ = roc_curve(same, similarity)
+    fnr = 1.0 - tpr
+    diff = fnr - fpr                       # decreasing from +1 to -1 along the curve
+    i = int(np.flatnonzero(diff <= 0)[0])
+    if i == 0 or diff[i] == 0:
+        return float((fpr[i] + fnr[i]) / 2)
+    w = diff[i - 1] / (diff[i - 1] - diff[i])
+    return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
+def verification_eer(x_ref: np.ndarray, x: np.ndarray, identities: np.ndarray, *,
+                     max_pairs: int = 200_000, seed: int = 0) -> float:
+    """Speaker/face verification EER from cosine similarity of feature pairs.
+
+    x (N, ...) features with identities (N,); all pairs i < j are scored (a random ``max_pairs`` of them
+    when there are more). Features are standardised with statistics of ``x_ref`` (the attacker's own
+    training features) first, so that a shared offset does not make every pair look alike.
+    """
+    z = Standardiser(x_ref)(x).astype(np.float64)
+    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    i, j = np.triu_indices(len(z), k=1)
+    if len(i) > max_pairs:
+        keep = np.random.default_rng(seed).choice(len(i), size=max_pairs, replace=False)
+        i, j = i[keep], j[keep]
+    ids = np.asarray(identities)
+    return equal_error_rate(ids[i] == ids[j], np.einsum("pd,pd->p", z[i], z[j]))
+
+
+def _as_images(x: np.ndarray) -> np.ndarray:
+    """(N, 1, H, W) or (N, H, W) -> (N, H, W) float64."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim == 4 and x.shape[1] == 1:
+        x = x[:, 0]
+    if x.ndim != 3:
+        raise ValueError(f"expected (N, 1, H, W) or (N, H, W) images, got shape {x.shape}")
+    return x
+
+
+def ssim(reference: np.ndarray, test: np.ndarray, data_range: float) -> np.ndarray:
+    """Per-image SSIM (Wang et al. 2004: Gaussian window sigma 1.5, K1 0.01, K2 0.03), shape (N,).
+
+    reference, test: (N, 1, H, W) or (N, H, W) with H, W >= 11; data_range: max - min of the values.
+    """
+    a, b = _as_images(reference), _as_images(test)
+    if a.shape != b.shape:
+        raise ValueError(f"shape mismatch {a.shape} vs {b.shape}")
+    return np.array([structural_similarity(p, q, data_range=data_range, gaussian_weights=True,
+                                           sigma=1.5, use_sample_covariance=False)
+                     for p, q in zip(a, b)])
+
+
+def psnr(reference: np.ndarray, test: np.ndarray, data_range: float) -> np.ndarray:
+    """Per-image peak signal-to-noise ratio in dB, shape (N,); identical images give PSNR_CAP_DB."""
+    a, b = _as_images(reference), _as_images(test)
+    mse = ((a - b) ** 2).mean(axis=(1, 2))
+    with np.errstate(divide="ignore"):
+        db = 10.0 * np.log10(data_range ** 2 / mse)
+    return np.minimum(db, PSNR_CAP_DB)
