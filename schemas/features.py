@@ -1,0 +1,98 @@
+"""The feature message: what a gateway sends to the cloud instead of raw media.
+
+Tensors travel as raw little-endian bytes with ``dtype`` and ``shape``, never as lists (a msgpack
+list of floats is two orders of magnitude slower to pack than the bytes).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from schemas.codec import Message, spec
+from schemas.errors import BadName, BadTensor, TooLarge
+from schemas.limits import DEFAULT_LIMITS, Limits
+from schemas.names import check_device, check_name
+
+TENSOR_DTYPES = ("float32", "float16", "int8", "uint8")
+"""Feature dtypes a decoder accepts."""
+
+
+def make_id(gateway: str, device: str, seq: int) -> str:
+    """The inference id ``{gateway}/{device}/{seq}``: stable across retries, used to drop duplicates."""
+    return f"{check_name(gateway, 'gateway id')}/{check_device(device)}/{int(seq)}"
+
+
+def split_id(inference_id: str) -> tuple[str, str, int]:
+    """``{gateway}/{device}/{seq}`` -> ``(gateway, device, seq)``; raises BadName otherwise."""
+    parts = inference_id.split("/") if isinstance(inference_id, str) else []
+    if len(parts) != 3 or not parts[2].isdigit():
+        raise BadName(f"bad inference id {inference_id!r}: want GATEWAY/DEVICE/SEQ")
+    return check_name(parts[0], "gateway id"), check_device(parts[1]), int(parts[2])
+
+
+def check_tensor(dtype: str, shape: tuple[int, ...], data: bytes, limits: Limits,
+                 field: str = "data") -> None:
+    """Raise BadTensor/TooLarge unless ``data`` holds exactly ``prod(shape)`` items of ``dtype``."""
+    if dtype not in TENSOR_DTYPES:
+        raise BadTensor(f"dtype {dtype!r} not one of {TENSOR_DTYPES}", field="dtype")
+    if len(shape) > limits.max_tensor_dims:
+        raise TooLarge(f"shape has {len(shape)} dims > {limits.max_tensor_dims}", field="shape")
+    count = math.prod(shape)
+    if count > limits.max_tensor_elements:
+        raise TooLarge(f"tensor of {count} elements > {limits.max_tensor_elements}", field="shape")
+    want = count * np.dtype(dtype).itemsize
+    if len(data) != want:
+        raise BadTensor(f"{dtype}{list(shape)} needs {want} bytes, got {len(data)}", field=field)
+
+
+def tensor_bytes(arr: np.ndarray) -> tuple[str, tuple[int, ...], bytes]:
+    """array -> ``(dtype, shape, little-endian bytes)``; the dtype must be one of TENSOR_DTYPES."""
+    arr = np.asarray(arr)
+    name = arr.dtype.name
+    if name not in TENSOR_DTYPES:
+        raise BadTensor(f"dtype {name!r} not one of {TENSOR_DTYPES}", field="dtype")
+    le = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    return name, tuple(int(d) for d in arr.shape), le.tobytes()
+
+
+def tensor_array(dtype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
+    """Little-endian bytes -> read-only array of ``shape`` (native byte order view where possible)."""
+    return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).reshape(shape)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureMessage(Message):
+    """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``)."""
+
+    PAYLOAD_LIMIT = "max_feature_payload"
+    id: str = spec("inference id {gateway}/{device}/{seq}, stable across retries")
+    gateway: str = spec("gateway id")
+    device: str = spec("sensor device id")
+    seq: int = spec("sequence number of the (last) sensor message of this input", lo=0, hi=2**63 - 1)
+    ts: float = spec("capture time of the input, Unix seconds", lo=0)
+    ts_sent: float = spec("time the gateway sent the features, Unix seconds", lo=0)
+    task: str = spec("task name, e.g. glasses or digit")
+    model: str = spec("bundle id of the extractor that made the features")
+    dtype: str = spec("element type of data", choices=TENSOR_DTYPES)
+    shape: tuple[int, ...] = spec("tensor shape, elements per axis")
+    data: bytes = spec("tensor elements, little-endian, C order", max_len="max_feature_payload")
+    reply: str = spec("Redis stream the Result goes to", max_len=512)
+
+    def _check_invariants(self, limits: Limits) -> None:
+        check_tensor(self.dtype, self.shape, self.data, limits)
+
+    @classmethod
+    def from_array(cls, features: np.ndarray, *, gateway: str, device: str, seq: int, ts: float,
+                   ts_sent: float, task: str, model: str, reply: str) -> "FeatureMessage":
+        """Build from a feature array (one input, e.g. shape (8,)); ``id`` is derived."""
+        dtype, shape, data = tensor_bytes(features)
+        return cls(id=make_id(gateway, device, seq), gateway=gateway, device=device, seq=seq, ts=ts,
+                   ts_sent=ts_sent, task=task, model=model, dtype=dtype, shape=shape, data=data,
+                   reply=reply)
+
+    def array(self, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
+        """The features as a read-only array of ``shape`` and ``dtype``."""
+        check_tensor(self.dtype, self.shape, self.data, limits)
+        return tensor_array(self.dtype, self.shape, self.data)

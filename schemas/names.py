@@ -1,0 +1,128 @@
+"""Every MQTT topic and Redis key of privedge, built from one configurable prefix.
+
+MQTT topics use ``/`` and Redis keys ``:`` after the same prefix (default ``privedge``):
+
+==========================================  ==========================================================
+``{p}/{device}/image``                      ImageFrame, QoS 1
+``{p}/{device}/audio``                      AudioChunk, QoS 1
+``{p}/{device}/status``                     ``online`` / ``offline`` (last will), QoS 1, retained
+``{p}/{device}/result``                     Result JSON for home apps, QoS 1
+``{p}/gateway/{gateway}/status``            ``online`` / ``offline`` (last will), QoS 1, retained
+``{p}/gateway/{gateway}/errors``            ErrorReport JSON per rejected input, QoS 0
+``{p}:features:{task}``                     stream of FeatureMessage (field ``m``), MAXLEN ~ bounded
+``{p}:results:{gateway}``                   stream of Result (field ``m``)
+``{p}:dead:{task}``                         dead-letter stream, with the reason
+==========================================  ==========================================================
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from schemas.errors import BadName
+
+GROUP = "analyzers"
+"""Consumer group of the workers on every features stream."""
+
+MAX_NAME = 64
+"""Characters of a device id, gateway id or task name."""
+
+SENSOR_KINDS = ("image", "audio")
+"""Topic suffixes that carry sensor data (the gateway subscribes to these)."""
+
+RESERVED_DEVICES = frozenset({"gateway"})
+"""Device ids that would collide with other topics (``{p}/gateway/...``)."""
+
+_NAME = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_NAME)
+_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}")
+
+
+def check_name(value: object, what: str = "device id") -> str:
+    """Return ``value`` if it is a valid id (``[A-Za-z0-9_-]``, 1..64 chars), else raise BadName."""
+    if not isinstance(value, str) or not _NAME.fullmatch(value):
+        raise BadName(f"bad {what} {value!r}: use 1-{MAX_NAME} characters from [A-Za-z0-9_-]")
+    return value
+
+
+def check_device(value: object) -> str:
+    """A valid, non-reserved device id (see :func:`check_name`)."""
+    check_name(value, "device id")
+    if value in RESERVED_DEVICES:
+        raise BadName(f"device id {value!r} is reserved")
+    return value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Names:
+    """Topic and key builder for one deployment; ``prefix`` is 1-4 ``/``-separated safe segments."""
+
+    prefix: str = "privedge"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.prefix, str) or not _PREFIX.fullmatch(self.prefix):
+            raise BadName(f"bad prefix {self.prefix!r}: 1-4 segments of [A-Za-z0-9_-] joined by /")
+
+    GROUP = GROUP
+
+    @property
+    def _key(self) -> str:
+        return self.prefix.replace("/", ":")
+
+    # MQTT ------------------------------------------------------------------------------------
+    def image(self, device: str) -> str:
+        """Topic of a camera's ImageFrames."""
+        return f"{self.prefix}/{check_device(device)}/image"
+
+    def audio(self, device: str) -> str:
+        """Topic of a microphone's AudioChunks."""
+        return f"{self.prefix}/{check_device(device)}/audio"
+
+    def status(self, device: str) -> str:
+        """Retained availability topic of a sensor (``online`` / ``offline``)."""
+        return f"{self.prefix}/{check_device(device)}/status"
+
+    def result(self, device: str) -> str:
+        """Topic where the gateway publishes a device's Result JSON."""
+        return f"{self.prefix}/{check_device(device)}/result"
+
+    def gateway_status(self, gateway: str) -> str:
+        """Retained availability topic of a gateway."""
+        return f"{self.prefix}/gateway/{check_name(gateway, 'gateway id')}/status"
+
+    def gateway_errors(self, gateway: str) -> str:
+        """Topic of a gateway's ErrorReport JSON messages (one per rejected input)."""
+        return f"{self.prefix}/gateway/{check_name(gateway, 'gateway id')}/errors"
+
+    def sensor_wildcards(self) -> list[str]:
+        """Subscriptions that receive every sensor's data (not status or results)."""
+        return [f"{self.prefix}/+/{kind}" for kind in SENSOR_KINDS]
+
+    def parse_sensor_topic(self, topic: str) -> tuple[str, str]:
+        """``{p}/{device}/image|audio`` -> ``(device, kind)``; anything else raises BadName."""
+        if not isinstance(topic, str) or not topic.startswith(self.prefix + "/"):
+            raise BadName(f"topic {topic!r} is not under {self.prefix}/")
+        parts = topic[len(self.prefix) + 1:].split("/")
+        if len(parts) != 2 or parts[1] not in SENSOR_KINDS:
+            raise BadName(f"topic {topic!r} is not {self.prefix}/DEVICE/image|audio")
+        return check_device(parts[0]), parts[1]
+
+    # Redis -----------------------------------------------------------------------------------
+    def features(self, task: str) -> str:
+        """Stream of FeatureMessages for one task (field ``m``)."""
+        return f"{self._key}:features:{check_name(task, 'task')}"
+
+    def results(self, gateway: str) -> str:
+        """Stream of Results addressed to one gateway (field ``m``)."""
+        return f"{self._key}:results:{check_name(gateway, 'gateway id')}"
+
+    def dead(self, task: str) -> str:
+        """Dead-letter stream of one task: messages that failed or were redelivered too often."""
+        return f"{self._key}:dead:{check_name(task, 'task')}"
+
+
+DEFAULT_NAMES = Names()
+
+
+def parse_sensor_topic(topic: str, prefix: str = "privedge") -> tuple[str, str]:
+    """Module-level shortcut for ``Names(prefix).parse_sensor_topic(topic)``."""
+    return Names(prefix).parse_sensor_topic(topic)
