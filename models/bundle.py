@@ -1,0 +1,339 @@
+"""Model bundles: ``manifest.json`` + ``extractor.pt`` (gateway) + ``analyzer.pt`` (cloud).
+
+Weight files are plain state dicts, loaded with ``torch.load(..., weights_only=True)``; the manifest's
+``arch`` rebuilds the modules. The manifest records the sha256 of each weight file and a content-hash
+``model`` id (``{task}-{12 hex}``) over everything but ``model`` and ``metrics``, so two bundles with the
+same id hold the same weights and settings. Loading refuses a file whose hash does not match.
+A home receives the manifest and ``extractor.pt`` only: :func:`load_extractor` never opens the analyzer.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.speech import SpeechConfig, SpeechFrontEnd
+from models.split import arch_of, build_from_arch
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+EXTRACTOR_FILE = "extractor.pt"
+ANALYZER_FILE = "analyzer.pt"
+# Keys the caller of save_bundle provides; save_bundle adds format, files and model.
+REQUIRED = ("task", "modality", "labels", "input", "cut", "embedding", "feature", "pca_dims", "noise_std", "arch")
+FEATURE_DTYPES = ("float32", "float16")
+
+
+class BundleError(Exception):
+    """A bundle cannot be used: malformed manifest, wrong format, unbuildable architecture."""
+
+
+class HashMismatchError(BundleError):
+    """A weight file's sha256 (or the manifest's model id) does not match the manifest."""
+
+
+class MissingFileError(BundleError):
+    """A file the bundle needs is not there."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def model_id(manifest: dict) -> str:
+    """``{task}-{first 12 hex of sha256}`` of the canonical JSON of the manifest without model/metrics."""
+    core = {k: v for k, v in manifest.items() if k not in ("model", "metrics")}
+    digest = hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return f"{manifest['task']}-{digest[:12]}"
+
+
+def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest: dict) -> str:
+    """Write both state dicts and the completed manifest into ``out_dir``; returns the model id."""
+    missing = [k for k in REQUIRED if k not in manifest]
+    if missing:
+        raise ValueError(f"manifest lacks {missing}")
+    if manifest["modality"] not in ("image", "speech"):
+        raise ValueError(f"modality must be image or speech, got {manifest['modality']!r}")
+    if manifest["feature"].get("dtype") not in FEATURE_DTYPES:
+        raise ValueError(f"feature dtype must be one of {FEATURE_DTYPES}, got {manifest['feature']}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {}
+    for name, module in ((EXTRACTOR_FILE, extractor), (ANALYZER_FILE, analyzer)):
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        torch.save(state, out / name)
+        files[name] = _sha256(out / name)
+    full = {k: v for k, v in manifest.items() if k not in ("model", "files", "format")}
+    full = {"format": FORMAT, **full, "files": files}
+    full = json.loads(json.dumps(full))  # plain JSON types only, so the id is what a reader recomputes
+    full["model"] = model_id(full)
+    (out / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    log.info("saved bundle %s to %s", full["model"], out)
+    return full["model"]
+
+
+def read_manifest(dir) -> dict:
+    """The parsed ``manifest.json`` of a bundle directory; checks only that it is a JSON object."""
+    path = Path(dir) / MANIFEST
+    if not path.is_file():
+        raise MissingFileError(f"{path}: no manifest (is {dir} a privedge bundle?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{path}: not valid JSON: {e}") from e
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: manifest must be a JSON object")
+    return manifest
+
+
+def _checked_manifest(dir) -> dict:
+    manifest = read_manifest(dir)
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{dir}: unsupported bundle format {manifest.get('format')!r} (want {FORMAT})")
+    missing = [k for k in (*REQUIRED, "files", "model") if k not in manifest]
+    if missing:
+        raise BundleError(f"{dir}: manifest lacks {missing}")
+    expected = model_id(manifest)
+    if manifest["model"] != expected:
+        raise HashMismatchError(f"{dir}: manifest says model {manifest['model']!r} but its content hashes to "
+                                f"{expected!r}; the manifest was edited")
+    return manifest
+
+
+def _load_state(dir, name: str, manifest: dict) -> dict:
+    path = Path(dir) / name
+    if not path.is_file():
+        raise MissingFileError(f"{path}: missing (bundle {manifest['model']})")
+    want = manifest["files"].get(name)
+    got = _sha256(path)
+    if got != want:
+        raise HashMismatchError(f"{path}: sha256 {got[:16]}... does not match the manifest's "
+                                f"{str(want)[:16]}... for bundle {manifest['model']}; refusing a modified or "
+                                "foreign weight file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several unrelated types for a corrupt archive
+        raise BundleError(f"{path}: cannot load weights: {e}") from e
+
+
+def _build(manifest: dict) -> tuple[nn.Sequential, nn.Sequential]:
+    try:
+        return build_from_arch(manifest["arch"])
+    except ValueError as e:
+        raise BundleError(f"bundle {manifest['model']}: {e}") from e
+
+
+def _load_into(module: nn.Module, state: dict, what: str, manifest: dict) -> nn.Module:
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise BundleError(f"bundle {manifest['model']}: {what} weights do not fit its arch: {e}") from e
+    return module.eval()
+
+
+class _Inputs:
+    """Preprocessing shared by the extractor and the full model: raw media -> network input."""
+
+    def __init__(self, manifest: dict, rng: np.random.Generator | None) -> None:
+        self.modality = manifest["modality"]
+        self.input_shape = tuple(manifest["arch"]["net"]["in_shape"])
+        self.front_end = None
+        if self.modality == "speech":
+            spec = {k: v for k, v in manifest["input"].items() if k not in ("kind", "shape")}
+            self.front_end = SpeechFrontEnd.from_config(SpeechConfig.from_dict(spec))
+        # Fresh, unseeded by default: at the gateway the pitch shifts must not be predictable.
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def preprocess(self, raw) -> np.ndarray:
+        """image: uint8 HxW[xC] -> (1, 64, 64); speech: (wave float32, rate Hz) -> (1, n_mels, frames)."""
+        if self.modality == "image":
+            from models.preprocess import image_to_input
+            return image_to_input(raw)
+        wave, rate = raw
+        return self.front_end(wave, int(rate), self.rng)
+
+    def stack(self, inputs: list[np.ndarray]) -> torch.Tensor:
+        if len(inputs) == 0:
+            return torch.zeros((0, *self.input_shape))
+        x = np.stack([np.asarray(a, dtype=np.float32) for a in inputs])  # (B, C, H, W)
+        if x.shape[1:] != self.input_shape:
+            raise ValueError(f"inputs must have shape {self.input_shape}, got {x.shape[1:]}")
+        return torch.from_numpy(x)
+
+
+class Extractor:
+    """The gateway half: preprocessed inputs -> released features ``(B, *feature_shape)``."""
+
+    def __init__(self, manifest: dict, module: nn.Module, rng: np.random.Generator | None = None) -> None:
+        self.manifest = manifest
+        self.model_id: str = manifest["model"]
+        self.task: str = manifest["task"]
+        self.modality: str = manifest["modality"]
+        self.feature_dtype: str = manifest["feature"]["dtype"]
+        self.feature_shape: tuple[int, ...] = tuple(manifest["feature"]["shape"])
+        self.module = module.eval()
+        self._inputs = _Inputs(manifest, rng)
+        self.input_shape = self._inputs.input_shape
+
+    def preprocess(self, raw) -> np.ndarray:
+        return self._inputs.preprocess(raw)
+
+    def extract_batch(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """list of B preprocessed inputs -> (B, *feature_shape) array of ``feature_dtype``."""
+        x = self._inputs.stack(inputs)
+        with torch.inference_mode():
+            z = self.module(x)  # (B, F)
+        return z.numpy().astype(self.feature_dtype).reshape((len(inputs), *self.feature_shape))
+
+    def extract_raw(self, raws: list) -> np.ndarray:
+        return self.extract_batch([self.preprocess(r) for r in raws])
+
+    def warm_up(self) -> None:
+        """Compile the speech front end and run the network once, so the first message is not slow."""
+        if self._inputs.front_end is not None:
+            self._inputs.front_end.warm_up()
+        self.extract_batch([np.zeros(self.input_shape, np.float32)])
+
+
+class Analyzer:
+    """The cloud half: features ``(B, *feature_shape)`` -> class probabilities ``(B, C)`` float32."""
+
+    def __init__(self, manifest: dict, module: nn.Module) -> None:
+        self.manifest = manifest
+        self.model_id: str = manifest["model"]
+        self.task: str = manifest["task"]
+        self.labels: list[str] = list(manifest["labels"])
+        self.feature_shape: tuple[int, ...] = tuple(manifest["feature"]["shape"])
+        self.module = module.eval()
+
+    def analyze_batch(self, features: np.ndarray) -> np.ndarray:
+        f = np.asarray(features)
+        if f.shape[1:] != self.feature_shape:
+            raise ValueError(f"features must have shape (B, {self.feature_shape}), got {f.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)).reshape(len(f), -1)  # (B, F)
+        with torch.inference_mode():
+            return torch.softmax(self.module(x), dim=1).numpy().astype(np.float32)  # (B, C)
+
+
+class FullModel:
+    """The uncut network, for local-only (gateway) and cloud-only (worker) serving."""
+
+    def __init__(self, manifest: dict, extractor: nn.Module, analyzer: nn.Module,
+                 rng: np.random.Generator | None = None) -> None:
+        self.manifest = manifest
+        self.model_id: str = manifest["model"]
+        self.task: str = manifest["task"]
+        self.modality: str = manifest["modality"]
+        self.labels: list[str] = list(manifest["labels"])
+        self.module = nn.Sequential(extractor, analyzer).eval()
+        self._inputs = _Inputs(manifest, rng)
+
+    def preprocess(self, raw) -> np.ndarray:
+        return self._inputs.preprocess(raw)
+
+    def predict_batch(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """list of B preprocessed inputs -> probabilities (B, C) float32."""
+        x = self._inputs.stack(inputs)
+        with torch.inference_mode():
+            return torch.softmax(self.module(x), dim=1).numpy().astype(np.float32)
+
+    def predict_raw(self, raws: list) -> np.ndarray:
+        return self.predict_batch([self.preprocess(r) for r in raws])
+
+
+def load_extractor(dir, *, rng: np.random.Generator | None = None) -> Extractor:
+    """Verify the manifest and ``extractor.pt`` and build the gateway half (``analyzer.pt`` not needed)."""
+    manifest = _checked_manifest(dir)
+    state = _load_state(dir, EXTRACTOR_FILE, manifest)
+    ext, _ = _build(manifest)
+    return Extractor(manifest, _load_into(ext, state, "extractor", manifest), rng)
+
+
+def load_analyzer(dir) -> Analyzer:
+    """Verify the manifest and ``analyzer.pt`` and build the cloud half."""
+    manifest = _checked_manifest(dir)
+    state = _load_state(dir, ANALYZER_FILE, manifest)
+    _, ana = _build(manifest)
+    return Analyzer(manifest, _load_into(ana, state, "analyzer", manifest))
+
+
+def load_full(dir, *, rng: np.random.Generator | None = None) -> FullModel:
+    """Both halves, joined: for serving without a split."""
+    manifest = _checked_manifest(dir)
+    ext_state = _load_state(dir, EXTRACTOR_FILE, manifest)
+    ana_state = _load_state(dir, ANALYZER_FILE, manifest)
+    ext, ana = _build(manifest)
+    return FullModel(manifest, _load_into(ext, ext_state, "extractor", manifest),
+                     _load_into(ana, ana_state, "analyzer", manifest), rng)
+
+
+def input_spec(modality: str, in_shape: tuple[int, ...], speech: SpeechConfig | None = None) -> dict:
+    """The manifest's ``input``: image size, or the speech front end's settings."""
+    if modality == "image":
+        return {"kind": "image", "size": int(in_shape[-1]), "shape": list(in_shape)}
+    if speech is None:
+        raise ValueError("speech bundles need the front end's settings")
+    return {"kind": "speech", **speech.to_dict(), "shape": list(in_shape)}
+
+
+def make_manifest(*, task: str, modality: str, labels: list[str], net_cfg, cut: str, embedding: str,
+                  pca=None, noise_std: float = 0.0, speech: SpeechConfig | None = None,
+                  feature_dtype: str = "float32", metrics: dict | None = None) -> dict:
+    """A manifest for ``save_bundle`` from the training settings (feature shape derived from the arch)."""
+    arch = arch_of(net_cfg, cut, pca, noise_std)
+    c, h, w = arch["cut_shape"]
+    shape = [pca.k] if pca is not None else [c * h * w]
+    manifest = {
+        "task": task, "modality": modality, "labels": list(labels),
+        "input": input_spec(modality, net_cfg.in_shape, speech),
+        "cut": cut, "embedding": embedding,
+        "feature": {"dtype": feature_dtype, "shape": shape},
+        "pca_dims": None if pca is None else pca.k,
+        "noise_std": float(noise_std), "arch": arch,
+    }
+    if metrics is not None:
+        manifest["metrics"] = metrics
+    return manifest
+
+
+def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | None = 8) -> str:
+    """A valid bundle from randomly initialised networks, in well under a second (pipeline tests that
+    need no accuracy). ``dims`` PCA components with a random orthonormal basis, or None for no PCA."""
+    from models.nets import build_net, image_config, speech_config
+    from models.pca import PCAFit
+    from models.split import assemble
+
+    gen = torch.Generator().manual_seed(seed)
+    if modality == "image":
+        task, labels, cfg, speech = "glasses", ["no_glasses", "glasses"], image_config(2), None
+    elif modality == "speech":
+        speech = SpeechConfig()
+        task, labels = "digit", [str(d) for d in range(10)]
+        cfg = speech_config(10, n_mels=speech.n_mels, frames=speech.frames)
+    else:
+        raise ValueError(f"modality must be image or speech, got {modality!r}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = build_net(cfg)
+    cut = "block3"
+    pca = None
+    if dims:
+        c, h, w = cfg.shape_after(cut)
+        basis, _ = torch.linalg.qr(torch.randn(c * h * w, dims, generator=gen))  # (D, k) orthonormal
+        pca = PCAFit(mean=np.zeros(c * h * w, np.float32), components=basis.numpy().astype(np.float32),
+                     std=np.ones(dims, np.float32), explained=0.0)
+    ext, ana = assemble(net, cfg, cut, pca)
+    manifest = make_manifest(task=task, modality=modality, labels=labels, net_cfg=cfg, cut=cut,
+                             embedding="untrained", pca=pca, speech=speech)
+    return save_bundle(out_dir, extractor=ext, analyzer=ana, manifest=manifest)

@@ -1,0 +1,117 @@
+"""PCA of cut-layer features as network layers: ``Project`` ends the extractor, ``Reconstruct`` starts
+the analyzer.
+
+The projection is fitted on the model's training features only (DESIGN.md, "Evaluation protocols").
+``Project`` can add Gaussian noise to the projected features, scaled by each dimension's spread on the
+training set; the noise is drawn fresh on every call, in training and at the gateway alike.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PCAFit:
+    """A fitted projection. mean: (D,), components: (D, k) orthonormal columns, std: (k,) projected spread."""
+
+    mean: np.ndarray
+    components: np.ndarray
+    std: np.ndarray
+    explained: float  # fraction of the training variance kept by the k components
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.components.shape[0])
+
+    @property
+    def k(self) -> int:
+        return int(self.components.shape[1])
+
+
+def fit_pca(features: np.ndarray, k: int) -> PCAFit:
+    """Fit PCA on training features (N, D) and keep the top ``k`` components (k <= min(N, D))."""
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"features must be (N, D), got shape {x.shape}")
+    n, d = x.shape
+    if not 1 <= k <= min(n, d):
+        raise ValueError(f"k must be in [1, min(N, D)] = [1, {min(n, d)}], got {k}")
+    mean = x.mean(axis=0)
+    # Thin SVD of the centred data: rows of vt are the principal directions, sorted by singular value.
+    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
+    comps = vt[:k].T  # (D, k)
+    # Make the sign of each component deterministic (largest-magnitude loading positive).
+    signs = np.sign(comps[np.abs(comps).argmax(axis=0), np.arange(k)])
+    comps = comps * np.where(signs == 0, 1.0, signs)
+    var = s**2
+    std = s[:k] / np.sqrt(max(n - 1, 1))
+    explained = float(var[:k].sum() / max(var.sum(), 1e-30))
+    return PCAFit(mean=mean.astype(np.float32), components=comps.astype(np.float32),
+                  std=std.astype(np.float32), explained=explained)
+
+
+class Project(nn.Module):
+    """(B, D) -> (B, k): centre, project on the principal directions, optionally add noise.
+
+    noise_std is relative: the noise on dimension j has standard deviation ``noise_std * std[j]``, where
+    ``std[j]`` is that dimension's spread on the training features. 0 disables it.
+    """
+
+    def __init__(self, in_dim: int, k: int, noise_std: float = 0.0) -> None:
+        super().__init__()
+        if not 1 <= k <= in_dim:
+            raise ValueError(f"k must be in [1, in_dim={in_dim}], got {k}")
+        if noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.noise_std = float(noise_std)
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("components", torch.zeros(in_dim, k))
+        self.register_buffer("std", torch.ones(k))
+
+    @classmethod
+    def from_fit(cls, fit: PCAFit, noise_std: float = 0.0) -> "Project":
+        layer = cls(fit.in_dim, fit.k, noise_std)
+        layer.mean.copy_(torch.from_numpy(fit.mean))
+        layer.components.copy_(torch.from_numpy(fit.components))
+        layer.std.copy_(torch.from_numpy(fit.std))
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = (x - self.mean) @ self.components  # (B, D) -> (B, k)
+        if self.noise_std > 0:
+            z = z + torch.randn_like(z) * (self.noise_std * self.std)
+        return z
+
+    def macs_per_input(self, in_numel: int) -> int:
+        return int(self.components.numel())
+
+
+class Reconstruct(nn.Module):
+    """(B, k) -> (B, D): back to the cut layer's space, ``z @ W^T + mean``."""
+
+    def __init__(self, in_dim: int, k: int) -> None:
+        super().__init__()
+        if not 1 <= k <= in_dim:
+            raise ValueError(f"k must be in [1, in_dim={in_dim}], got {k}")
+        self.register_buffer("mean", torch.zeros(in_dim))
+        self.register_buffer("components", torch.zeros(in_dim, k))
+
+    @classmethod
+    def from_fit(cls, fit: PCAFit) -> "Reconstruct":
+        layer = cls(fit.in_dim, fit.k)
+        layer.mean.copy_(torch.from_numpy(fit.mean))
+        layer.components.copy_(torch.from_numpy(fit.components))
+        return layer
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return z @ self.components.T + self.mean  # (B, k) -> (B, D)
+
+    def macs_per_input(self, in_numel: int) -> int:
+        return int(self.components.numel())
