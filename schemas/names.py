@@ -12,6 +12,7 @@ MQTT topics use ``/`` and Redis keys ``:`` after the same prefix (default ``priv
 ``{p}:features:{task}``                     stream of FeatureMessage (field ``m``), MAXLEN ~ bounded
 ``{p}:results:{gateway}``                   stream of Result (field ``m``)
 ``{p}:dead:{task}``                         dead-letter stream, with the reason
+``{p}:media:{task}``                        stream of MediaMessage (cloud_only mode: raw media upstream)
 ==========================================  ==========================================================
 """
 from __future__ import annotations
@@ -114,6 +115,10 @@ class Names:
     def results(self, gateway: str) -> str:
         """Stream of Results addressed to one gateway (field ``m``)."""
         return f"{self._key}:results:{check_name(gateway, 'gateway id')}"
+
+    def media(self, task: str) -> str:
+        """Stream of MediaMessages for one task (field ``m``), used only by the cloud_only comparison mode."""
+        return f"{self._key}:media:{check_name(task, 'task')}"
 
     def dead(self, task: str) -> str:
         """Dead-letter stream of one task: messages that failed or were redelivered too often."""
