@@ -1,0 +1,283 @@
+"""The sensor firmware's MQTT side: one connected device that publishes frames and utterances.
+
+Usable as a library (the demo and the benchmarks drive it in-process) and by ``privedge sensor``.
+Delivery: QoS 1; at most ``max_inflight`` messages unacknowledged by the broker, so a slow or absent
+broker slows the sensor down instead of growing a queue or losing frames; paho keeps QoS 1 messages
+across reconnects (with backoff) and resends them, and :meth:`SensorPublisher.flush` waits for all of
+them. Availability: ``online`` retained on ``{p}/{device}/status`` after connect, ``offline`` as the
+last will and on a clean close.
+"""
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+
+from schemas.media import AudioChunk, ImageFrame, encode_image, float_to_pcm16, split_pcm
+from schemas.names import Names, check_device
+
+log = logging.getLogger(__name__)
+
+
+class PublisherError(RuntimeError):
+    """Base of the publisher's failures."""
+
+
+class ConnectError(PublisherError):
+    """The broker could not be reached or refused the connection."""
+
+
+class PublishTimeout(PublisherError):
+    """The broker did not acknowledge a message within ``publish_timeout_s``."""
+
+
+@dataclass(frozen=True)
+class PublisherSettings:
+    """How one sensor connects and publishes."""
+
+    broker: str
+    """``mqtt://HOST:PORT`` (or ``mqtts://`` for TLS)."""
+    device: str
+    """Device id: ``[A-Za-z0-9_-]``, 1-64 chars; also the MQTT username when credentials are set."""
+    prefix: str = "privedge"
+    qos: int = 1
+    """1: the broker acknowledges every message (DESIGN.md's sensor topics are QoS 1)."""
+    max_inflight: int = 20
+    """Messages sent but not yet acknowledged; bounds memory and makes a slow broker slow us down."""
+    publish_timeout_s: float = 60.0
+    """How long to wait for an acknowledgement (reconnects included) before failing."""
+    connect_timeout_s: float = 10.0
+    """How long the first connection may take."""
+    keepalive_s: int = 30
+    reconnect_min_s: float = 0.5
+    reconnect_max_s: float = 30.0
+    """Reconnect backoff doubles from min to max."""
+    username: str | None = None
+    password: str | None = None
+    """Broker credentials; the CLI reads the password from PRIVEDGE_MQTT_PASSWORD, never a flag."""
+    ca_file: str | None = None
+    """CA certificate for ``mqtts://`` brokers."""
+    first_seq: int | None = None
+    """First sequence number; None = microseconds since the epoch, so that ids stay unique when a
+    sensor restarts (the gateway drops results whose id it has already seen)."""
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+        Names(self.prefix)
+        if self.qos not in (0, 1, 2):
+            raise ValueError(f"qos must be 0, 1 or 2, got {self.qos}")
+        if self.max_inflight < 1:
+            raise ValueError("max_inflight must be >= 1")
+        host_port(self.broker)
+
+    @property
+    def client_id(self) -> str:
+        """Fixed per device, so a restarted sensor replaces its previous session at the broker."""
+        return f"privedge-sensor-{self.device}"
+
+
+def host_port(url: str) -> tuple[str, int, bool]:
+    """``mqtt://HOST:PORT`` -> (host, port, tls); default ports 1883 / 8883."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"broker must look like mqtt://HOST:PORT, got {url!r}")
+    tls = parts.scheme == "mqtts"
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as e:
+        raise ValueError(f"bad port in broker url {url!r}") from e
+    return parts.hostname, port, tls
+
+
+class SensorPublisher:
+    """A connected sensor. Use as a context manager, or call :meth:`connect` and :meth:`close`."""
+
+    def __init__(self, settings: PublisherSettings) -> None:
+        self.settings = settings
+        self.names = Names(settings.prefix)
+        self._seq = itertools.count(settings.first_seq if settings.first_seq is not None
+                                    else time.time_ns() // 1000)
+        self._utt = itertools.count(1)
+        self._session = uuid.uuid4().hex[:8]
+        self._cond = threading.Condition()
+        self._acked: set[int] = set()
+        self._pending: collections.deque[int] = collections.deque()
+        self._connected = threading.Event()
+        self._refused: str | None = None
+        self.sent = 0
+        """Messages acknowledged by the broker."""
+        self.bytes_sent = 0
+        """Payload bytes of those messages."""
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
+                             protocol=mqtt.MQTTv311, clean_session=True)
+        client.max_inflight_messages_set(s.max_inflight)
+        client.reconnect_delay_set(min_delay=max(1, int(s.reconnect_min_s)), max_delay=int(s.reconnect_max_s))
+        client.will_set(self.names.status(s.device), b"offline", qos=1, retain=True)
+        if s.username is not None:
+            client.username_pw_set(s.username, s.password)
+        if host_port(s.broker)[2]:
+            client.tls_set(ca_certs=s.ca_file)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # paho callbacks: run on the network thread, never block -------------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            self._refused = str(reason_code)
+            log.error("broker refused %s: %s", self.settings.client_id, reason_code)
+            return
+        self._refused = None
+        # publish() only queues the packet for the network thread; it does not wait.
+        client.publish(self.names.status(self.settings.device), b"online", qos=1, retain=True)
+        self._connected.set()
+        log.info("sensor %s connected to %s", self.settings.device, self.settings.broker)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected.clear()
+        if reason_code != 0:
+            log.warning("sensor %s disconnected (%s); reconnecting", self.settings.device, reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        with self._cond:
+            self._acked.add(mid)
+            self._cond.notify_all()
+
+    # lifecycle ------------------------------------------------------------------------------------
+    def connect(self) -> "SensorPublisher":
+        """Connect (starting paho's network thread, which reconnects with backoff); raises ConnectError."""
+        host, port, _ = host_port(self.settings.broker)
+        try:
+            self._client.connect(host, port, keepalive=self.settings.keepalive_s)
+        except OSError as e:
+            raise ConnectError(f"cannot reach broker {self.settings.broker}: {e}") from e
+        self._client.loop_start()
+        deadline = time.monotonic() + self.settings.connect_timeout_s
+        while not self._connected.wait(0.05):
+            if self._refused or time.monotonic() > deadline:
+                self._client.loop_stop()
+                why = f"refused: {self._refused}" if self._refused else "no CONNACK in time"
+                raise ConnectError(f"broker {self.settings.broker} {why}")
+        return self
+
+    def close(self, timeout_s: float | None = None) -> None:
+        """Wait for unacknowledged messages, mark the device ``offline`` (retained), disconnect."""
+        try:
+            self.flush(timeout_s)
+            if self._connected.is_set():
+                info = self._client.publish(self.names.status(self.settings.device), b"offline",
+                                            qos=1, retain=True)
+                info.wait_for_publish(timeout=5.0)
+        except (PublisherError, RuntimeError, ValueError) as e:
+            log.warning("sensor %s closing with undelivered messages: %s", self.settings.device, e)
+        finally:
+            self._client.disconnect()
+            self._client.loop_stop()
+
+    def __enter__(self) -> "SensorPublisher":
+        return self.connect()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    # publishing -----------------------------------------------------------------------------------
+    def publish(self, topic: str, payload: bytes) -> int:
+        """Queue one message, then wait while more than ``max_inflight`` are unacknowledged; returns mid."""
+        info = self._client.publish(topic, payload, qos=self.settings.qos)
+        # NO_CONN: paho keeps the QoS>0 message and sends it after the reconnect.
+        if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            raise PublisherError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
+        if self.settings.qos == 0:
+            self.sent += 1
+            self.bytes_sent += len(payload)
+            return info.mid
+        with self._cond:
+            self._pending.append(info.mid)
+            self.bytes_sent += len(payload)
+        self._wait(self.settings.max_inflight - 1, self.settings.publish_timeout_s)
+        return info.mid
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Block until the broker has acknowledged everything published so far."""
+        self._wait(0, self.settings.publish_timeout_s if timeout_s is None else timeout_s)
+
+    def _wait(self, allowed: int, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while True:
+                while self._pending and self._pending[0] in self._acked:
+                    self._acked.discard(self._pending.popleft())
+                    self.sent += 1
+                if len(self._pending) <= allowed:
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise PublishTimeout(f"{len(self._pending)} messages unacknowledged after {timeout_s} s "
+                                         f"(connected: {self.connected})")
+                self._cond.wait(min(left, 0.5))
+
+    def next_seq(self) -> int:
+        return next(self._seq)
+
+    def publish_image(self, image: np.ndarray | ImageFrame, *, codec: str = "png",
+                      ts: float | None = None) -> ImageFrame:
+        """Publish one frame: a uint8 HxW[xC] array (encoded with ``codec``) or a ready ImageFrame."""
+        if isinstance(image, ImageFrame):
+            frame = image
+        else:
+            frame = ImageFrame(device=self.settings.device, seq=self.next_seq(),
+                               ts=time.time() if ts is None else ts, **encode_image(image, codec))
+        self.publish(self.names.image(self.settings.device), frame.encode())
+        return frame
+
+    def publish_utterance(self, wave: np.ndarray, rate: int, *, chunk_ms: float = 100.0,
+                          ts: float | None = None, pace: bool = False) -> list[AudioChunk]:
+        """Publish one utterance as AudioChunks of ``chunk_ms`` ms under one ``utt``, the last ``final``.
+
+        ``wave``: float (frames,) in [-1, 1] or int16, mono, at ``rate`` Hz; (frames, channels) for
+        multi-channel. ``pace=True`` sends chunks in real time, as a live microphone would.
+        """
+        arr = np.asarray(wave)
+        channels = 1 if arr.ndim == 1 else int(arr.shape[1])
+        pieces = split_pcm(float_to_pcm16(arr), rate=rate, channels=channels, chunk_ms=chunk_ms)
+        utt = f"{self.settings.device}-{self._session}-{next(self._utt)}"
+        start = time.time() if ts is None else ts
+        chunks = []
+        for i, piece in enumerate(pieces):
+            offset = i * chunk_ms / 1000.0
+            if pace:
+                time.sleep(max(0.0, start + offset - time.time()))
+            chunk = AudioChunk(device=self.settings.device, seq=self.next_seq(), ts=start + offset, utt=utt,
+                               rate=int(rate), width=2, channels=channels, codec="pcm_s16le",
+                               final=i == len(pieces) - 1, data=piece)
+            self.publish(self.names.audio(self.settings.device), chunk.encode())
+            chunks.append(chunk)
+        return chunks
+
+
+def settings_from_env(broker: str, device: str, **kw) -> PublisherSettings:
+    """Settings with credentials from PRIVEDGE_MQTT_USERNAME (default: the device id) / _PASSWORD."""
+    password = os.environ.get("PRIVEDGE_MQTT_PASSWORD")
+    username = os.environ.get("PRIVEDGE_MQTT_USERNAME") or (device if password else None)
+    ca = os.environ.get("PRIVEDGE_MQTT_CA")
+    return PublisherSettings(broker=broker, device=device, username=username, password=password,
+                             ca_file=ca, **kw)
