@@ -1,1 +1,59 @@
-"""privedge: models/data."""
+"""privedge datasets: real (FSDD, ORL), user (CSV / labelled folder) and built-in synthetic ones.
+
+Everything is reached through :func:`load_protocol`, which returns a fixed evaluation protocol
+(DESIGN.md, "Evaluation protocols") as four :class:`Samples` splits.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from models.data.samples import MODALITIES, Protocol, Samples
+
+__all__ = ["Protocol", "Samples", "load_protocol", "SIZES"]
+
+SIZES = ("full", "small")
+
+
+def load_protocol(modality: str, data: str, *, seed: int = 0, size: str = "full") -> Protocol:
+    """Load a dataset as an evaluation protocol.
+
+    Args:
+        modality: "image" | "speech".
+        data: "synthetic", or a path to the FSDD folder (speech), the ORL folder (image), a
+            ``path,primary,identity`` CSV file or a ``<primary>/<identity>/<file>`` folder.
+        seed: decides the people split of synthetic / user datasets and the synthetic content
+            (FSDD and ORL splits are fixed and ignore it).
+        size: "full" | "small" (a quick subset for smoke tests and CI).
+
+    Returns:
+        Protocol "fsdd" | "orl-unseen" | "synthetic-faces" | "synthetic-speech" | "csv" | "folder".
+
+    Raises:
+        FileNotFoundError: the path does not exist (or lacks the files it names).
+        ValueError: unknown modality / size, or a dataset of the other modality.
+    """
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {SIZES}, got {size!r}")
+    if data == "synthetic":
+        if modality == "image":
+            from models.data.synth_faces import synthetic_faces_protocol
+            return synthetic_faces_protocol(seed=seed, size=size)
+        from models.data.synth_speech import synthetic_speech_protocol
+        return synthetic_speech_protocol(seed=seed, size=size)
+
+    from models.data import fsdd, generic, orl
+
+    path = Path(data).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset not found: {path} (give a folder, a CSV file or 'synthetic')")
+    if path.is_dir() and fsdd.is_fsdd(path):
+        if modality != "speech":
+            raise ValueError(f"{path} is the FSDD speech dataset, but modality {modality!r} was asked for")
+        return fsdd.fsdd_protocol(path, size=size)
+    if path.is_dir() and orl.is_orl(path):
+        if modality != "image":
+            raise ValueError(f"{path} is the ORL face dataset, but modality {modality!r} was asked for")
+        return orl.orl_protocol(path)
+    return generic.generic_protocol(path, modality, seed=seed, size=size)
