@@ -1,0 +1,271 @@
+"""MQTT intake: a paho 2.x client with a persistent session and manual acknowledgement, feeding bounded
+per-device queues.
+
+Delivery: the client id is fixed (``privedge-gateway-{id}``) and the session persistent (MQTT 5:
+``clean_start=False`` + Session Expiry; 3.1.1: ``clean_session=False``), and PUBACKs are sent by hand
+(``manual_ack=True``) only once an input has been handed on (or rejected, or dropped and counted). An
+input the broker delivered but the gateway had not handed on when it died is delivered again to the next
+gateway process with the same id.
+
+The paho network thread only parses the topic and appends ``(topic, payload, mid)`` to the device's queue:
+no decoding, no I/O that can block. A full queue drops its oldest input, acknowledges it (so the broker
+does not send it again forever), counts it per device and reports it on the errors topic. While upstream
+is unavailable (``hold``) a queue keeps inputs up to ``receive_maximum`` instead: the broker sends no more
+than that many unacknowledged messages, so memory stays bounded and nothing is dropped.
+
+Message ids are per connection: after a reconnect the broker resends the unacknowledged messages, so an
+input received on an earlier connection is handed on but not acknowledged (its resent copy is, and
+the duplicate is harmless: ids are stable and results are de-duplicated).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlparse
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+
+from gateway.config import GatewaySettings
+from gateway.metrics import Metrics
+from schemas import Names, SchemaError
+
+log = logging.getLogger(__name__)
+
+
+class IntakeError(RuntimeError):
+    """The broker refused us or could not be reached in time."""
+
+
+@dataclass(slots=True)
+class Inbound:
+    """One sensor message as received: nothing decoded yet."""
+
+    kind: str           # "image" | "audio" (topic suffix)
+    device: str
+    topic: str
+    payload: bytes
+    mid: int            # MQTT packet id on connection ``epoch``
+    qos: int
+    epoch: int          # connection generation it arrived on
+    received: float = field(default_factory=time.monotonic)  # monotonic seconds
+
+
+class DeviceQueues:
+    """Bounded FIFO queues of one modality, one per device, taken round-robin in micro-batches."""
+
+    def __init__(self, capacity: int, hold_capacity: int, on_drop: Callable[[Inbound], None]) -> None:
+        self.capacity = capacity
+        self.hold_capacity = max(capacity, hold_capacity)
+        self.hold = False
+        self._on_drop = on_drop
+        self._queues: OrderedDict[str, deque[Inbound]] = OrderedDict()
+        self._size = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Inbound) -> None:
+        """Append; when the device's queue is over its bound, drop (and report) its oldest input."""
+        dropped = None
+        with self._cond:
+            q = self._queues.get(item.device)
+            if q is None:
+                q = self._queues[item.device] = deque()
+            q.append(item)
+            self._size += 1
+            if len(q) > (self.hold_capacity if self.hold else self.capacity):
+                dropped = q.popleft()
+                self._size -= 1
+            self._cond.notify()
+        if dropped is not None:
+            self._on_drop(dropped)
+
+    def take(self, max_items: int, wait_s: float, timeout_s: float) -> list[Inbound]:
+        """Up to ``max_items`` inputs, round-robin over devices.
+
+        Blocks up to ``timeout_s`` for the first input, then at most ``wait_s`` more for the batch to
+        fill. Returns [] on timeout or when closed and empty.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._size > 0 or self._closed, timeout_s):
+                return []
+            if self._size < max_items and wait_s > 0 and not self._closed:
+                self._cond.wait_for(lambda: self._size >= max_items or self._closed, wait_s)
+            out: list[Inbound] = []
+            while self._size and len(out) < max_items:
+                for device in list(self._queues):
+                    q = self._queues[device]
+                    if q:
+                        out.append(q.popleft())
+                        self._size -= 1
+                    if not q:
+                        del self._queues[device]
+                    if len(out) >= max_items:
+                        break
+            return out
+
+    def depth(self) -> int:
+        with self._cond:
+            return self._size
+
+    def close(self) -> None:
+        """Wake every taker; take() then returns what is left and [] once empty."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class Intake:
+    """The gateway's MQTT client: availability, subscriptions, queues, acknowledgements, publishing."""
+
+    def __init__(self, settings: GatewaySettings, names: Names, metrics: Metrics, kinds: tuple[str, ...],
+                 report: Callable[[str, int | None, str, str, str], None]) -> None:
+        """``kinds``: the topic suffixes served ("image", "audio"); ``report(device, seq, topic, reason,
+        detail)`` publishes a rejection (it must not block)."""
+        self.s = settings
+        self.names = names
+        self.metrics = metrics
+        self.kinds = kinds
+        self._report = report
+        self.status_topic = names.gateway_status(settings.id)
+        self.queues = {k: DeviceQueues(settings.queue_per_device, settings.receive_maximum, self._dropped)
+                       for k in kinds}
+        self.epoch = 0
+        self.accepting = True
+        self.connected = threading.Event()
+        self._first_connack = threading.Event()
+        self._refusal: str | None = None
+        v5 = settings.mqtt_protocol == "5"
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=settings.client_id,
+            clean_session=None if v5 else False,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311, manual_ack=True)
+        self.client.enable_logger(logging.getLogger("gateway.paho"))
+        self.client.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        if settings.mqtt_username:
+            self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
+        self.client.reconnect_delay_set(1, 30)
+        self.client.on_connect = self._on_connect
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_message = self._on_message
+
+    # lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect (network loop in paho's thread) and wait for the first successful CONNACK."""
+        url = urlparse(self.s.broker)
+        kwargs = {}
+        if self.s.mqtt_protocol == "5":
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.s.session_expiry_s
+            props.ReceiveMaximum = self.s.receive_maximum
+            kwargs = {"clean_start": False, "properties": props}
+        self.client.connect_async(url.hostname, url.port or 1883, keepalive=self.s.keepalive_s, **kwargs)
+        self.client.loop_start()
+        if not self._first_connack.wait(self.s.connect_timeout_s) or not self.connected.is_set():
+            why = self._refusal or f"no CONNACK within {self.s.connect_timeout_s} s"
+            self.client.loop_stop()
+            raise IntakeError(f"MQTT broker {self.s.broker} refused or unreachable: {why}")
+
+    def stop_accepting(self) -> None:
+        """Stop taking new inputs; the broker keeps them (unacknowledged) for our next session.
+
+        We do not unsubscribe: that would remove the subscription from the persistent session and the
+        broker would stop queueing for us while we are away.
+        """
+        self.accepting = False
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Publish ``offline`` (retained), wait for it, disconnect and stop the network thread."""
+        for q in self.queues.values():
+            q.close()
+        if self.connected.is_set():
+            info = self.client.publish(self.status_topic, b"offline", qos=1, retain=True)
+            try:
+                info.wait_for_publish(timeout_s)
+            except (RuntimeError, ValueError) as e:
+                log.warning("could not publish offline status: %s", e)
+        self.client.disconnect()
+        self.client.loop_stop()
+
+    # paho callbacks (network thread: nothing here may block) ----------------------------------
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        if reason_code.is_failure:
+            # A refusal is not a connection: do not announce online, remember why for start().
+            self._refusal = str(reason_code)
+            log.error("MQTT broker refused connection: %s", reason_code)
+            self._first_connack.set()
+            return
+        self.epoch += 1
+        log.info("MQTT connected to %s as %s (session present: %s, epoch %d)", self.s.broker,
+                 self.s.client_id, flags.session_present, self.epoch)
+        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        topics = [f"{self.names.prefix}/+/{k}" for k in self.kinds]
+        client.subscribe([(t, 1) for t in topics])
+        self.connected.set()
+        self._first_connack.set()
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self.connected.clear()
+        if reason_code.is_failure:
+            log.warning("MQTT disconnected: %s; paho reconnects", reason_code)
+        else:
+            log.info("MQTT disconnected")
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        if not self.accepting:
+            return  # not acknowledged: the broker delivers it again to our next session
+        self.metrics.inc("received")
+        try:
+            topic = msg.topic
+            device, kind = self.names.parse_sensor_topic(topic)
+        except (SchemaError, UnicodeDecodeError) as e:
+            reason = getattr(e, "reason", "bad name")
+            self._report(_device_of(msg), None, _safe_topic(msg), reason, str(e))
+            client.ack(msg.mid, msg.qos)
+            return
+        q = self.queues.get(kind)
+        if q is None:
+            self._report(device, None, topic, "no model", f"no bundle serves {kind} inputs")
+            client.ack(msg.mid, msg.qos)
+            return
+        q.put(Inbound(kind, device, topic, msg.payload, msg.mid, msg.qos, self.epoch))
+
+    def _dropped(self, item: Inbound) -> None:
+        self.metrics.inc_label("dropped", item.device)
+        log.warning("queue of device %s full: dropped oldest input (mid %d)", item.device, item.mid)
+        self._report(item.device, None, item.topic, "queue full", "dropped oldest input: device queue full")
+        self.ack([item])
+
+    # acknowledgement and publishing (any thread) ----------------------------------------------
+    def ack(self, items: list[Inbound]) -> None:
+        """PUBACK each input received on the current connection; earlier ones are resent by the broker."""
+        epoch = self.epoch
+        for item in items:
+            if item.qos and item.epoch == epoch:
+                self.client.ack(item.mid, item.qos)
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Queue a publish in paho (thread-safe, does not block on the network)."""
+        return self.client.publish(topic, payload, qos=qos, retain=retain)
+
+    def set_hold(self, hold: bool) -> None:
+        """Hold inputs (up to receive_maximum) instead of dropping while upstream is unavailable."""
+        for q in self.queues.values():
+            q.hold = hold
+
+
+def _safe_topic(msg: mqtt.MQTTMessage) -> str:
+    try:
+        return msg.topic
+    except UnicodeDecodeError:
+        return repr(msg._topic)[:200]
+
+
+def _device_of(msg: mqtt.MQTTMessage) -> str:
+    parts = _safe_topic(msg).split("/")
+    return parts[-2][:64] if len(parts) >= 2 else ""

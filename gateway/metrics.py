@@ -1,0 +1,145 @@
+"""Gateway counters and stage timings: JSON snapshots for the stats topic, Prometheus at scrape time.
+
+One :class:`Metrics` per gateway (so several gateways in one process do not mix): plain counters, counters
+with one label (reason, device), and stage timers (total seconds and count per stage: ``decode``,
+``extract``, ``publish``, ``relay``). The Prometheus exporter reads the same numbers when scraped, so there
+is one bookkeeping and no drift between the two views.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from typing import Iterator
+
+log = logging.getLogger(__name__)
+
+COUNTERS = {
+    "received": "MQTT inputs taken in (image frames and audio chunks)",
+    "extracted": "inputs run through the extractor (or the whole network in local_only)",
+    "published": "messages handed on upstream (feature or media messages added to Redis)",
+    "results_relayed": "results published to MQTT result topics",
+    "duplicates_dropped": "results dropped because their id was already relayed",
+    "upstream_retries": "failed attempts to hand a batch on to Redis",
+    "results_errors": "failed reads of the results stream",
+}
+LABELLED = {
+    "rejected": ("reason", "inputs rejected, by reason"),
+    "dropped": ("device", "inputs dropped because the device's queue was full, by device"),
+}
+
+
+class Metrics:
+    """Thread-safe counters and timers of one gateway."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(COUNTERS, 0)
+        self._labelled: dict[str, dict[str, int]] = {name: defaultdict(int) for name in LABELLED}
+        self._stage_s: dict[str, float] = defaultdict(float)
+        self._stage_n: dict[str, int] = defaultdict(int)
+        self._gauges: dict[str, float] = {}
+        self.started = time.time()
+
+    def inc(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to a plain counter (one of COUNTERS)."""
+        with self._lock:
+            self._counts[name] += n
+
+    def inc_label(self, name: str, label: str, n: int = 1) -> None:
+        """Add ``n`` to a labelled counter, e.g. ``inc_label("rejected", "too large")``."""
+        with self._lock:
+            self._labelled[name][label] += n
+
+    def set_gauge(self, name: str, value: float) -> None:
+        """Record a current value (queue depth, open utterances)."""
+        with self._lock:
+            self._gauges[name] = value
+
+    def observe(self, stage: str, seconds: float, n: int = 1) -> None:
+        """Add ``seconds`` of work on ``n`` items to a stage's timer."""
+        with self._lock:
+            self._stage_s[stage] += seconds
+            self._stage_n[stage] += n
+
+    @contextmanager
+    def timed(self, stage: str, n: int = 1) -> Iterator[None]:
+        """Time the block as ``n`` items of ``stage``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.observe(stage, time.perf_counter() - t0, n)
+
+    def count(self, name: str, label: str | None = None) -> int:
+        """One counter's value (labelled counters: one label, or their sum when label is None)."""
+        with self._lock:
+            if name in self._labelled:
+                values = self._labelled[name]
+                return values.get(label, 0) if label is not None else sum(values.values())
+            return self._counts[name]
+
+    def snapshot(self) -> dict:
+        """All figures as a JSON-ready dict; stage entries give ``seconds``, ``items`` and ``ms_per_item``."""
+        with self._lock:
+            stages = {
+                s: {"seconds": round(self._stage_s[s], 6), "items": self._stage_n[s],
+                    "ms_per_item": round(1000 * self._stage_s[s] / self._stage_n[s], 4) if self._stage_n[s] else None}
+                for s in sorted(self._stage_s)
+            }
+            return {
+                "ts": time.time(),
+                "uptime_s": round(time.time() - self.started, 3),
+                **self._counts,
+                **{name: dict(values) for name, values in self._labelled.items()},
+                "stages": stages,
+                "gauges": dict(self._gauges),
+            }
+
+
+class _Collector:
+    """A prometheus_client collector that reads a Metrics snapshot at scrape time."""
+
+    def __init__(self, metrics: Metrics, gateway: str) -> None:
+        self.metrics = metrics
+        self.gateway = gateway
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snap = self.metrics.snapshot()
+        for name, doc in COUNTERS.items():
+            c = CounterMetricFamily(f"privedge_gateway_{name}", doc, labels=["gateway"])
+            c.add_metric([self.gateway], snap[name])
+            yield c
+        for name, (label, doc) in LABELLED.items():
+            c = CounterMetricFamily(f"privedge_gateway_{name}", doc, labels=["gateway", label])
+            for value, n in snap[name].items():
+                c.add_metric([self.gateway, value], n)
+            yield c
+        secs = CounterMetricFamily("privedge_gateway_stage_seconds", "time spent per stage",
+                                   labels=["gateway", "stage"])
+        items = CounterMetricFamily("privedge_gateway_stage_items", "items processed per stage",
+                                    labels=["gateway", "stage"])
+        for stage, st in snap["stages"].items():
+            secs.add_metric([self.gateway, stage], st["seconds"])
+            items.add_metric([self.gateway, stage], st["items"])
+        yield secs
+        yield items
+        g = GaugeMetricFamily("privedge_gateway_gauge", "current values", labels=["gateway", "name"])
+        for name, value in snap["gauges"].items():
+            g.add_metric([self.gateway, name], value)
+        yield g
+
+
+def serve_prometheus(metrics: Metrics, gateway: str, port: int, host: str = "127.0.0.1"):
+    """Start a Prometheus HTTP endpoint on ``host:port`` with its own registry; returns (server, thread)."""
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collector(metrics, gateway))
+    server, thread = start_http_server(port, addr=host, registry=registry)
+    log.info("prometheus metrics on http://%s:%s/metrics", host, server.server_port)
+    return server, thread

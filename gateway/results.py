@@ -1,0 +1,146 @@
+"""The results loop: results stream -> MQTT result topics, each inference id published once.
+
+It blocks on XREAD of ``{p}:results:{gateway}`` from the last relayed entry id, which it keeps in Redis
+(``{p}:results:{gateway}:cursor``, a string) so that a restarted gateway goes on where it stopped. Results
+whose id was already relayed (a worker that redid a reclaimed message) are dropped, using a bounded LRU of
+ids. Once a batch is published to MQTT (QoS 1, PUBACK received) the cursor advances and the stream is
+trimmed below it (XTRIM MINID), so the stream stays bounded by what is not yet relayed.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+
+import redis
+
+from gateway.config import GatewaySettings
+from gateway.intake import Intake
+from gateway.metrics import Metrics
+from gateway.upstream import FIELD
+from schemas import Names, Result, SchemaError
+
+log = logging.getLogger(__name__)
+
+
+def cursor_key(names: Names, gateway: str) -> str:
+    """Redis string holding the id of the last results-stream entry relayed (derived from the stream)."""
+    return names.results(gateway) + ":cursor"
+
+
+class RecentIds:
+    """A bounded set of ids, forgetting the least recently added past ``size``."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._ids
+
+    def add(self, key: str) -> None:
+        self._ids[key] = None
+        self._ids.move_to_end(key)
+        while len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class ResultsRelay:
+    """Reads this gateway's results stream and publishes each new result to ``{p}/{device}/result``."""
+
+    def __init__(self, settings: GatewaySettings, names: Names, client: redis.Redis, intake: Intake,
+                 metrics: Metrics) -> None:
+        self.s = settings
+        self.names = names
+        self.redis = client
+        self.intake = intake
+        self.metrics = metrics
+        self.stream = names.results(settings.id)
+        self.cursor_key = cursor_key(names, settings.id)
+        self.seen = RecentIds(settings.dedupe_size)
+        self.stop_event = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="gateway-results", daemon=True)
+        self.error: BaseException | None = None
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a bug: make it visible to the service
+            self.error = e
+            log.exception("results loop failed")
+            raise
+
+    def _loop(self) -> None:
+        last: str | None = None
+        delay = self.s.retry_initial_s
+        while not self.stop_event.is_set():
+            try:
+                if last is None:
+                    stored = self.redis.get(self.cursor_key)
+                    last = stored.decode() if stored else "0-0"
+                    log.info("relaying results from %s after entry %s", self.stream, last)
+                resp = self.redis.xread({self.stream: last}, count=self.s.results_batch,
+                                        block=self.s.results_block_ms)
+                delay = self.s.retry_initial_s
+            except redis.RedisError as e:
+                self.metrics.inc("results_errors")
+                log.warning("reading %s failed (%s: %s); retrying in %.2f s", self.stream, type(e).__name__,
+                            e, delay)
+                self.stop_event.wait(delay)
+                delay = min(max(delay * 2, 0.01), self.s.retry_max_s)
+                continue
+            if not resp:
+                continue
+            entries = resp[0][1]
+            if self._relay(entries):
+                last = entries[-1][0].decode()
+                self._advance(last)
+
+    def _relay(self, entries: list) -> bool:
+        """Publish the new results among ``entries``; True once the broker has acknowledged them all."""
+        t0 = time.perf_counter()
+        infos = []
+        for entry_id, fields in entries:
+            try:
+                result = Result.decode(fields.get(FIELD.encode(), b""))
+                device = result.device
+            except SchemaError as e:
+                self.metrics.inc_label("rejected", f"bad result: {e.reason}")
+                log.error("dropping results entry %s of %s: %s", entry_id.decode(), self.stream, e)
+                continue
+            if result.id in self.seen:
+                self.metrics.inc("duplicates_dropped")
+                log.debug("duplicate result %s dropped", result.id)
+                continue
+            self.seen.add(result.id)
+            infos.append(self.intake.publish(self.names.result(device), result.to_json(), qos=1))
+            log.debug("relayed result %s (%s %.3f)", result.id, result.label, result.score)
+        while not all(i.is_published() for i in infos):
+            if self.stop_event.wait(0.005):
+                log.warning("stopping with %d results not yet acknowledged by the broker; they are read "
+                            "again at the next start", sum(not i.is_published() for i in infos))
+                return False
+        self.metrics.inc("results_relayed", len(infos))
+        self.metrics.observe("relay", time.perf_counter() - t0, len(entries))
+        return True
+
+    def _advance(self, last: str) -> None:
+        """Persist the cursor and trim what is relayed; retried on the next batch if Redis fails now."""
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(self.cursor_key, last)
+            pipe.xtrim(self.stream, minid=last, approximate=False)
+            pipe.execute()
+        except redis.RedisError as e:
+            self.metrics.inc("results_errors")
+            log.warning("could not store results cursor %s (%s); kept in memory", last, e)
