@@ -1,0 +1,66 @@
+"""PCA layers: projection then reconstruction round trip, error shrinking with k, noise scale."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.pca import Project, Reconstruct, fit_pca
+
+
+def _data(n=200, d=12, seed=0):
+    rng = np.random.default_rng(seed)
+    # anisotropic: decreasing spread per latent direction, then a random rotation
+    z = rng.normal(size=(n, d)) * np.linspace(5, 0.1, d)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    return (z @ q.T + rng.normal(size=d)).astype(np.float32)
+
+
+def test_full_rank_round_trip_is_exact():
+    x = _data()
+    fit = fit_pca(x, 12)
+    proj, rec = Project.from_fit(fit), Reconstruct.from_fit(fit)
+    t = torch.from_numpy(x)
+    z = proj(t)
+    assert z.shape == (200, 12)
+    torch.testing.assert_close(rec(z), t, atol=1e-4, rtol=0)
+    assert fit.explained == pytest.approx(1.0)
+
+
+def test_error_decreases_with_k_and_matches_numpy():
+    x = _data()
+    t = torch.from_numpy(x)
+    errors = []
+    for k in (1, 2, 4, 8, 12):
+        fit = fit_pca(x, k)
+        err = float(((Reconstruct.from_fit(fit)(Project.from_fit(fit)(t)) - t) ** 2).sum(dim=1).mean())
+        errors.append(err)
+        # projected coordinates are uncorrelated with the recorded spread
+        z = Project.from_fit(fit)(t).numpy()
+        np.testing.assert_allclose(z.std(axis=0, ddof=1), fit.std, rtol=1e-3)
+        np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-3)
+    assert all(a > b for a, b in zip(errors, errors[1:]))
+    assert errors[-1] < 1e-6 * errors[0] + 1e-6
+
+
+def test_noise_is_relative_to_each_dimension_spread():
+    x = _data(n=400)
+    fit = fit_pca(x, 4)
+    clean, noisy = Project.from_fit(fit), Project.from_fit(fit, noise_std=0.5)
+    t = torch.from_numpy(x)
+    torch.manual_seed(0)
+    diff = (noisy(t) - clean(t)).numpy()
+    np.testing.assert_allclose(diff.std(axis=0), 0.5 * fit.std, rtol=0.15)
+
+
+@pytest.mark.parametrize("k", [0, 13])
+def test_invalid_k(k):
+    with pytest.raises(ValueError, match="k must be"):
+        fit_pca(_data(), k)
+
+
+def test_invalid_layer_settings():
+    with pytest.raises(ValueError):
+        Project(4, 5)
+    with pytest.raises(ValueError):
+        Project(4, 2, noise_std=-1)
