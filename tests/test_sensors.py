@@ -1,6 +1,7 @@
 """Sensor clients against a real mosquitto: what they publish decodes back to what they read."""
 from __future__ import annotations
 
+import getpass
 import queue
 import threading
 import time
@@ -12,6 +13,7 @@ import soundfile
 from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
+from privedge import servers
 from schemas import AudioChunk, ImageFrame, Names
 from schemas.media import pcm16_to_array
 from sensors import cli
@@ -210,8 +212,18 @@ def test_synthetic_sources_publish_generated_data(mosquitto, monkeypatch):
     assert chunk.final and np.abs(chunk.samples()[:, 0] / 32767.0 - speech[0]).max() < 1e-4
 
 
-def test_messages_published_while_the_broker_is_down_are_delivered(mosquitto):
+@pytest.fixture
+def persistent_broker(tmp_path):
+    """A broker that really persists when tests run as root (mosquitto would switch to its own user
+    and fail to write the test's directory)."""
+    server = servers.mosquitto(tmp_path / "pmosq", extra_conf=f"user {getpass.getuser()}\n")
+    yield server
+    server.stop()
+
+
+def test_messages_published_while_the_broker_is_down_are_delivered(persistent_broker):
     """QoS 1 messages queued during a broker outage reach a persistent subscriber after the restart."""
+    mosquitto = persistent_broker
     names = Names()
     sub = Collector(mosquitto.url, [names.image("cam5")], client_id="test-persistent-sub")
     pub = SensorPublisher(PublisherSettings(broker=mosquitto.url, device="cam5", first_seq=100,
