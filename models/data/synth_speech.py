@@ -68,12 +68,15 @@ def make_voices(n: int, seed: int) -> list[Voice]:
     combos = [(a, v) for v in VARIANTS for a in ACCENTS]
     if n > len(combos):
         raise ValueError(f"at most {len(combos)} distinct synthetic speakers, asked for {n}")
-    # Spread over variants first: the variant changes the voice most.
+    # Spread over variants first (the variant changes the voice most); a variant's k-th use takes the
+    # k-th accent after its own random starting accent, so no (accent, variant) pair repeats.
     order = rng.permutation(len(VARIANTS))
-    picks = [combos[order[i % len(VARIANTS)] * len(ACCENTS) + (i // len(VARIANTS) + rng.integers(len(ACCENTS)))
-                    % len(ACCENTS)] for i in range(n)]
-    if len(set(picks)) != n:  # extremely unlikely; keep determinism by a fixed fallback
-        picks = [combos[i] for i in rng.permutation(len(combos))[:n]]
+    first_accent = rng.integers(len(ACCENTS), size=len(VARIANTS))
+    picks = []
+    for i in range(n):
+        v = order[i % len(VARIANTS)]
+        a = (first_accent[v] + i // len(VARIANTS)) % len(ACCENTS)
+        picks.append(combos[v * len(ACCENTS) + a])
     return [Voice(a, v, int(rng.integers(20, 80)), int(rng.integers(130, 190))) for a, v in picks]
 
 
