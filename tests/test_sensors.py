@@ -244,3 +244,54 @@ def test_messages_published_while_the_broker_is_down_are_delivered(persistent_br
         sub.close()
     assert [f.seq for f in frames] == [100, 101, 102]
     assert [int(f.pixels()[0, 0]) for f in frames] == [0, 1, 2]
+
+
+def test_real_folders_orl_and_fsdd(mosquitto, data_dir):
+    sub = Collector(mosquitto.url, [Names().image("orl"), Names().audio("fsdd")])
+    try:
+        assert cli.main(["camera", "--broker", mosquitto.url, "--device", "orl", "--source",
+                         str(data_dir / "orl"), "--rate", "0", "--count", "2", "--codec", "jpeg"]) == 0
+        assert cli.main(["mic", "--broker", mosquitto.url, "--device", "fsdd", "--source",
+                         str(data_dir / "fsdd" / "recordings"), "--rate", "0", "--count", "1"]) == 0
+        msgs = sub.take(2)
+        chunks = []
+        while not chunks or not chunks[-1].final:
+            chunks.append(AudioChunk.decode(sub.take(1)[0].payload))
+    finally:
+        sub.close()
+    frames = [ImageFrame.decode(m.payload) for m in msgs]
+    assert [f.pixels().shape for f in frames] == [(112, 92)] * 2  # ORL faces are 92x112 gray
+    assert chunks[0].rate == 8000 and len({c.utt for c in chunks}) == 1
+    first = sorted((data_dir / "fsdd" / "recordings").rglob("*.wav"))[0]  # the folder source's order
+    want, rate = soundfile.read(str(first), dtype="int16")
+    assert rate == 8000
+    assert np.array_equal(pcm16_to_array(b"".join(c.data for c in chunks))[:, 0], want)
+
+
+def test_sigterm_stops_a_looping_sensor_cleanly(mosquitto, images):
+    import signal
+    import subprocess
+    import sys
+
+    folder, _ = images
+    sub = Collector(mosquitto.url, [Names().image("cam8"), Names().status("cam8")])
+    proc = subprocess.Popen([sys.executable, "-m", "privedge.cli", "sensor", "camera", "--broker", mosquitto.url,
+                             "--device", "cam8", "--source", str(folder), "--loop", "--rate", "50"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = sub.take(4, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0, proc.stderr.read()
+        seen = [m.payload for m in first]
+        while True:
+            msg = sub.take(1, timeout=10)[0]
+            seen.append(msg.payload)
+            if msg.payload == b"offline":
+                break
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sub.close()
+    assert seen[0] == b"online" and seen[-1] == b"offline"
+    frames = [ImageFrame.decode(p) for p in seen[1:-1]]
+    assert len(frames) >= 3 and all(f.device == "cam8" for f in frames)
