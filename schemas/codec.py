@@ -157,6 +157,8 @@ def unpack_map(data: bytes, payload_limit: int, limits: Limits) -> dict:
             max_map_len=limits.max_map, max_ext_len=0,
         )
     except ValueError as e:  # FormatError, StackError, ExtraData, UnicodeDecodeError, limit hits
+        if "max_ext_len" in str(e):
+            raise WrongType(f"msgpack extension types are not allowed: {e}") from e
         if "exceeds max" in str(e):
             raise TooLarge(f"payload item over limit: {e}") from e
         raise Malformed(f"not msgpack: {e}") from e

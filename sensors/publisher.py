@@ -59,9 +59,9 @@ class PublisherSettings:
     connect_timeout_s: float = 10.0
     """How long the first connection may take."""
     keepalive_s: int = 30
-    reconnect_min_s: float = 0.5
-    reconnect_max_s: float = 30.0
-    """Reconnect backoff doubles from min to max."""
+    reconnect_min_s: int = 1
+    reconnect_max_s: int = 30
+    """Reconnect backoff doubles from min to max seconds (paho takes whole seconds)."""
     username: str | None = None
     password: str | None = None
     """Broker credentials; the CLI reads the password from PRIVEDGE_MQTT_PASSWORD, never a flag."""
@@ -111,6 +111,9 @@ class SensorPublisher:
         self._session = uuid.uuid4().hex[:8]
         self._cond = threading.Condition()
         self._acked: set[int] = set()
+        # mids of status messages nobody waits for: their acks must not linger in _acked, where a
+        # data message reusing the mid (mids wrap at 65535) would look acknowledged too early.
+        self._untracked: set[int] = set()
         self._pending: collections.deque[int] = collections.deque()
         self._connected = threading.Event()
         self._refused: str | None = None
@@ -125,7 +128,7 @@ class SensorPublisher:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id,
                              protocol=mqtt.MQTTv311, clean_session=True)
         client.max_inflight_messages_set(s.max_inflight)
-        client.reconnect_delay_set(min_delay=max(1, int(s.reconnect_min_s)), max_delay=int(s.reconnect_max_s))
+        client.reconnect_delay_set(min_delay=s.reconnect_min_s, max_delay=s.reconnect_max_s)
         client.will_set(self.names.status(s.device), b"offline", qos=1, retain=True)
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
@@ -143,8 +146,10 @@ class SensorPublisher:
             log.error("broker refused %s: %s", self.settings.client_id, reason_code)
             return
         self._refused = None
-        # publish() only queues the packet for the network thread; it does not wait.
-        client.publish(self.names.status(self.settings.device), b"online", qos=1, retain=True)
+        # publish() only queues the packet for the network thread; it does not wait. Its ack comes
+        # through _on_publish on this same thread, after this callback returns.
+        info = client.publish(self.names.status(self.settings.device), b"online", qos=1, retain=True)
+        self._untracked.add(info.mid)
         self._connected.set()
         log.info("sensor %s connected to %s", self.settings.device, self.settings.broker)
 
@@ -154,6 +159,9 @@ class SensorPublisher:
             log.warning("sensor %s disconnected (%s); reconnecting", self.settings.device, reason_code)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if mid in self._untracked:
+            self._untracked.discard(mid)
+            return
         with self._cond:
             self._acked.add(mid)
             self._cond.notify_all()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +36,7 @@ def _files(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
     return files
 
 
-def _repeat(make: callable, loop: bool) -> Iterator:
+def _repeat(make: Callable[[], Iterator], loop: bool) -> Iterator:
     """Yield from ``make()`` once, or forever when ``loop``; a pass that yields nothing is an error."""
     for _ in itertools.count() if loop else range(1):
         n = 0
