@@ -103,9 +103,9 @@ def hardened(tmp_path):
     pw = {"gw": secure.add_user(d, "gw", "gateway"), "camA": secure.add_user(d, "camA", "device"),
           "camB": secure.add_user(d, "camB", "device"), "app": secure.add_user(d, "app", "app")}
     ca = secure.make_certs(d)
-    server = secure.start_secure(d, tls_port=servers.free_port())
-    server.tls_port = int(next(line.split()[1] for line in (d / "mosquitto.conf").read_text().splitlines()
-                               if line.startswith("listener") and "0.0.0.0" in line))
+    tls_port = servers.free_port()
+    server = secure.start_secure(d, tls_port=tls_port)
+    server.tls_port = tls_port
     yield server, pw, ca
     server.stop()
 
