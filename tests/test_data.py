@@ -192,6 +192,8 @@ def test_raw_identity_recoverable_on_fsdd(data_dir):
     p = load_protocol("speech", str(data_dir / "fsdd"), size="small" if FAST else "full")
     r = raw_identity(p)
     assert r.n_classes == 6 and r.top1 >= 3 * r.chance
+    digit = raw_primary(p)  # the primary task is learnable from the same statistics
+    assert digit.n_classes == 10 and digit.top1 >= 5 * digit.chance
 
 
 # --- CSV and labelled folder --------------------------------------------------------------------
