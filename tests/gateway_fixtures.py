@@ -1,0 +1,130 @@
+"""Fixtures and helpers for the gateway tests: bundles without analyzer weights, an MQTT listener,
+an in-process gateway against the real mosquitto and redis-server fixtures."""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import paho.mqtt.client as mqtt
+import pytest
+
+from gateway.config import GatewaySettings
+from gateway.service import Gateway
+from models.bundle import make_untrained_bundle
+from schemas.media import AudioChunk, ImageFrame, float_to_pcm16
+
+
+@pytest.fixture(scope="session")
+def gateway_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Untrained image and speech bundles whose analyzer.pt is deleted: the gateway must not need it."""
+    root = tmp_path_factory.mktemp("bundles")
+    out = {}
+    for modality in ("image", "speech"):
+        d = root / modality
+        make_untrained_bundle(d, modality)
+        (d / "analyzer.pt").unlink()
+        out[modality] = d
+    return out
+
+
+@pytest.fixture(scope="session")
+def full_bundles(tmp_path_factory) -> dict[str, Path]:
+    """Untrained bundles with both halves (local_only mode runs the whole network)."""
+    root = tmp_path_factory.mktemp("full-bundles")
+    out = {}
+    for modality in ("image", "speech"):
+        make_untrained_bundle(root / modality, modality)
+        out[modality] = root / modality
+    return out
+
+
+class Listener:
+    """An MQTT client that records every message under the prefix, by topic."""
+
+    def __init__(self, port: int, topic: str = "privedge/#", client_id: str = "test-listener") -> None:
+        self.messages: dict[str, list[bytes]] = defaultdict(list)
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe(topic, qos=1)
+        self.client.loop_start()
+        time.sleep(0.2)
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._cond:
+            self.messages[msg.topic].append(msg.payload)
+            self._cond.notify_all()
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1) -> None:
+        self.client.publish(topic, payload, qos=qos).wait_for_publish(5)
+
+    def json(self, topic: str) -> list[dict]:
+        with self._cond:
+            return [json.loads(p) for p in self.messages[topic]]
+
+    def wait_for(self, pred, timeout: float = 20.0) -> bool:
+        """Wait until ``pred(self)`` is true."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not pred(self):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def wait_until(pred, timeout: float = 20.0, step: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(step)
+    return bool(pred())
+
+
+def image_frame(device: str, seq: int, codec: str = "jpeg", size=(48, 40)) -> ImageFrame:
+    rng = np.random.default_rng(seq)
+    img = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+    return ImageFrame.from_array(img, device=device, seq=seq, ts=time.time(), codec=codec)
+
+
+def utterance(device: str, seq0: int, utt: str, chunks: int = 3, rate: int = 8000,
+              seconds: float = 0.6, final: bool = True) -> list[AudioChunk]:
+    """A tone cut into ``chunks`` AudioChunks with seqs seq0.. (the last one final when asked)."""
+    t = np.arange(int(rate * seconds)) / rate
+    pcm = float_to_pcm16(0.3 * np.sin(2 * np.pi * 440 * t).astype(np.float32))
+    step = -(-len(pcm) // chunks) // 2 * 2
+    parts = [pcm[i:i + step] for i in range(0, len(pcm), step)]
+    now = time.time()
+    return [AudioChunk(device=device, seq=seq0 + i, ts=now + i * 0.1, utt=utt, rate=rate, width=2, channels=1,
+                       codec="pcm_s16le", final=final and i == len(parts) - 1, data=p)
+            for i, p in enumerate(parts)]
+
+
+@pytest.fixture
+def make_gateway(mosquitto, redis_server, gateway_bundles):
+    """Factory: an in-process gateway on the test's servers (stopped at the end of the test)."""
+    started: list[Gateway] = []
+
+    def make(**changes) -> Gateway:
+        base = dict(broker=mosquitto.url, redis=redis_server.url,
+                    bundles=(str(gateway_bundles["image"]), str(gateway_bundles["speech"])),
+                    id="gw1", stats_interval_s=0.5, connect_timeout_s=10, wait_ms=2.0)
+        base.update(changes)
+        gw = Gateway(GatewaySettings(**base)).start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()

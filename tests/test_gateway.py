@@ -1,0 +1,270 @@
+"""The gateway against real mosquitto and redis-server: features out, results back, bad input rejected,
+bounded queues, persistent session with manual acknowledgement, settings, SIGTERM drain."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import msgpack
+import numpy as np
+import pytest
+import redis
+
+from gateway.config import ConfigError, GatewaySettings, load_settings
+from gateway.intake import Intake
+from gateway.metrics import Metrics
+from schemas import FeatureMessage, Limits, Names, Result
+from schemas.upload import MediaMessage
+from tests.gateway_fixtures import (Listener, full_bundles, gateway_bundles, image_frame,  # noqa: F401 (fixtures)
+                                    make_gateway, utterance, wait_until)
+pytestmark = pytest.mark.integration
+
+RAW_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"RIFF")
+
+
+def _features(r: redis.Redis, task: str) -> list[FeatureMessage]:
+    return [FeatureMessage.decode(f[b"m"]) for _, f in r.xrange(f"privedge:features:{task}")]
+
+
+def test_image_and_audio_inputs_become_feature_messages(make_gateway, mosquitto, redis_server, gateway_bundles):
+    gw = make_gateway()
+    lis = Listener(mosquitto.port)
+    frames = [image_frame("cam1", i, codec) for i, codec in enumerate(["jpeg", "png", "raw"])]
+    for f in frames:
+        lis.publish("privedge/cam1/image", f.encode())
+    for c in utterance("mic1", 10, "u-1", chunks=3):
+        lis.publish("privedge/mic1/audio", c.encode())
+    r = redis.Redis.from_url(redis_server.url)
+    assert wait_until(lambda: r.xlen("privedge:features:glasses") == 3 and r.xlen("privedge:features:digit") == 1)
+
+    manifests = {m: json.loads((gateway_bundles[m] / "manifest.json").read_text()) for m in gateway_bundles}
+    images = _features(r, "glasses")
+    assert [f.id for f in images] == ["gw1/cam1/0", "gw1/cam1/1", "gw1/cam1/2"]
+    speech = _features(r, "digit")
+    # An utterance's id is its first chunk's seq (stable whenever the chunks are delivered again).
+    assert [f.id for f in speech] == ["gw1/mic1/10"]
+    for feats, m in ((images, manifests["image"]), (speech, manifests["speech"])):
+        for f in feats:
+            assert f.model == m["model"] and f.task == m["task"]
+            assert f.shape == tuple(m["feature"]["shape"]) and f.dtype == m["feature"]["dtype"]
+            assert f.reply == "privedge:results:gw1"
+            assert np.isfinite(f.array()).all()
+    # No raw media upstream: every entry is small and carries no image or audio signature.
+    for key in r.keys("*"):
+        if r.type(key) == b"stream":
+            for _, fields in r.xrange(key):
+                assert len(fields[b"m"]) < Limits().max_feature_payload
+                assert not any(sig in fields[b"m"] for sig in RAW_SIGNATURES)
+    assert lis.wait_for(lambda l: l.messages["privedge/gateway/gw1/status"][-1:] == [b"online"])
+    assert gw.metrics.count("extracted") == 4 and gw.metrics.count("received") == 6
+    assert gw.failed() is None
+    lis.close()
+
+
+def test_results_are_relayed_once_even_when_written_twice(make_gateway, mosquitto, redis_server):
+    gw = make_gateway()
+    lis = Listener(mosquitto.port)
+    r = redis.Redis.from_url(redis_server.url)
+    now = time.time()
+    results = [Result(id=f"gw1/cam{i}/{i}", task="glasses", model="glasses-x", label="glasses", score=0.75,
+                      scores={"glasses": 0.75, "no_glasses": 0.25}, ts=now - 0.2, ts_done=now, worker="w1")
+               for i in range(3)]
+    for res in results + results[:2]:  # two redone by a worker
+        r.xadd("privedge:results:gw1", {"m": res.encode()})
+    assert lis.wait_for(lambda l: all(l.messages[f"privedge/cam{i}/result"] for i in range(3)))
+    assert wait_until(lambda: gw.metrics.count("duplicates_dropped") == 2)
+    time.sleep(0.3)
+    for i in range(3):
+        (body,) = lis.json(f"privedge/cam{i}/result")
+        assert body["id"] == f"gw1/cam{i}/{i}" and body["device"] == f"cam{i}" and body["seq"] == i
+        assert body["label"] == "glasses" and body["score"] == 0.75 and body["task"] == "glasses"
+        assert 200 <= body["latency_ms"] < 60_000
+    assert gw.metrics.count("results_relayed") == 3
+    # Relayed entries are trimmed and the cursor is stored, so a restart goes on from there.
+    assert wait_until(lambda: r.xlen("privedge:results:gw1") <= 1)
+    last = r.xrevrange("privedge:results:gw1", count=1)[0][0]
+    assert r.get("privedge:results:gw1:cursor") == last
+    lis.close()
+
+
+def _bad(wire_change=None, raw: bytes | None = None):
+    def build() -> bytes:
+        if raw is not None:
+            return raw
+        wire = image_frame("cam1", 5).to_wire()
+        wire_change(wire)
+        return msgpack.packb(wire, use_bin_type=True)
+    return build
+
+
+BAD_INPUTS = {
+    "bad msgpack": ("privedge/cam1/image", _bad(raw=b"\xc1\x00garbage"), "malformed", None),
+    "unknown version": ("privedge/cam1/image", _bad(lambda w: w.update(v=9)), "unknown version", 5),
+    "missing field": ("privedge/cam1/image", _bad(lambda w: w.pop("codec")), "missing field", 5),
+    "wrong type": ("privedge/cam1/image", _bad(lambda w: w.update(w="wide")), "wrong type", 5),
+    "oversize": ("privedge/cam1/image", _bad(raw=b"\x00" * (Limits().max_image_payload + 1)), "too large", None),
+    "undecodable jpeg": ("privedge/cam1/image", _bad(lambda w: w.update(data=b"\xff\xd8\xffnot a jpeg")),
+                         "undecodable media", 5),
+    "bad device id": ("privedge/cam.1/image", lambda: image_frame("cam1", 5).encode(), "bad name", None),
+    "device mismatch": ("privedge/cam1/image", lambda: image_frame("cam2", 5).encode(), "device mismatch", 5),
+    "audio without final": ("privedge/cam1/audio",
+                            lambda: utterance("cam1", 5, "u-lost", chunks=1, final=False)[0].encode(),
+                            "audio timeout", 5),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_each_kind_of_bad_input_is_reported_and_the_next_is_served(case, make_gateway, mosquitto, redis_server):
+    topic, build, reason, seq = BAD_INPUTS[case]
+    gw = make_gateway(audio_timeout_s=0.5, warm_up=False)
+    lis = Listener(mosquitto.port)
+    lis.publish(topic, build())
+    lis.publish("privedge/cam1/image", image_frame("cam1", 6).encode())
+    errors = "privedge/gateway/gw1/errors"
+    assert lis.wait_for(lambda l: len(l.messages[errors]) >= 1), f"no error report for {case}"
+    (report,) = lis.json(errors)
+    assert report["reason"] == reason and report["seq"] == seq
+    assert report["device"] in ("cam1", "cam.1")
+    assert gw.metrics.count("rejected", reason) == 1
+    r = redis.Redis.from_url(redis_server.url)
+    assert wait_until(lambda: [f.id for f in _features(r, "glasses")] == ["gw1/cam1/6"])
+    assert gw.failed() is None
+    lis.close()
+
+
+def test_full_device_queue_drops_oldest_acks_it_and_counts(mosquitto):
+    """Intake alone (no extraction loop): 10 inputs into a queue of 3."""
+    settings = GatewaySettings(broker=mosquitto.url, id="gwq", queue_per_device=3)
+    names, metrics, reports = Names(), Metrics(), []
+    intake = Intake(settings, names, metrics, ("image",), lambda *a: reports.append(a))
+    intake.start()
+    lis = Listener(mosquitto.port)
+    for seq in range(10):
+        lis.publish("privedge/cam1/image", image_frame("cam1", seq, "raw", (4, 4)).encode())
+    assert wait_until(lambda: metrics.count("received") == 10)
+    assert metrics.count("dropped", "cam1") == 7 and len(reports) == 7
+    assert {r[3] for r in reports} == {"queue full"}
+    kept = intake.queues["image"].take(10, 0, 1)
+    assert [msgpack.unpackb(i.payload)["seq"] for i in kept] == [7, 8, 9]
+    # Crash without acknowledging the kept three: a new session with the same client id gets exactly
+    # those again (the dropped seven were acknowledged).
+    intake.client.loop_stop()
+    intake.client.socket().close()
+    again = Intake(settings, names, Metrics(), ("image",), lambda *a: None)
+    again.start()
+    assert wait_until(lambda: again.queues["image"].depth() == 3, timeout=10)
+    time.sleep(0.5)
+    redelivered = again.queues["image"].take(10, 0, 1)
+    assert sorted(msgpack.unpackb(i.payload)["seq"] for i in redelivered) == [7, 8, 9]
+    again.ack(redelivered)
+    again.close()
+    lis.close()
+
+
+def test_redis_down_inputs_are_held_then_handed_on(make_gateway, mosquitto, redis_server):
+    gw = make_gateway(retry_max_s=0.2, warm_up=False)
+    lis = Listener(mosquitto.port)
+    redis_server.stop()
+    for seq in range(5):
+        lis.publish("privedge/cam1/image", image_frame("cam1", seq).encode())
+    assert wait_until(lambda: gw.metrics.count("upstream_retries") >= 2)
+    assert gw.metrics.count("dropped") == 0 and gw.failed() is None
+    redis_server.start()
+    r = redis.Redis.from_url(redis_server.url)
+    assert wait_until(lambda: r.xlen("privedge:features:glasses") == 5, timeout=30)
+    assert gw.metrics.count("rejected") == 0
+    lis.close()
+
+
+def test_local_only_publishes_results_and_sends_nothing_up(mosquitto, redis_server, full_bundles):
+    from gateway.service import Gateway
+
+    s = GatewaySettings(broker=mosquitto.url, redis="redis://127.0.0.1:1/0", bundles=(str(full_bundles["image"]),),
+                        id="gwl", mode="local_only", warm_up=False)
+    with Gateway(s) as gw:
+        lis = Listener(mosquitto.port)
+        lis.publish("privedge/cam1/image", image_frame("cam1", 3).encode())
+        assert lis.wait_for(lambda l: l.messages["privedge/cam1/result"])
+        (body,) = lis.json("privedge/cam1/result")
+        assert body["id"] == "gwl/cam1/3" and body["label"] in ("no_glasses", "glasses")
+        assert gw.metrics.count("published") == 0
+        lis.close()
+
+
+def test_cloud_only_uploads_the_original_media(make_gateway, mosquitto, redis_server):
+    make_gateway(mode="cloud_only")
+    lis = Listener(mosquitto.port)
+    frame = image_frame("cam1", 4)
+    lis.publish("privedge/cam1/image", frame.encode())
+    for c in utterance("mic1", 20, "u-2", chunks=2):
+        lis.publish("privedge/mic1/audio", c.encode())
+    r = redis.Redis.from_url(redis_server.url)
+    assert wait_until(lambda: r.xlen("privedge:media:glasses") == 1 and r.xlen("privedge:media:digit") == 1)
+    (_, f), = r.xrange("privedge:media:glasses")
+    msg = MediaMessage.decode(f[b"m"])
+    assert msg.id == "gw1/cam1/4" and msg.kind == "image" and msg.media() == frame
+    (_, f), = r.xrange("privedge:media:digit")
+    audio = MediaMessage.decode(f[b"m"]).media()
+    assert audio.seq == 20 and audio.final and len(audio.data) == 2 * int(8000 * 0.6)
+    lis.close()
+
+
+def test_settings_sources_and_unknown_keys(tmp_path):
+    cfg = tmp_path / "gw.yaml"
+    cfg.write_text("batch: 8\nwait_ms: 3\nid: fromfile\n")
+    s = load_settings({"id": "fromflag"}, config_file=cfg, env={"PRIVEDGE_BATCH": "16"})
+    assert (s.id, s.batch, s.wait_ms) == ("fromflag", 16, 3.0)
+    cfg.write_text("batchsize: 8\n")
+    with pytest.raises(ConfigError, match="unknown setting 'batchsize'"):
+        load_settings({}, config_file=cfg, env={})
+    toml = tmp_path / "gw.toml"
+    toml.write_text('redis_password = "hunter2"\n')
+    with pytest.raises(ConfigError, match="secret"):
+        load_settings({}, config_file=toml, env={})
+    (tmp_path / "pw").write_text("s3cret\n")
+    s = load_settings({"redis_password_file": str(tmp_path / "pw")}, env={})
+    assert s.redis_password == "s3cret" and "s3cret" not in repr(s)
+    with pytest.raises(ConfigError, match="mode"):
+        load_settings({"mode": "hybrid"}, env={})
+
+
+def test_sigterm_drains_what_the_gateway_holds(mosquitto, redis_server, gateway_bundles, tmp_path):
+    n = 300
+    cmd = [sys.executable, "-m", "privedge.cli", "gateway", "--broker", mosquitto.url, "--redis", redis_server.url,
+           "--bundle", str(gateway_bundles["image"]), "--id", "gwt", "--batch", "8"]
+    log = open(tmp_path / "gateway.log", "w+")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PRIVEDGE_WAIT_MS": "1",
+                                                                         "PRIVEDGE_QUEUE_PER_DEVICE": "1000"})
+    lis = Listener(mosquitto.port)
+    try:
+        assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwt/status"][-1:] == [b"online"], 60)
+        for seq in range(n):
+            lis.client.publish("privedge/cam1/image", image_frame("cam1", seq, "raw", (64, 64)).encode(), qos=1)
+        r = redis.Redis.from_url(redis_server.url)
+        assert wait_until(lambda: r.xlen("privedge:features:glasses") > 0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    log.seek(0)
+    text = log.read()
+    assert "draining" in text and "Traceback" not in text
+    # Everything it had taken in was handed on before it exited.
+    final = json.loads(text.split("stopped: ", 1)[1].splitlines()[0])
+    assert final["received"] > 0 and final["published"] == final["received"] and not final["dropped"]
+    assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwt/status"][-1:] == [b"offline"])
+    # What it held was handed on; what it had not taken in stays with the broker for its next session.
+    handed = {f.id for f in _features(r, "glasses")}
+    from gateway.service import Gateway
+    s = GatewaySettings(broker=mosquitto.url, redis=redis_server.url, bundles=(str(gateway_bundles["image"]),),
+                        id="gwt", warm_up=False)
+    with Gateway(s):
+        assert wait_until(lambda: {f.id for f in _features(r, "glasses")} >= {f"gwt/cam1/{i}" for i in range(n)},
+                          timeout=60)
+    assert len(handed) > 0
+    lis.close()
