@@ -24,10 +24,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DecoderSettings:
-    """Training of the inversion decoder; the defaults bound it to a few minutes on one core."""
+    """Training of the inversion decoder; the defaults bound it to a few minutes on one core.
 
-    max_epochs: int = 40
-    patience: int = 6           # epochs without a lower validation loss before stopping
+    Training goes in rounds of ``steps_per_round`` minibatch steps (a few hundred faces make a handful of
+    minibatches, far too few steps for one validation check), with a validation check after each round.
+    """
+
+    max_rounds: int = 30
+    steps_per_round: int = 40
+    patience: int = 5           # rounds without a lower validation loss before stopping
     max_train: int = 1500       # inputs used for training at most (a random subset): bounds the time
     batch_size: int = 64
     lr: float = 1e-3            # Adam
@@ -36,8 +41,8 @@ class DecoderSettings:
     base_channels: int = 64     # channels of the 1/16-resolution map; halved at every upsampling
 
     def __post_init__(self) -> None:
-        if self.max_epochs < 1 or self.patience < 1 or self.batch_size < 1:
-            raise ValueError("max_epochs, patience and batch_size must be >= 1")
+        if min(self.max_rounds, self.steps_per_round, self.patience, self.batch_size) < 1:
+            raise ValueError("max_rounds, steps_per_round, patience and batch_size must be >= 1")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if self.max_train < 2:
@@ -84,7 +89,7 @@ class InversionResult:
     """Reconstructions of the held-out inputs, shape (N, 1, H, W) float32 in [0, 1]."""
 
     reconstructions: np.ndarray
-    epochs: int
+    steps: int          # minibatch steps of the kept (best) decoder
     val_mse: float
 
 
@@ -95,6 +100,15 @@ def _targets(x: np.ndarray) -> np.ndarray:
     if x.ndim != 4 or x.shape[1] != 1:
         raise ValueError(f"inversion targets must be (N, 1, H, W), got {x.shape}")
     return x
+
+
+def _batches(idx: torch.Tensor, batch_size: int, gen: torch.Generator):
+    """Endless minibatches of ``idx``, reshuffled every pass; never a batch of one (BatchNorm)."""
+    while True:
+        perm = idx[torch.randperm(len(idx), generator=gen)]
+        for s in range(0, len(perm), batch_size):
+            if len(perm[s:s + batch_size]) >= 2:
+                yield perm[s:s + batch_size]
 
 
 @torch.inference_mode()
@@ -120,27 +134,27 @@ def train_inversion(features: np.ndarray, inputs: np.ndarray, test_features: np.
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(z), generator=gen)[:settings.max_train]
-    n_val = max(1, int(round(settings.val_fraction * len(z))))
+    n_val = max(1, int(round(settings.val_fraction * len(order))))
     val, fit = order[:n_val], order[n_val:]
+    if len(fit) < 2:
+        raise ValueError(f"too few inputs to train a decoder: {len(order)}")
     model = InversionDecoder(z.shape[1], target.shape[2:], settings.hidden, settings.base_channels)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    best, best_epoch, best_state = float("inf"), 0, None
-    for epoch in range(1, settings.max_epochs + 1):
+    best, best_round, best_state = float("inf"), 0, None
+    batches = _batches(fit, settings.batch_size, gen)
+    for rnd in range(1, settings.max_rounds + 1):
         model.train()
-        perm = fit[torch.randperm(len(fit), generator=gen)]
-        for s in range(0, len(perm), settings.batch_size):
-            idx = perm[s:s + settings.batch_size]
-            if len(idx) < 2:        # BatchNorm needs two samples
-                continue
+        for _ in range(settings.steps_per_round):
+            idx = next(batches)
             opt.zero_grad()
             nn.functional.mse_loss(model(z[idx]), y[idx]).backward()
             opt.step()
         val_mse = nn.functional.mse_loss(_predict(model, z[val]), y[val]).item()
         if val_mse < best:
-            best, best_epoch = val_mse, epoch
+            best, best_round = val_mse, rnd
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        elif epoch - best_epoch >= settings.patience:
+        elif rnd - best_round >= settings.patience:
             break
     model.load_state_dict(best_state)
-    log.info("inversion decoder: best epoch %d of %d, validation MSE %.4f", best_epoch, epoch, best)
-    return InversionResult(_predict(model, zt).numpy(), best_epoch, best)
+    log.info("inversion decoder: best round %d of %d, validation MSE %.4f", best_round, rnd, best)
+    return InversionResult(_predict(model, zt).numpy(), best_round * settings.steps_per_round, best)

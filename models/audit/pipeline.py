@@ -47,8 +47,8 @@ class AuditSettings:
     @classmethod
     def quick(cls, **overrides) -> "AuditSettings":
         """Short training everywhere: for smoke tests and CI, not for figures anyone quotes."""
-        base = cls(attacker=TrainSettings(max_epochs=40, patience=5),
-                   decoder=DecoderSettings(max_epochs=3, patience=2, max_train=200), cost_repeats=5)
+        base = cls(attacker=TrainSettings(max_epochs=30, patience=5, refit=False),
+                   decoder=DecoderSettings(max_rounds=3, steps_per_round=10, patience=2, max_train=200), cost_repeats=5)
         return replace(base, **overrides)
 
 
