@@ -69,10 +69,15 @@ class DeviceQueues:
         self._cond = threading.Condition()
         self._closed = False
 
-    def put(self, item: Inbound) -> None:
-        """Append; when the device's queue is over its bound, drop (and report) its oldest input."""
+    def put(self, item: Inbound) -> bool:
+        """Append; when the device's queue is over its bound, drop (and report) its oldest input.
+
+        Returns False, keeping nothing, once closed (the input stays unacknowledged: redelivered later).
+        """
         dropped = None
         with self._cond:
+            if self._closed:
+                return False
             q = self._queues.get(item.device)
             if q is None:
                 q = self._queues[item.device] = deque()
@@ -84,6 +89,7 @@ class DeviceQueues:
             self._cond.notify()
         if dropped is not None:
             self._on_drop(dropped)
+        return True
 
     def take(self, max_items: int, wait_s: float, timeout_s: float) -> list[Inbound]:
         """Up to ``max_items`` inputs, round-robin over devices.
@@ -219,21 +225,23 @@ class Intake:
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         if not self.accepting:
             return  # not acknowledged: the broker delivers it again to our next session
-        self.metrics.inc("received")
         try:
             topic = msg.topic
             device, kind = self.names.parse_sensor_topic(topic)
         except (SchemaError, UnicodeDecodeError) as e:
             reason = getattr(e, "reason", "bad name")
+            self.metrics.inc("received")
             self._report(_device_of(msg), None, _safe_topic(msg), reason, str(e))
             client.ack(msg.mid, msg.qos)
             return
         q = self.queues.get(kind)
         if q is None:
+            self.metrics.inc("received")
             self._report(device, None, topic, "no model", f"no bundle serves {kind} inputs")
             client.ack(msg.mid, msg.qos)
             return
-        q.put(Inbound(kind, device, topic, msg.payload, msg.mid, msg.qos, self.epoch))
+        if q.put(Inbound(kind, device, topic, msg.payload, msg.mid, msg.qos, self.epoch)):
+            self.metrics.inc("received")
 
     def _dropped(self, item: Inbound) -> None:
         self.metrics.inc_label("dropped", item.device)

@@ -188,6 +188,13 @@ class Gateway:
         self.intake.publish(self.names.gateway_errors(self.s.id),
                             json.dumps(body, separators=(",", ":")).encode(), qos=0)
 
+    @property
+    def metrics_url(self) -> str | None:
+        """``http://HOST:PORT/metrics`` when the Prometheus endpoint runs (port 0 picks a free port)."""
+        if self._metrics_server is None:
+            return None
+        return f"http://{self.s.metrics_host}:{self._metrics_server.server_port}/metrics"
+
     def stats_topic(self) -> str:
         """``{prefix}/gateway/{id}/stats``: beside the status and errors topics of Names."""
         return self.names.gateway_status(self.s.id).rsplit("/", 1)[0] + "/stats"

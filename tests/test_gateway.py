@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import msgpack
 import numpy as np
@@ -66,7 +67,7 @@ def test_image_and_audio_inputs_become_feature_messages(make_gateway, mosquitto,
 
 
 def test_results_are_relayed_once_even_when_written_twice(make_gateway, mosquitto, redis_server):
-    gw = make_gateway()
+    gw = make_gateway(metrics_port=0, warm_up=False)
     lis = Listener(mosquitto.port)
     r = redis.Redis.from_url(redis_server.url)
     now = time.time()
@@ -88,6 +89,12 @@ def test_results_are_relayed_once_even_when_written_twice(make_gateway, mosquitt
     assert wait_until(lambda: r.xlen("privedge:results:gw1") <= 1)
     last = r.xrevrange("privedge:results:gw1", count=1)[0][0]
     assert r.get("privedge:results:gw1:cursor") == last
+    # The same counters as JSON on the stats topic and as Prometheus metrics.
+    assert lis.wait_for(lambda l: any(json.loads(p)["results_relayed"] == 3
+                                      for p in l.messages["privedge/gateway/gw1/stats"]))
+    text = urllib.request.urlopen(gw.metrics_url, timeout=5).read().decode()
+    assert 'privedge_gateway_results_relayed_total{gateway="gw1"} 3.0' in text
+    assert 'privedge_gateway_duplicates_dropped_total{gateway="gw1"} 2.0' in text
     lis.close()
 
 
