@@ -1,0 +1,137 @@
+"""``privedge train``: train an embedding on a dataset and write an extractor/analyzer bundle.
+
+    privedge train --modality image|speech --data PATH|synthetic --embedding simple|siamese|advanced
+                   [--cut NAME] [--dims K] [--epochs N] [--seed S] [--size full|small] [--margin M]
+                   [--contrastive-weight W] [--noise STD] [--threads T] --out DIR
+
+Prints the held-out primary accuracy, the extractor's parameters and multiply-adds per input and the
+feature bytes per message, and writes them to ``DIR/metrics.json`` beside the bundle.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from models.bundle import make_manifest, save_bundle
+from models.embeddings import EMBEDDINGS, EmbeddingConfig, total_steps, train_embedding
+from models.nets import DEFAULT_CUT, count_cost
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="privedge train", description=__doc__.split("\n")[0])
+    p.add_argument("--modality", required=True, choices=["image", "speech"])
+    p.add_argument("--data", required=True, help="dataset folder (FSDD, ORL, labelled folder), CSV file, or 'synthetic'")
+    p.add_argument("--embedding", default="advanced", choices=list(EMBEDDINGS))
+    p.add_argument("--cut", default=DEFAULT_CUT, help="cut after this block (block1..block4); default %(default)s")
+    p.add_argument("--dims", type=int, default=8, help="PCA dims of the advanced embedding (default %(default)s)")
+    p.add_argument("--epochs", type=int, default=None, help="primary training epochs (default: per modality)")
+    p.add_argument("--siamese-epochs", type=int, default=None)
+    p.add_argument("--analyzer-epochs", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default="full", choices=["full", "small"], help="small: a quick subset (smoke tests)")
+    p.add_argument("--margin", type=float, default=10.0, help="contrastive margin (default %(default)s)")
+    p.add_argument("--contrastive-weight", type=float, default=0.01, help="default %(default)s")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="Gaussian noise on the PCA features, relative to each dimension's spread (default off)")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("PRIVEDGE_TORCH_THREADS", "2")),
+                   help="torch threads (default %(default)s)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    return p
+
+
+def feature_bytes(manifest: dict) -> int:
+    """Bytes of feature data per message: elements x element size."""
+    return int(math.prod(manifest["feature"]["shape"]) * np.dtype(manifest["feature"]["dtype"]).itemsize)
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Train, save the bundle and metrics.json; returns the metrics."""
+    from models.data import load_protocol  # the dataset layer pulls in generators; only load it here
+
+    torch.set_num_threads(max(1, args.threads))
+    cfg = EmbeddingConfig(embedding=args.embedding, cut=args.cut, dims=args.dims, epochs=args.epochs,
+                          siamese_epochs=args.siamese_epochs, analyzer_epochs=args.analyzer_epochs,
+                          margin=args.margin, contrastive_weight=args.contrastive_weight,
+                          noise_std=args.noise, seed=args.seed)
+    t0 = time.perf_counter()
+    protocol = load_protocol(args.modality, args.data, seed=args.seed, size=args.size)
+    if protocol.train.modality != args.modality:
+        raise ValueError(f"{args.data} holds {protocol.train.modality} data, not {args.modality}")
+    bar = None
+    if not args.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(total=total_steps(len(protocol.train), args.modality, cfg), unit="input",
+                   desc=f"{protocol.name} {args.embedding}", file=sys.stderr)
+    try:
+        trained = train_embedding(protocol, cfg, progress=bar.update if bar else None)
+    finally:
+        if bar is not None:
+            bar.close()
+    manifest = make_manifest(task=protocol.task, modality=args.modality, labels=protocol.train.primary_names,
+                             net_cfg=trained.net_cfg, cut=trained.cut, embedding=args.embedding,
+                             pca=trained.pca, noise_std=cfg.noise_std,
+                             speech=cfg.speech if args.modality == "speech" else None)
+    ext_cost = count_cost(trained.extractor, trained.net_cfg.in_shape)
+    ana_cost = count_cost(trained.analyzer, tuple(manifest["feature"]["shape"]))
+    metrics = {
+        "protocol": protocol.name,
+        "task": protocol.task,
+        "embedding": args.embedding,
+        "cut": trained.cut,
+        "dims": trained.pca.k if trained.pca is not None else None,
+        "noise_std": cfg.noise_std,
+        "margin": cfg.margin,
+        "contrastive_weight": cfg.contrastive_weight,
+        "seed": cfg.seed,
+        "epochs": list(cfg.epochs_for(args.modality)),
+        "primary_accuracy": round(trained.metrics["primary_accuracy"], 4),
+        "feature_bytes": feature_bytes(manifest),
+        "extractor_params": ext_cost.params,
+        "extractor_macs": ext_cost.macs,
+        "analyzer_params": ana_cost.params,
+        "analyzer_macs": ana_cost.macs,
+        "n_train": len(protocol.train),
+        "n_test": len(protocol.test),
+        "training": {k: round(v, 4) if isinstance(v, float) else v for k, v in trained.metrics.items()},
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    manifest["metrics"] = {k: metrics[k] for k in ("protocol", "primary_accuracy", "feature_bytes",
+                                                   "extractor_params", "extractor_macs")}
+    out = Path(args.out)
+    metrics["model"] = save_bundle(out, extractor=trained.extractor, analyzer=trained.analyzer, manifest=manifest)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        m = run(args)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"privedge train: {e}", file=sys.stderr)
+        return 2
+    print(f"model {m['model']} ({m['protocol']}, {m['embedding']}, cut {m['cut']}, dims {m['dims']})")
+    print(f"held-out primary accuracy  {m['primary_accuracy']:.4f}")
+    print(f"extractor parameters       {m['extractor_params']:,}")
+    print(f"extractor multiply-adds    {m['extractor_macs']:,} per input")
+    print(f"feature bytes per message  {m['feature_bytes']}")
+    print(f"seconds                    {m['seconds']:.0f}")
+    print(f"wrote {args.out}/manifest.json, extractor.pt, analyzer.pt, metrics.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
