@@ -30,7 +30,7 @@ class DecoderSettings:
     minibatches, far too few steps for one validation check), with a validation check after each round.
     """
 
-    max_rounds: int = 30
+    max_rounds: int = 20
     steps_per_round: int = 40
     patience: int = 5           # rounds without a lower validation loss before stopping
     max_train: int = 1500       # inputs used for training at most (a random subset): bounds the time
