@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from models.audit.attackers import TrainSettings
-from models.audit.cost import measure_cost
+from models.audit.cost import CostError, measure_cost
 from models.audit.inversion import DecoderSettings, train_inversion
 from models.audit.measures import IdentityMeasures, identity_measures, psnr, ssim, verification_eer
 from models.bundle import load_analyzer, load_extractor, read_manifest
@@ -182,8 +182,11 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
     step(f"{name}: cost")
     cost = {}
     if settings.measure_cost:
-        cost = {part: measure_cost(bundle_dir, part, repeats=settings.cost_repeats)
-                for part in ("extractor", "full")}
+        try:
+            cost = {part: measure_cost(bundle_dir, part, repeats=settings.cost_repeats)
+                    for part in ("extractor", "full")}
+        except CostError as e:       # the privacy figures stand without the timing ones
+            log.warning("bundle %s: no cost figures: %s", name, e)
     dims = int(np.prod(manifest["feature"]["shape"]))
     return BundleAudit(
         name=name, protocol=p.name, modality=manifest["modality"], embedding=manifest["embedding"],
