@@ -143,9 +143,10 @@ def test_each_kind_of_bad_input_is_reported_and_the_next_is_served(case, make_ga
     lis.close()
 
 
-def test_full_device_queue_drops_oldest_acks_it_and_counts(mosquitto):
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_full_device_queue_drops_oldest_acks_it_and_counts(mosquitto, protocol):
     """Intake alone (no extraction loop): 10 inputs into a queue of 3."""
-    settings = GatewaySettings(broker=mosquitto.url, id="gwq", queue_per_device=3)
+    settings = GatewaySettings(broker=mosquitto.url, id="gwq", queue_per_device=3, mqtt_protocol=protocol)
     names, metrics, reports = Names(), Metrics(), []
     intake = Intake(settings, names, metrics, ("image",), lambda *a: reports.append(a))
     intake.start()
@@ -184,6 +185,27 @@ def test_redis_down_inputs_are_held_then_handed_on(make_gateway, mosquitto, redi
     r = redis.Redis.from_url(redis_server.url)
     assert wait_until(lambda: r.xlen("privedge:features:glasses") == 5, timeout=30)
     assert gw.metrics.count("rejected") == 0
+    lis.close()
+
+
+def test_broker_restart_gateway_reconnects_and_serves_again(make_gateway, mosquitto, redis_server):
+    gw = make_gateway(warm_up=False)
+    lis = Listener(mosquitto.port)
+    for seq in range(3):
+        lis.publish("privedge/cam1/image", image_frame("cam1", seq).encode())
+    r = redis.Redis.from_url(redis_server.url)
+    assert wait_until(lambda: r.xlen("privedge:features:glasses") >= 3)
+    lis.close()
+    mosquitto.stop()
+    assert wait_until(lambda: not gw.intake.connected.is_set())
+    mosquitto.start()
+    assert wait_until(lambda: gw.intake.connected.is_set(), timeout=30)
+    lis = Listener(mosquitto.port, client_id="test-listener-2")
+    assert lis.wait_for(lambda l: l.messages["privedge/gateway/gw1/status"][-1:] == [b"online"])
+    for seq in range(3, 6):
+        lis.publish("privedge/cam1/image", image_frame("cam1", seq).encode())
+    assert wait_until(lambda: {f.id for f in _features(r, "glasses")} == {f"gw1/cam1/{i}" for i in range(6)})
+    assert gw.failed() is None
     lis.close()
 
 
