@@ -8,6 +8,7 @@ upstream (bounded by ``drain_timeout_s``), stop the results loop, publish ``offl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import signal
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gateway.config import ConfigError, GatewaySettings, load_settings
+from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_settings
 from gateway.extraction import ExtractionLoop
 from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, serve_prometheus
@@ -237,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-password-file", help="file holding the MQTT password")
     p.add_argument("--redis-password-file", help="file holding the Redis password")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
+    p.add_argument("--print-settings", action="store_true",
+                   help="print the merged settings as JSON (secrets hidden) and exit")
     return p
 
 
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "log_level")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "log_level", "print_settings")}
     if flags["bundles"]:
         flags["bundles"] = tuple(str(Path(b)) for b in flags["bundles"])
     try:
@@ -252,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"privedge gateway: {e}", file=sys.stderr)
         return 2
+    if args.print_settings:
+        shown = {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(settings).items()}
+        print(json.dumps(shown, indent=2))
+        return 0
     gateway = Gateway(settings)
     stop_requested = threading.Event()
 
