@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", default=str(default_data_root()))
     p.add_argument("--only", choices=list(SETS), action="append", help="restrict to one set (repeatable)")
     p.add_argument("--embeddings", default=",".join(EMBEDDINGS))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads; 1 is fastest on a busy machine")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)

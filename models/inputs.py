@@ -17,6 +17,9 @@ from models.speech import SpeechFrontEnd
 
 log = logging.getLogger(__name__)
 
+# Bump when the front end's code changes what it computes for the same settings (cache invalidation).
+FRONT_END_VERSION = 2
+
 
 def speech_variants(waves: list[np.ndarray], rate: int, front_end: SpeechFrontEnd, *, variants: int,
                     seed: int, use_cache: bool = True) -> np.ndarray:
@@ -31,7 +34,8 @@ def speech_variants(waves: list[np.ndarray], rate: int, front_end: SpeechFrontEn
         digest.update(np.ascontiguousarray(w, dtype=np.float32).tobytes())
         digest.update(b"|")
     key = cache_key("speech-inputs", {"waves": digest.hexdigest(), "rate": rate, "variants": variants,
-                                      "seed": seed, "front_end": front_end.config.to_dict()})
+                                      "seed": seed, "front_end": front_end.config.to_dict(),
+                                      "version": FRONT_END_VERSION})
     if use_cache:
         cached = load_cached(key)
         if cached is not None:

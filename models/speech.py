@@ -103,7 +103,9 @@ class SpeechFrontEnd:
         """Pitch-shift a wave at the front end's rate; same length out."""
         if semitones == 0 or len(wave) < self.config.n_fft:
             return wave
-        out = librosa.effects.pitch_shift(wave, sr=self.config.rate, n_steps=semitones, res_type="soxr_hq")
+        # 512-sample (64 ms) phase-vocoder frames: librosa's default 2048 is longer than short digits.
+        out = librosa.effects.pitch_shift(wave, sr=self.config.rate, n_steps=semitones, res_type="soxr_hq",
+                                          n_fft=512)
         return out.astype(np.float32, copy=False)
 
     def log_mel(self, wave: np.ndarray) -> np.ndarray:

@@ -44,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contrastive-weight", type=float, default=0.01, help="default %(default)s")
     p.add_argument("--noise", type=float, default=0.0,
                    help="Gaussian noise on the PCA features, relative to each dimension's spread (default off)")
-    p.add_argument("--threads", type=int, default=int(os.environ.get("PRIVEDGE_TORCH_THREADS", "2")),
+    # One thread by default: on a shared 2-core machine torch's OpenMP workers spin while they wait for a
+    # core, and two threads trained three times slower than one here.
+    p.add_argument("--threads", type=int, default=int(os.environ.get("PRIVEDGE_TORCH_THREADS", "1")),
                    help="torch threads (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="bundle directory to write")

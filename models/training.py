@@ -117,8 +117,37 @@ def fit(model: nn.Module, data: InputSet, loop: LoopConfig, rng: np.random.Gener
                 progress(len(idx))
         history.append(total / max(count, 1))
         log.debug("epoch %d/%d: mean loss %.4f", len(history), loop.epochs, history[-1])
+    if loop.epochs > 0:
+        recalibrate_batch_norm(model, data.epoch_inputs(rng), frozen=frozen)
     model.eval()
     return history
+
+
+def recalibrate_batch_norm(model: nn.Module, x: torch.Tensor, *, frozen: nn.Module | None = None,
+                           batch_size: int = 256) -> None:
+    """Replace the batch-norm running statistics by exact averages over ``x`` (N, C, H, W).
+
+    The running averages (momentum 0.1) still remember the first steps after a short run (a few dozen
+    steps on a small set), and then the network in eval mode is much worse than in training. One pass
+    over the training inputs with cumulative averaging fixes that. ``frozen`` layers keep theirs.
+    """
+    skip = set(frozen.modules()) if frozen is not None else set()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m not in skip]
+    if not norms:
+        return
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the pass
+    model.train()
+    if frozen is not None:
+        frozen.eval()
+    with torch.no_grad():
+        for i in range(0, len(x), batch_size):
+            model(x[i:i + batch_size])
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
 
 
 def predict(module: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

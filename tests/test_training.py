@@ -63,14 +63,34 @@ def _params(module: torch.nn.Module) -> dict:
 
 
 @pytest.mark.slow
-def test_tiny_image_training_learns_and_is_deterministic():
+def test_tiny_image_training_learns(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVEDGE_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(1)
-    proto = _protocol(_faces(6, 8, seed=0), _faces(4, 8, seed=1))
-    cfg = EmbeddingConfig(embedding="advanced", dims=4, epochs=6, siamese_epochs=2, analyzer_epochs=2, seed=3)
-    a = train_embedding(proto, cfg)
+    proto = _protocol(_faces(10, 8, seed=0), _faces(4, 8, seed=1))
+    # 15 epochs of 3 steps: fewer leave the batch-norm running statistics unsettled
+    cfg = EmbeddingConfig(embedding="advanced", dims=4, epochs=15, siamese_epochs=2, analyzer_epochs=2, seed=3)
+    a = train_embedding(proto, cfg, use_cache=False)
     assert a.metrics["primary_accuracy"] >= 0.75  # chance is 0.5
     assert a.pca is not None and a.pca.k == 4
-    b = train_embedding(proto, cfg)
+
+
+def test_training_is_deterministic_and_the_cache_changes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRIVEDGE_CACHE", str(tmp_path / "cache"))
+    torch.set_num_threads(1)
+    proto = _protocol(_faces(3, 8, seed=0), _faces(2, 4, seed=1))
+    cfg = EmbeddingConfig(embedding="advanced", dims=3, epochs=2, siamese_epochs=1, analyzer_epochs=1, seed=5)
+    a = train_embedding(proto, cfg, use_cache=False)
+    _assert_same(a, train_embedding(proto, cfg, use_cache=False))
+    # the cached primary network gives the same result as training it again
+    _assert_same(a, train_embedding(proto, cfg))
+    assert any((tmp_path / "cache").glob("primary-net-*.pt"))
+    _assert_same(a, train_embedding(proto, cfg))
+    other = train_embedding(proto, EmbeddingConfig(**{**cfg.__dict__, "seed": 6}), use_cache=False)
+    assert not torch.equal(next(iter(other.extractor.state_dict().values())),
+                           next(iter(a.extractor.state_dict().values())))
+
+
+def _assert_same(a, b) -> None:
     for (ka, va), (kb, vb) in zip(_params(a.extractor).items(), _params(b.extractor).items()):
         assert ka == kb and torch.equal(va, vb), ka
     for (ka, va), (kb, vb) in zip(_params(a.analyzer).items(), _params(b.analyzer).items()):
@@ -109,6 +129,7 @@ def test_embedding_config_validation():
 @pytest.mark.slow
 def test_train_cli_writes_bundle_and_metrics(tmp_path, monkeypatch):
     from models import train
+    monkeypatch.setenv("PRIVEDGE_CACHE", str(tmp_path / "cache"))
     proto = _protocol(_faces(4, 6, seed=0), _faces(2, 6, seed=1))
     monkeypatch.setattr("models.data.load_protocol", lambda *a, **k: proto, raising=False)
     out = tmp_path / "bundle"
