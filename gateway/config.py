@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import yaml
 
 MODES = ("split", "cloud_only", "local_only")
+OVERFLOWS = ("drop_oldest", "backpressure")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SECRET_FIELDS = ("mqtt_password", "redis_password")
@@ -55,7 +56,12 @@ class GatewaySettings:
     wait_ms: float = 5.0
     """Longest wait for a micro-batch to fill once its first input is there (milliseconds)."""
     queue_per_device: int = 64
-    """Inputs held per device before the oldest is dropped (and counted)."""
+    """Inputs held per device before the oldest is dropped (and counted), with overflow drop_oldest."""
+    overflow: str = "drop_oldest"
+    """What a full device queue does. ``drop_oldest``: drop, acknowledge, count and report the oldest
+    input (stale camera frames go first; a restart backlog longer than queue_per_device loses its oldest
+    part, counted). ``backpressure``: keep up to receive_maximum inputs and let the broker's flow control
+    hold the rest (nothing dropped by the gateway; the broker's own queue limit then applies)."""
     receive_maximum: int = 1000
     """MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us. While Redis
     is unreachable the gateway holds up to this many inputs unacknowledged instead of dropping them."""
@@ -132,6 +138,7 @@ def _validate(s: GatewaySettings) -> None:
     for f in fields(s):
         _check_type(f.name, getattr(s, f.name))
     need(s.mode in MODES, f"mode must be one of {MODES}, got {s.mode!r}")
+    need(s.overflow in OVERFLOWS, f"overflow must be one of {OVERFLOWS}, got {s.overflow!r}")
     need(bool(_ID_RE.match(s.id)), f"id must match {_ID_RE.pattern}, got {s.id!r}")
     need(bool(_PREFIX_RE.match(s.prefix)), f"prefix must match {_PREFIX_RE.pattern}, got {s.prefix!r}")
     need(s.mqtt_protocol in ("5", "3.1.1"), f"mqtt_protocol must be '5' or '3.1.1', got {s.mqtt_protocol!r}")

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from gateway.audio import Rejected, UtteranceAssembler
+from gateway.audio import Rejected, Utterance, UtteranceAssembler
 from gateway.config import GatewaySettings
 from gateway.intake import DeviceQueues, Inbound, Intake
 from gateway.metrics import Metrics
@@ -53,7 +53,7 @@ class Ready:
     seq: int
     ts: float                       # capture time, Unix seconds
     items: list[Inbound]            # MQTT messages to acknowledge once handed on
-    media: ImageFrame | AudioChunk  # the validated message (an utterance: joined into one chunk)
+    media: ImageFrame | Utterance   # the validated frame, or the assembled utterance
     raw: Any = None                 # image: uint8 HxW[xC]; speech: (wave float32, rate Hz)
     x: np.ndarray | None = None     # preprocessed network input
 
@@ -119,8 +119,7 @@ class ExtractionLoop:
     def process(self, items: list[Inbound]) -> None:
         """Decode, run and hand on one micro-batch of MQTT inputs."""
         t0 = time.perf_counter()
-        ready = [r for r in (self._decode(item) for item in items) if r is not None]
-        ready = [r for group in ready for r in (group if isinstance(group, list) else [group])]
+        ready = [r for item in items for r in self._decode(item)]
         self.metrics.observe("decode", time.perf_counter() - t0, len(items))
         if not ready:
             return
@@ -140,24 +139,25 @@ class ExtractionLoop:
                                               reply=self.reply).encode() for r, z in zip(ready, outputs)]
             self._hand_on(ready, msgs)
 
-    def _decode(self, item: Inbound) -> Ready | list[Ready] | None:
+    def _decode(self, item: Inbound) -> list[Ready]:
+        """The inputs this MQTT message completes: a frame, an utterance's last chunk, or nothing."""
         try:
             if self.kind == "image":
                 frame = ImageFrame.decode(item.payload)
                 self._check_device(frame, item)
                 raw = None if self.s.mode == "cloud_only" else decode_image(frame)
-                return Ready(frame.device, frame.seq, frame.ts, [item], frame, raw)
+                return [Ready(frame.device, frame.seq, frame.ts, [item], frame, raw)]
             chunk = AudioChunk.decode(item.payload)
             self._check_device(chunk, item)
         except SchemaError as e:
             self._reject(item, _seq_of(item.payload), e.reason, str(e))
-            return None
+            return []
         done, rejected = self.assembler.add(chunk, item)
         for r in rejected:
             self._reject_many(r)
         if done is None:
-            return None
-        return [Ready(done.device, done.seq, done.first.ts, done.items, done.joined(),
+            return []
+        return [Ready(done.device, done.seq, done.first.ts, done.items, done,
                       None if self.s.mode == "cloud_only" else done.wave())]
 
     def _check_device(self, msg: ImageFrame | AudioChunk, item: Inbound) -> None:
@@ -199,8 +199,11 @@ class ExtractionLoop:
         return outputs, kept
 
     def _media_message(self, r: Ready) -> bytes:
-        payload = r.items[0].payload if self.kind == "image" else None  # the camera's bytes, unchanged
-        return MediaMessage.wrap(r.media, gateway=self.s.id, ts_sent=time.time(), task=self.task,
+        if self.kind == "image":
+            media, payload = r.media, r.items[0].payload  # the camera's bytes, unchanged
+        else:
+            media, payload = r.media.joined(), None  # one final chunk holding the whole utterance
+        return MediaMessage.wrap(media, gateway=self.s.id, ts_sent=time.time(), task=self.task,
                                  model=self.model_id, reply=self.reply, seq=r.seq, payload=payload).encode()
 
     def _hand_on(self, ready: list[Ready], messages: list[bytes]) -> None:

@@ -10,8 +10,9 @@ gateway process with the same id.
 The paho network thread only parses the topic and appends ``(topic, payload, mid)`` to the device's queue:
 no decoding, no I/O that can block. A full queue drops its oldest input, acknowledges it (so the broker
 does not send it again forever), counts it per device and reports it on the errors topic. While upstream
-is unavailable (``hold``) a queue keeps inputs up to ``receive_maximum`` instead: the broker sends no more
-than that many unacknowledged messages, so memory stays bounded and nothing is dropped.
+is unavailable, or always with ``overflow: backpressure``, a queue keeps inputs up to ``receive_maximum``
+instead (``hold``): the broker sends no more than that many unacknowledged messages (MQTT 5 Receive
+Maximum; with 3.1.1 the broker's max_inflight_messages), so memory stays bounded and nothing is dropped.
 
 Message ids are per connection: after a reconnect the broker resends the unacknowledged messages, so an
 input received on an earlier connection is handed on but not acknowledged (its resent copy is, and
@@ -141,6 +142,7 @@ class Intake:
         self.status_topic = names.gateway_status(settings.id)
         self.queues = {k: DeviceQueues(settings.queue_per_device, settings.receive_maximum, self._dropped)
                        for k in kinds}
+        self.set_hold(False)
         self.epoch = 0
         self.accepting = True
         self.connected = threading.Event()
@@ -262,9 +264,10 @@ class Intake:
         return self.client.publish(topic, payload, qos=qos, retain=retain)
 
     def set_hold(self, hold: bool) -> None:
-        """Hold inputs (up to receive_maximum) instead of dropping while upstream is unavailable."""
+        """Hold inputs (up to receive_maximum) instead of dropping while upstream is unavailable
+        (always, with overflow ``backpressure``)."""
         for q in self.queues.values():
-            q.hold = hold
+            q.hold = hold or self.s.overflow == "backpressure"
 
 
 def _safe_topic(msg: mqtt.MQTTMessage) -> str:

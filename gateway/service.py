@@ -231,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, help="largest micro-batch")
     p.add_argument("--wait-ms", type=float, help="longest micro-batch wait, milliseconds")
     p.add_argument("--queue-per-device", type=int, help="inputs held per device before dropping the oldest")
+    p.add_argument("--overflow", choices=("drop_oldest", "backpressure"),
+                   help="full device queue: drop the oldest (counted) or leave the rest with the broker")
     p.add_argument("--torch-threads", type=int, help="torch threads in this process (default 1)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--stats-interval-s", type=float, help="period of the JSON stats topic, seconds")

@@ -267,7 +267,7 @@ def test_sigterm_drains_what_the_gateway_holds(mosquitto, redis_server, gateway_
            "--bundle", str(gateway_bundles["image"]), "--id", "gwt", "--batch", "8"]
     log = open(tmp_path / "gateway.log", "w+")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PRIVEDGE_WAIT_MS": "1",
-                                                                         "PRIVEDGE_QUEUE_PER_DEVICE": "1000"})
+                                                                         "PRIVEDGE_OVERFLOW": "backpressure"})
     lis = Listener(mosquitto.port)
     try:
         assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwt/status"][-1:] == [b"online"], 60)
@@ -291,9 +291,12 @@ def test_sigterm_drains_what_the_gateway_holds(mosquitto, redis_server, gateway_
     handed = {f.id for f in _features(r, "glasses")}
     from gateway.service import Gateway
     s = GatewaySettings(broker=mosquitto.url, redis=redis_server.url, bundles=(str(gateway_bundles["image"]),),
-                        id="gwt", warm_up=False)
-    with Gateway(s):
-        assert wait_until(lambda: {f.id for f in _features(r, "glasses")} >= {f"gwt/cam1/{i}" for i in range(n)},
-                          timeout=60)
+                        id="gwt", warm_up=False, overflow="backpressure")
+    want = {f"gwt/cam1/{i}" for i in range(n)}
+    with Gateway(s) as again:
+        ok = wait_until(lambda: {f.id for f in _features(r, "glasses")} >= want, timeout=60)
+        missing = sorted(want - {f.id for f in _features(r, "glasses")})
+        assert ok, (f"first gateway: {final}; second received {again.metrics.snapshot()}; "
+                    f"missing {len(missing)}: {missing[:5]}")
     assert len(handed) > 0
     lis.close()

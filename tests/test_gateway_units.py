@@ -95,3 +95,19 @@ def test_recent_ids_forget_the_oldest():
     for k in ("x", "y", "z"):
         ids.add(k)
     assert "x" not in ids and "y" in ids and "z" in ids and len(ids) == 2
+
+
+def test_backpressure_overflow_holds_instead_of_dropping():
+    from gateway.config import GatewaySettings
+    from gateway.intake import Intake
+    from gateway.metrics import Metrics
+    from schemas import Names
+
+    def queue(overflow: str) -> DeviceQueues:
+        s = GatewaySettings(overflow=overflow, queue_per_device=2, receive_maximum=50)
+        intake = Intake(s, Names(), Metrics(), ("image",), lambda *a: None)
+        intake.set_hold(False)  # what the gateway calls when Redis is back
+        return intake.queues["image"]
+
+    assert queue("backpressure").hold is True and queue("backpressure").hold_capacity == 50
+    assert queue("drop_oldest").hold is False
