@@ -261,21 +261,47 @@ def test_settings_sources_and_unknown_keys(tmp_path):
         load_settings({"mode": "hybrid"}, env={})
 
 
-def test_sigterm_drains_what_the_gateway_holds(mosquitto, redis_server, gateway_bundles, tmp_path):
-    n = 300
+def _gateway_process(mosquitto, redis_server, bundle, tmp_path, lis, n: int, gw_id: str):
+    """Start ``privedge gateway`` as a process, wait until it is online, publish ``n`` frames and return
+    once some features are in Redis (so it is busy when the test signals it)."""
     cmd = [sys.executable, "-m", "privedge.cli", "gateway", "--broker", mosquitto.url, "--redis", redis_server.url,
-           "--bundle", str(gateway_bundles["image"]), "--id", "gwt", "--batch", "8"]
+           "--bundle", str(bundle), "--id", gw_id, "--batch", "8"]
     log = open(tmp_path / "gateway.log", "w+")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PRIVEDGE_WAIT_MS": "1",
-                                                                         "PRIVEDGE_OVERFLOW": "backpressure"})
-    lis = Listener(mosquitto.port)
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PRIVEDGE_WAIT_MS": "1", "PRIVEDGE_OVERFLOW": "backpressure"})
     try:
-        assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwt/status"][-1:] == [b"online"], 60)
+        assert lis.wait_for(lambda l: l.messages[f"privedge/gateway/{gw_id}/status"][-1:] == [b"online"], 60)
         for seq in range(n):
             lis.client.publish("privedge/cam1/image", image_frame("cam1", seq, "raw", (64, 64)).encode(), qos=1)
         r = redis.Redis.from_url(redis_server.url)
         assert wait_until(lambda: r.xlen("privedge:features:glasses") > 0)
-        proc.send_signal(signal.SIGTERM)
+    except BaseException:
+        proc.kill()
+        raise
+    return proc, log
+
+
+def _next_session_gets_the_rest(mosquitto, redis_server, bundle, gw_id: str, n: int, first: str) -> None:
+    """A new gateway with the same id hands on every input the first one did not."""
+    from gateway.service import Gateway
+
+    r = redis.Redis.from_url(redis_server.url)
+    s = GatewaySettings(broker=mosquitto.url, redis=redis_server.url, bundles=(str(bundle),),
+                        id=gw_id, warm_up=False, overflow="backpressure")
+    want = {f"{gw_id}/cam1/{i}" for i in range(n)}
+    with Gateway(s) as again:
+        ok = wait_until(lambda: {f.id for f in _features(r, "glasses")} >= want, timeout=60)
+        missing = sorted(want - {f.id for f in _features(r, "glasses")})
+        assert ok, (f"first gateway: {first}; second: {again.metrics.snapshot()}; "
+                    f"missing {len(missing)}: {missing[:5]}")
+
+
+def test_sigterm_drains_what_the_gateway_holds(mosquitto, redis_server, gateway_bundles, tmp_path):
+    n = 300
+    lis = Listener(mosquitto.port)
+    proc, log = _gateway_process(mosquitto, redis_server, gateway_bundles["image"], tmp_path, lis, n, "gwt")
+    proc.send_signal(signal.SIGTERM)
+    try:
         assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
@@ -287,16 +313,19 @@ def test_sigterm_drains_what_the_gateway_holds(mosquitto, redis_server, gateway_
     final = json.loads(text.split("stopped: ", 1)[1].splitlines()[0])
     assert final["received"] > 0 and final["published"] == final["received"] and not final["dropped"]
     assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwt/status"][-1:] == [b"offline"])
-    # What it held was handed on; what it had not taken in stays with the broker for its next session.
-    handed = {f.id for f in _features(r, "glasses")}
-    from gateway.service import Gateway
-    s = GatewaySettings(broker=mosquitto.url, redis=redis_server.url, bundles=(str(gateway_bundles["image"]),),
-                        id="gwt", warm_up=False, overflow="backpressure")
-    want = {f"gwt/cam1/{i}" for i in range(n)}
-    with Gateway(s) as again:
-        ok = wait_until(lambda: {f.id for f in _features(r, "glasses")} >= want, timeout=60)
-        missing = sorted(want - {f.id for f in _features(r, "glasses")})
-        assert ok, (f"first gateway: {final}; second received {again.metrics.snapshot()}; "
-                    f"missing {len(missing)}: {missing[:5]}")
-    assert len(handed) > 0
+    # What it had not taken in stayed with the broker for its next session.
+    _next_session_gets_the_rest(mosquitto, redis_server, gateway_bundles["image"], "gwt", n, text[-2000:])
+    lis.close()
+
+
+def test_sigkill_loses_nothing_the_broker_delivered(mosquitto, redis_server, gateway_bundles, tmp_path):
+    n = 300
+    lis = Listener(mosquitto.port)
+    proc, log = _gateway_process(mosquitto, redis_server, gateway_bundles["image"], tmp_path, lis, n, "gwk")
+    proc.kill()
+    proc.wait(30)
+    # The broker publishes the last will: home apps see the gateway go offline.
+    assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwk/status"][-1:] == [b"offline"], 90)
+    log.seek(0)
+    _next_session_gets_the_rest(mosquitto, redis_server, gateway_bundles["image"], "gwk", n, log.read()[-2000:])
     lis.close()
