@@ -98,7 +98,7 @@ class GatewaySettings:
     audio_timeout_s: float = 5.0
     """An utterance whose final chunk has not come this long after its last chunk is rejected."""
     torch_threads: int = 1
-    """torch intra-op threads for this process (a gateway and workers share the cores)."""
+    """torch intra-op threads, set process-wide at start() (a gateway and workers share the cores)."""
     warm_up: bool = True
     """Run a dummy extraction (torch, librosa/numba) before subscribing."""
     stats_interval_s: float = 5.0
