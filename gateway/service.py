@@ -123,6 +123,8 @@ class Gateway:
             self._stopped.set()
             for loop in self.loops:
                 loop.drain(time.monotonic())
+            if self._metrics_server is not None:
+                self._metrics_server.shutdown()
             raise GatewayError(str(e)) from e
         if self.relay is not None:
             self.relay.start()

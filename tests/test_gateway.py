@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -207,6 +210,34 @@ def test_broker_restart_gateway_reconnects_and_serves_again(make_gateway, mosqui
     assert wait_until(lambda: {f.id for f in _features(r, "glasses")} == {f"gw1/cam1/{i}" for i in range(6)})
     assert gw.failed() is None
     lis.close()
+
+
+def test_a_refused_connection_is_an_error_and_never_announced_online(tmp_path, gateway_bundles):
+    from gateway.service import Gateway, GatewayError
+    from privedge import servers
+
+    # mosquitto started as root reads its password file as the mosquitto user: keep it readable.
+    pw_dir = Path(tempfile.mkdtemp(prefix="privedge-gw-pw-"))
+    pw_dir.chmod(0o755)
+    pw = pw_dir / "passwd"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(pw), "gw", "right"], check=True, capture_output=True)
+    pw.chmod(0o644)
+    broker = servers.mosquitto(tmp_path / "mq", extra_conf=f"password_file {pw}\n")
+    try:
+        lis = Listener(broker.port)
+        s = GatewaySettings(broker=broker.url, redis="redis://127.0.0.1:1/0", bundles=(str(gateway_bundles["image"]),),
+                            id="gwr", mode="cloud_only", mqtt_username="gw", mqtt_password="wrong",
+                            connect_timeout_s=10)
+        with pytest.raises(GatewayError, match="refused"):
+            Gateway(s).start()
+        time.sleep(0.5)
+        assert lis.messages["privedge/gateway/gwr/status"] == []
+        with Gateway(s.replace(mqtt_password="right")):
+            assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwr/status"] == [b"online"])
+        lis.close()
+    finally:
+        broker.stop()
+        shutil.rmtree(pw_dir)
 
 
 def test_local_only_publishes_results_and_sends_nothing_up(mosquitto, redis_server, full_bundles):
