@@ -111,3 +111,13 @@ def test_backpressure_overflow_holds_instead_of_dropping():
 
     assert queue("backpressure").hold is True and queue("backpressure").hold_capacity == 50
     assert queue("drop_oldest").hold is False
+
+
+def test_the_example_config_file_is_valid():
+    from pathlib import Path
+
+    from gateway.config import load_settings
+
+    example = Path(__file__).resolve().parents[1] / "gateway" / "example.yaml"
+    s = load_settings({}, config_file=example, env={})
+    assert s.bundles == ("bundles/glasses", "bundles/digit") and s.mqtt_protocol == "5" and s.wait_ms == 5.0
