@@ -10,42 +10,49 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 import numpy as np  # noqa: E402
 
-from models.audit.pipeline import RAW, AuditRun  # noqa: E402
+from models.audit.pipeline import AuditRun  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 DPI = 120
 
 
-def tradeoff_plot(run: AuditRun, path: str | Path) -> Path:
+MARKERS = {"simple": "o", "siamese": "s", "advanced": "D", "private": "*"}
+
+
+def tradeoff_plot(metrics: dict[str, dict], path: str | Path, title: str = "") -> Path:
     """Primary accuracy (y) against the best attacker's identity top-1 (x), one point per bundle.
 
-    Identity chance is a dashed vertical line; the raw input, which has no primary accuracy of its own,
-    a dotted one. Good extractors sit top-left.
+    ``metrics`` is the audit's ``metrics.json`` content (bundle name -> entry). Identity chance is a
+    dashed vertical line, twice chance a dotted one; the raw input, which has no primary accuracy of its
+    own, a dash-dotted one. Good extractors sit top-left.
     """
     path = Path(path)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=DPI)
-    bundles = [e for e in run.entries if e.primary_accuracy is not None]
-    chance = run.entries[0].identity.chance_top1 if run.entries else None
-    if chance is not None:
-        ax.axvline(chance, color="grey", ls="--", lw=1, label=f"identity chance ({chance:.3f})")
-        ax.axvline(2 * chance, color="grey", ls=":", lw=0.8, label="2 x chance")
-    for e in run.entries:
-        if e.primary_accuracy is None:
-            ax.axvline(e.identity.top1, color="tab:red", ls="-.", lw=1,
-                       label=f"{RAW} ({e.identity.top1:.2f})")
+    fig, ax = plt.subplots(figsize=(9.6, 4.8), dpi=DPI)
+    bundles = {n: m for n, m in metrics.items() if m.get("primary_accuracy") is not None}
+    chances = [m["identity_chance"] for m in metrics.values()]
+    if chances:
+        ax.axvline(chances[0], color="grey", ls="--", lw=1, label=f"identity chance ({chances[0]:.3f})")
+        ax.axvline(2 * chances[0], color="grey", ls=":", lw=0.8, label="2 x chance")
+    for name, m in metrics.items():
+        if m.get("primary_accuracy") is None:
+            ax.axvline(m["identity_top1"], color="tab:red", ls="-.", lw=1,
+                       label=f"{name} ({m['identity_top1']:.2f})")
     cmap = plt.get_cmap("tab10")
-    for i, e in enumerate(bundles):
-        ax.scatter(e.identity.top1, e.primary_accuracy, s=60, color=cmap(i % 10), zorder=3,
-                   label=f"{e.name} ({e.embedding}, {e.cut}, {e.dims} d)")
+    for i, (name, m) in enumerate(bundles.items()):
+        ax.scatter(m["identity_top1"], m["primary_accuracy"], s=55, color=cmap(i % 10), zorder=3,
+                   marker=MARKERS.get(m.get("embedding"), "o"), edgecolor="black", linewidth=0.5, alpha=0.85,
+                   label=f"{name}: {m['identity_top1']:.2f} / {m['primary_accuracy']:.3f} "
+                         f"({m.get('feature_bytes')} B)")
+    accs = [m["primary_accuracy"] for m in bundles.values()]
     ax.set_xlim(0.0, 1.02)
-    low = min([e.primary_accuracy for e in bundles], default=0.5)
-    ax.set_ylim(max(0.0, min(low - 0.05, 0.5)), 1.01)
+    ax.set_ylim(max(0.0, min(accs, default=0.5) - 0.1), min(1.0, max(accs, default=1.0) + 0.03) + 0.005)
     ax.set_xlabel("attacker identity top-1 accuracy (best attacker; lower is more private)")
     ax.set_ylabel("primary-task accuracy (held out)")
-    ax.set_title(f"privacy / utility trade-off: {run.task}, protocol {run.protocol}")
+    ax.set_title(title or "privacy / utility trade-off", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right", framealpha=0.9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), framealpha=0.9,
+              title="identity top-1 / primary acc (bytes/msg)", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -83,3 +90,22 @@ def reconstruction_grid(run: AuditRun, path: str | Path) -> Path:
     plt.close(fig)
     log.info("wrote %s", path)
     return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Redraw the trade-off plot from a saved audit: ``python -m models.audit.figures METRICS OUT.png``."""
+    import argparse
+    import json
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("metrics", type=Path)
+    p.add_argument("out", type=Path)
+    p.add_argument("--title", default="")
+    args = p.parse_args(argv)
+    tradeoff_plot(json.loads(args.metrics.read_text()), args.out, args.title)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())

@@ -127,13 +127,18 @@ def _attacker_names(run: AuditRun) -> list[str]:
     return names
 
 
+def tradeoff_title(run: AuditRun) -> str:
+    return f"privacy / utility trade-off: {run.task} ({run.modality}), protocol {run.protocol}"
+
+
 def write_report(run: AuditRun, out_dir: str | Path) -> dict[str, Path]:
     """Write metrics.json, report.md, tradeoff.png and reconstructions.png into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"metrics": out / METRICS, "report": out / REPORT}
-    paths["metrics"].write_text(json.dumps(metrics(run), indent=2, allow_nan=False) + "\n")
-    paths["tradeoff"] = tradeoff_plot(run, out / TRADEOFF_PNG)
+    entries = metrics(run)
+    paths["metrics"].write_text(json.dumps(entries, indent=2, allow_nan=False) + "\n")
+    paths["tradeoff"] = tradeoff_plot(entries, out / TRADEOFF_PNG, tradeoff_title(run))
     paths["grid"] = reconstruction_grid(run, out / GRID_PNG)
     paths["report"].write_text(report_markdown(run))
     log.info("audit report in %s", out)
