@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="full", choices=["full", "small"], help="small: a quick subset (smoke tests)")
     p.add_argument("--margin", type=float, default=10.0, help="contrastive margin (default %(default)s)")
     p.add_argument("--contrastive-weight", type=float, default=0.01, help="default %(default)s")
+    p.add_argument("--pca-tune", default=None, choices=["analyzer", "both"],
+                   help="what trains behind the frozen PCA: the analyzer only, or the extractor too")
     p.add_argument("--noise", type=float, default=0.0,
                    help="Gaussian noise on the PCA features, relative to each dimension's spread (default off)")
     # One thread by default: on a shared 2-core machine torch's OpenMP workers spin while they wait for a
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> dict:
     cfg = EmbeddingConfig(embedding=args.embedding, cut=args.cut, dims=args.dims, epochs=args.epochs,
                           siamese_epochs=args.siamese_epochs, analyzer_epochs=args.analyzer_epochs,
                           margin=args.margin, contrastive_weight=args.contrastive_weight,
-                          noise_std=args.noise, seed=args.seed)
+                          noise_std=args.noise, seed=args.seed,
+                          **({"pca_tune": args.pca_tune} if args.pca_tune else {}))
     t0 = time.perf_counter()
     protocol = load_protocol(args.modality, args.data, seed=args.seed, size=args.size)
     if protocol.train.modality != args.modality:
@@ -94,6 +97,7 @@ def run(args: argparse.Namespace) -> dict:
         "cut": trained.cut,
         "dims": trained.pca.k if trained.pca is not None else None,
         "noise_std": cfg.noise_std,
+        "pca_tune": cfg.pca_tuning_for(args.modality)[0] if trained.pca is not None else None,
         "margin": cfg.margin,
         "contrastive_weight": cfg.contrastive_weight,
         "seed": cfg.seed,

@@ -69,8 +69,6 @@ def contrastive_loss(features: torch.Tensor, labels: torch.Tensor, margin: float
     return per_pair[off_diag].mean()
 
 
-ExtraLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
 
 def fit(model: nn.Module, data: InputSet, loop: LoopConfig, rng: np.random.Generator, *,
         params: list[nn.Parameter] | None = None, frozen: nn.Module | None = None,

@@ -124,6 +124,8 @@ def test_embedding_config_validation():
         EmbeddingConfig(embedding="fancy")
     with pytest.raises(ValueError, match="noise"):
         EmbeddingConfig(embedding="simple", noise_std=0.1)
+    with pytest.raises(ValueError, match="pca_tune"):
+        EmbeddingConfig(pca_tune="everything")
 
 
 @pytest.mark.slow
