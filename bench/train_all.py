@@ -36,11 +36,14 @@ def machine() -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| set (protocol) | embedding | primary accuracy | target | feature bytes | extractor params | "
-             "extractor MACs | seconds |", "|---|---|---|---|---|---|---|---|"]
+             "extractor MACs | seconds* |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['set']} ({r['protocol']}) | {r['embedding']} | {r['primary_accuracy']:.4f} | "
                      f"{r['target']} | {r['feature_bytes']:,} | {r['extractor_params']:,} | "
                      f"{r['extractor_macs']:,} | {r['seconds']:.0f} |")
+    lines.append("")
+    lines.append("*wall seconds of this run; Siamese and advanced start from the primary network, which is "
+                 "trained once and cached (`~/.cache/privedge`): only the first run that needs it pays for it")
     return "\n".join(lines)
 
 
@@ -53,7 +56,7 @@ def target_note(rows: list[dict]) -> list[str]:
             ok = simple["primary_accuracy"] >= goal
             notes.append(f"{s} simple {simple['primary_accuracy']:.4f} vs target {goal}: {'met' if ok else 'NOT met'}")
         if simple and adv:
-            gap = simple["primary_accuracy"] - adv["primary_accuracy"]
+            gap = round(simple["primary_accuracy"] - adv["primary_accuracy"], 4)  # accuracies carry 4 decimals
             ok = gap <= 0.02 and adv["feature_bytes"] <= 32
             notes.append(f"{s} advanced {adv['primary_accuracy']:.4f} ({gap * 100:+.1f} points below simple, "
                          f"{adv['feature_bytes']} B): {'met' if ok else 'NOT met'}")
