@@ -32,6 +32,8 @@ from models.training import LoopConfig, accuracy, contrastive_loss, deterministi
 log = logging.getLogger(__name__)
 
 EMBEDDINGS = ("simple", "siamese", "advanced")
+# Bump when the training code changes what it produces for the same settings (invalidates cached networks).
+TRAINING_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,8 @@ def primary_network(net_cfg: NetConfig, train: InputSet, epochs: int, seed: int,
     digest = hashlib.sha256(train.x.numpy().tobytes())
     digest.update(train.y.numpy().tobytes())
     key = cache_key("primary-net", {"inputs": digest.hexdigest(), "augment": train.augment, "net": net_cfg.to_dict(),
-                                    "loop": asdict(loop), "seed": seed, "torch": torch.__version__})
+                                    "loop": asdict(loop), "seed": seed, "torch": torch.__version__,
+                                    "version": TRAINING_VERSION})
     path = cache_dir() / f"{key}.pt"
     net = build_net(net_cfg)
     if use_cache and path.is_file():
