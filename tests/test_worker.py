@@ -1,0 +1,55 @@
+"""The worker against a real redis-server: results and acks together, dead letters, the loop goes on."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from models.bundle import make_untrained_bundle, read_manifest
+from schemas.features import FeatureMessage
+from schemas.names import GROUP, Names
+from schemas.results import Result
+from workers.config import RedisSettings, SettingsError, WorkerSettings
+from workers.service import Worker
+
+
+def _features(manifest, seq, model, names):
+    shape = tuple(manifest["feature"]["shape"])
+    return FeatureMessage.from_array(np.full(shape, 0.1 * seq, manifest["feature"]["dtype"]), gateway="gw",
+                                     device="cam", seq=seq, ts=time.time(), ts_sent=time.time(),
+                                     task=manifest["task"], model=model, reply=names.results("gw"))
+
+
+def test_results_dead_letters_and_acks(tmp_path, redis_server):
+    bundle = tmp_path / "b"
+    make_untrained_bundle(bundle, "image")
+    manifest, names = read_manifest(bundle), Names()
+    worker = Worker(WorkerSettings(redis=RedisSettings.from_dsn(redis_server.url), bundles=(bundle,),
+                                   block_ms=50)).start()
+    r, stream = worker.redis, names.features(manifest["task"])
+    try:
+        r.xadd(stream, {"m": _features(manifest, 0, manifest["model"], names).encode()})
+        r.xadd(stream, {"m": _features(manifest, 1, "other-000000000000", names).encode()})
+        r.xadd(stream, {"m": b"\x93poison"})
+        r.xadd(stream, {"m": _features(manifest, 3, manifest["model"], names).encode()})
+        deadline = time.monotonic() + 20
+        while worker.stats.as_dict()["received"] < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    results = [Result.decode(f[b"m"]) for _, f in r.xrange(names.results("gw"))]
+    assert [x.id for x in results] == ["gw/cam/0", "gw/cam/3"]
+    assert all(x.label in manifest["labels"] and x.worker == worker.name for x in results)
+    reasons = [f[b"reason"] for _, f in r.xrange(names.dead(manifest["task"]))]
+    assert reasons[0] == b"unknown model" and reasons[1].startswith(b"undecodable")
+    assert r.xpending(stream, GROUP)["pending"] == 0
+
+
+def test_settings_parse_dsn_and_refuse_bad_values():
+    s = RedisSettings.from_dsn("redis://user:p%40ss@example:6380/2")
+    assert (s.host, s.port, s.db, s.username, s.password) == ("example", 6380, 2, "user", "p@ss")
+    with pytest.raises(SettingsError):
+        RedisSettings.from_dsn("http://x")
+    with pytest.raises(SettingsError):
+        WorkerSettings(bundles=("b",), mode="edge")

@@ -1,0 +1,92 @@
+"""Worker settings: typed, frozen, read once at the entry point.
+
+Precedence (DESIGN.md "Command line"): flags, then ``PRIVEDGE_*`` environment variables, then defaults.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+MODES = ("split", "cloud_only")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the worker cannot run with."""
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where Redis is and how to log in; built from a ``redis://[user:pass@]host:port[/db]`` URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+
+    @classmethod
+    def from_dsn(cls, dsn: str) -> "RedisSettings":
+        """Parse ``redis://`` or ``rediss://`` (TLS) URLs; the path, if any, is the database number."""
+        parts = urlsplit(dsn)
+        if parts.scheme not in ("redis", "rediss"):
+            raise SettingsError(f"redis URL must start with redis:// or rediss://, got {dsn!r}")
+        try:
+            db = int(parts.path.strip("/") or 0)
+            port = parts.port or 6379
+        except ValueError as e:
+            raise SettingsError(f"bad redis URL {dsn!r}: {e}") from e
+        return cls(host=parts.hostname or "127.0.0.1", port=port, db=db,
+                   username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else None,
+                   ssl=parts.scheme == "rediss")
+
+    def client(self, **kwargs):
+        """A redis-py client that returns bytes (messages are msgpack)."""
+        import redis  # the worker's only transport; imported here so that settings stay importable alone
+
+        return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
+                           password=self.password, ssl=self.ssl, **kwargs)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything one worker process needs.
+
+    ``batch`` and ``block_ms`` are the XREADGROUP COUNT and BLOCK: a batch of 64 keeps the analyzer's
+    matrix multiplies efficient while a 100 ms bound keeps an idle worker responsive to SIGTERM.
+    """
+
+    redis: RedisSettings = RedisSettings()
+    bundles: tuple[Path, ...] = ()
+    name: str | None = None                # consumer name; None -> hostname-pid-random
+    mode: str = "split"                    # "split": features; "cloud_only": raw media, whole network
+    prefix: str = "privedge"               # key prefix (schemas.names)
+    batch: int = 64                        # messages per XREADGROUP, per stream
+    block_ms: int = 100                    # XREADGROUP BLOCK, milliseconds
+    threads: int = 1                       # torch threads in this process: N workers on N cores, no fights
+    reply_maxlen: int = 100_000            # MAXLEN ~ of each results stream, entries
+    dead_maxlen: int = 10_000              # MAXLEN ~ of each dead-letter stream, entries
+    claim_idle_ms: int = 30_000            # a pending entry idle this long belongs to a dead consumer
+    claim_every_s: float = 5.0             # how often to look for such entries, seconds
+    max_deliveries: int = 5                # delivered more often than this -> dead-letter
+    stats_every_s: float = 5.0             # stats hash refresh period, seconds
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise SettingsError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not self.bundles:
+            raise SettingsError("a worker needs at least one --bundle")
+        for name in ("batch", "threads", "max_deliveries", "reply_maxlen", "dead_maxlen"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.block_ms < 0 or self.claim_idle_ms < 0:
+            raise SettingsError("block_ms and claim_idle_ms must be >= 0")
+        object.__setattr__(self, "bundles", tuple(Path(b) for b in self.bundles))
+
+
+def env_default(name: str, default: str | None = None) -> str | None:
+    """``PRIVEDGE_{NAME}`` from the environment, else ``default``."""
+    return os.environ.get(f"PRIVEDGE_{name.upper()}", default)

@@ -1,0 +1,219 @@
+"""``privedge worker``: one consumer in the ``analyzers`` group, features (or media) in, results out.
+
+Each loop: XREADGROUP COUNT B BLOCK T over every served task's stream, group the batch by ``model``,
+run the network once per group, then write every Result to its ``reply`` stream, every rejected entry
+to ``{p}:dead:{task}`` and all the XACKs in one MULTI/EXEC round trip, so a result and its ack go
+together. A bad entry is logged with its id, dead-lettered, counted, and the loop goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections import defaultdict
+
+import redis
+import torch
+
+from schemas.errors import SchemaError
+from schemas.limits import DEFAULT_LIMITS
+from schemas.names import GROUP, Names
+from schemas.results import ErrorReport, Result
+from workers.analysis import Rejected, decode_message, load_served, model_input, run_network, top_k
+from workers.config import RedisSettings, WorkerSettings, env_default
+from workers.stats import WorkerStats
+
+log = logging.getLogger(__name__)
+
+
+def default_name() -> str:
+    """A consumer name unique across machines and restarts: hostname-pid-random."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
+class Worker:
+    """A consumer of the ``analyzers`` group; ``start()`` runs it in a thread, ``stop()`` ends it."""
+
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.settings = settings
+        self.names = Names(settings.prefix)
+        self.name = settings.name or default_name()
+        self.served = load_served(settings.bundles, settings.mode)
+        stream_of = self.names.features if settings.mode == "split" else self.names.media
+        self.streams = {stream_of(s.task): s.task for s in self.served.values()}  # stream -> task
+        self.stats = WorkerStats()
+        self.redis = settings.redis.client()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._next_claim = 0.0
+
+    def ensure_groups(self) -> None:
+        """Create the consumer group on each stream (MKSTREAM, from id 0) unless it exists."""
+        for stream in self.streams:
+            try:
+                self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise
+
+    def start(self) -> "Worker":
+        torch.set_num_threads(self.settings.threads)
+        self.ensure_groups()
+        self._thread = threading.Thread(target=self.run, name=f"worker-{self.name}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Finish the batch in hand, then return."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def run(self) -> None:
+        log.info("worker %s consuming %s", self.name, ", ".join(self.streams))
+        while not self._stop.is_set():
+            try:
+                self.step()
+            except redis.RedisError as e:
+                self.stats.add(redis_errors=1)
+                log.warning("redis round trip failed (%s); retrying", e)
+                self._stop.wait(1.0)
+                if isinstance(e, redis.ResponseError) and "NOGROUP" in str(e):
+                    self.ensure_groups()
+
+    def step(self) -> int:
+        """One read-analyze-write cycle; returns the number of entries handled."""
+        t0 = time.perf_counter()
+        entries = []
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + self.settings.claim_every_s
+            entries += self._reclaim()
+        reply = self.redis.xreadgroup(GROUP, self.name, {s: ">" for s in self.streams},
+                                      count=self.settings.batch, block=self.settings.block_ms)
+        for stream, items in reply or []:
+            stream = stream.decode() if isinstance(stream, bytes) else stream
+            entries += [(stream, eid, fields) for eid, fields in items]
+        self.stats.add(read_s=time.perf_counter() - t0)
+        if entries:
+            self.handle(entries)
+        return len(entries)
+
+    def _reclaim(self) -> list:
+        """Entries idle longer than claim_idle_ms at a dead consumer; over max_deliveries -> dead."""
+        out, dead = [], []
+        for stream in self.streams:
+            claimed = self.redis.xautoclaim(stream, GROUP, self.name, self.settings.claim_idle_ms,
+                                            start_id="0-0", count=self.settings.batch)[1]
+            claimed = [(eid, f) for eid, f in claimed if f]
+            if not claimed:
+                continue
+            pend = self.redis.xpending_range(stream, GROUP, min=claimed[0][0], max=claimed[-1][0],
+                                             count=len(claimed), consumername=self.name)
+            times = {p["message_id"]: p["times_delivered"] for p in pend}
+            for eid, fields in claimed:
+                if times.get(eid, 0) > self.settings.max_deliveries:
+                    dead.append((stream, eid, fields, Rejected("redelivered too often",
+                                                               f"{times[eid]} deliveries")))
+                else:
+                    out.append((stream, eid, fields))
+        self.stats.add(reclaimed=len(out) + len(dead))
+        if dead:
+            self._write([], dead, defaultdict(list, {s: [e[1] for e in dead if e[0] == s] for s in self.streams}))
+        return out
+
+    def handle(self, entries: list) -> None:
+        """Analyze a batch of (stream, entry id, fields) and write results, dead letters and acks."""
+        t0 = time.perf_counter()
+        groups: dict[str, list] = defaultdict(list)
+        dead, acks = [], defaultdict(list)
+        for stream, eid, fields in entries:
+            acks[stream].append(eid)
+            try:
+                raw = fields.get(b"m")
+                if raw is None:
+                    raise Rejected("undecodable: missing field", "stream entry has no field m")
+                msg = decode_message(raw, self.settings.mode, DEFAULT_LIMITS)
+                served = self.served.get(msg.model)
+                if served is None:
+                    raise Rejected("unknown model", msg.model)
+                if not msg.reply.startswith(self.names.results("x")[:-1]):
+                    raise Rejected("bad reply stream", msg.reply)
+                groups[msg.model].append((msg, model_input(msg, served)))
+            except Rejected as e:
+                dead.append((stream, eid, fields, e))
+        results = []
+        for model, items in groups.items():
+            served = self.served[model]
+            try:
+                probs = run_network(served, [x for _, x in items])
+            except (Rejected, ValueError, RuntimeError) as e:
+                log.exception("analysis of %d entries of model %s failed", len(items), model)
+                for msg, _ in items:  # the entries are not in hand by stream here: dead-letter by id
+                    dead.append((self.names.features(served.task), None, {b"m": msg.encode()},
+                                 Rejected("analysis failed", str(e))))
+                continue
+            done = time.time()
+            for (msg, _), row in zip(items, probs):
+                best = top_k(row, served.labels)
+                results.append((msg.reply, Result(id=msg.id, task=served.task, model=model, label=best[0][0],
+                                                  score=min(1.0, max(0.0, best[0][1])), scores=dict(best),
+                                                  ts=msg.ts, ts_done=done, worker=self.name)))
+        self.stats.add(analyze_s=time.perf_counter() - t0, received=len(entries), batches=1)
+        self._write(results, dead, acks)
+
+    def _write(self, results: list, dead: list, acks: dict) -> None:
+        t0 = time.perf_counter()
+        pipe = self.redis.pipeline(transaction=True)
+        for reply, res in results:
+            pipe.xadd(reply, {"m": res.encode()}, maxlen=self.settings.reply_maxlen, approximate=True)
+        for stream, eid, fields, err in dead:
+            task = self.streams.get(stream, "unknown")
+            eid_s = eid.decode() if isinstance(eid, bytes) else str(eid)
+            log.warning("dead-letter %s %s: %s", stream, eid_s, err)
+            report = ErrorReport(source=self.name, device="", topic=stream, reason=err.reason,
+                                 detail=err.detail[:200], ts=time.time())
+            pipe.xadd(self.names.dead(task), {"reason": err.reason, "entry": eid_s, "error": report.encode(),
+                                              "m": fields.get(b"m", b"")},
+                      maxlen=self.settings.dead_maxlen, approximate=True)
+        for stream, ids in acks.items():
+            if ids:
+                pipe.xack(stream, GROUP, *ids)
+        pipe.execute()
+        self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0)
+
+
+def parse_args(argv: list[str]) -> WorkerSettings:
+    p = argparse.ArgumentParser(prog="privedge worker", description=__doc__.splitlines()[0])
+    p.add_argument("--redis", default=env_default("redis", "redis://127.0.0.1:6379"))
+    p.add_argument("--bundle", action="append", required=True, help="bundle directory (repeatable)")
+    p.add_argument("--name", default=env_default("worker_name"))
+    p.add_argument("--mode", choices=("split", "cloud_only"), default="split")
+    p.add_argument("--prefix", default=env_default("prefix", "privedge"))
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--block-ms", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--claim-idle-ms", type=int, default=30_000)
+    p.add_argument("--max-deliveries", type=int, default=5)
+    a = p.parse_args(argv)
+    return WorkerSettings(redis=RedisSettings.from_dsn(a.redis), bundles=tuple(a.bundle), name=a.name,
+                          mode=a.mode, prefix=a.prefix, batch=a.batch, block_ms=a.block_ms,
+                          threads=a.threads, claim_idle_ms=a.claim_idle_ms, max_deliveries=a.max_deliveries)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    worker = Worker(parse_args(list(argv or [])))
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    worker.start()
+    while not done.wait(worker.settings.stats_every_s):
+        log.info("stats %s", worker.stats.as_dict())
+    worker.stop()
+    log.info("stopped; stats %s", worker.stats.as_dict())
+    return 0
