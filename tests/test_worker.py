@@ -53,3 +53,27 @@ def test_settings_parse_dsn_and_refuse_bad_values():
         RedisSettings.from_dsn("http://x")
     with pytest.raises(SettingsError):
         WorkerSettings(bundles=("b",), mode="edge")
+
+
+@pytest.mark.parametrize("max_deliveries,expect", [(5, "result"), (1, "dead")])
+def test_pending_entry_of_a_dead_consumer_is_reclaimed(tmp_path, redis_server, max_deliveries, expect):
+    bundle = tmp_path / "b"
+    make_untrained_bundle(bundle, "image")
+    manifest, names = read_manifest(bundle), Names()
+    settings = WorkerSettings(redis=RedisSettings.from_dsn(redis_server.url), bundles=(bundle,), block_ms=50,
+                              claim_idle_ms=0, claim_every_s=0.1, max_deliveries=max_deliveries)
+    worker = Worker(settings)
+    worker.ensure_groups()
+    r, stream = worker.redis, names.features(manifest["task"])
+    r.xadd(stream, {"m": _features(manifest, 7, manifest["model"], names).encode()})
+    r.xreadgroup(GROUP, "crashed-consumer", {stream: ">"}, count=10)  # read, never acked
+    worker.start()
+    try:
+        deadline = time.monotonic() + 20
+        while r.xpending(stream, GROUP)["pending"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    assert r.xpending(stream, GROUP)["pending"] == 0
+    assert r.xlen(names.results("gw")) == (1 if expect == "result" else 0)
+    assert r.xlen(names.dead(manifest["task"])) == (1 if expect == "dead" else 0)
