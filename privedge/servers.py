@@ -5,6 +5,7 @@ with their data in a private directory, so that nothing touches a system-wide se
 """
 from __future__ import annotations
 
+import getpass
 import logging
 import shutil
 import signal
@@ -103,6 +104,9 @@ def mosquitto(workdir: Path, port: int | None = None, *, persistence: bool = Tru
     conf = workdir / "mosquitto.conf"
     lines = [
         f"listener {port} 127.0.0.1",
+        # Run as whoever started us: as root, mosquitto would otherwise switch to the "mosquitto" user,
+        # which cannot write the persistence file into a private temporary directory.
+        f"user {getpass.getuser()}",
         "allow_anonymous true",
         f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {workdir}/",
