@@ -41,7 +41,8 @@ class GatewaySettings:
     broker: str = "mqtt://127.0.0.1:1883"
     """MQTT broker URL, ``mqtt://HOST:PORT``."""
     redis: str = "redis://127.0.0.1:6379/0"
-    """Redis URL, ``redis://[USER@]HOST:PORT[/DB]``; unused in local_only mode."""
+    """Redis URL, ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` (an ACL user, see README "Security");
+    unused in local_only mode."""
     bundles: tuple[str, ...] = ()
     """Bundle directories, at most one per modality (image, speech). Only manifest.json and extractor.pt
     are read in split mode, only manifest.json in cloud_only mode, the whole model in local_only mode."""
@@ -113,6 +114,16 @@ class GatewaySettings:
     """Largest back-off delay (seconds)."""
     drain_timeout_s: float = 30.0
     """On stop(): how long to keep draining held inputs upstream before giving up (seconds)."""
+    spool_dir: str | None = None
+    """Directory of the on-disk spool (the gateway uses ``spool_dir/{id}``): while Redis is unreachable,
+    feature messages are written there (and their MQTT inputs acknowledged), then replayed in order.
+    None: no spool; inputs are held unacknowledged (up to receive_maximum) until Redis answers."""
+    spool_max_bytes: int = 256 * 1024 * 1024
+    """Bound of the spool on disk (bytes); past it the oldest spooled messages are dropped and counted."""
+    spool_fsync: bool = True
+    """fsync each spooled batch before acknowledging its inputs (survives a power cut, not only a crash)."""
+    spool_replay_batch: int = 256
+    """Spooled messages handed on per pipelined round trip when Redis is back."""
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -146,7 +157,8 @@ def _validate(s: GatewaySettings) -> None:
     need(url.scheme == "mqtt" and bool(url.hostname), f"broker must be mqtt://HOST:PORT, got {s.broker!r}")
     need(urlparse(s.redis).scheme in ("redis", "rediss"), f"redis must be redis://HOST:PORT, got {s.redis!r}")
     for name in ("batch", "queue_per_device", "receive_maximum", "stream_maxlen", "results_batch",
-                 "results_block_ms", "dedupe_size", "audio_max_open", "torch_threads", "keepalive_s"):
+                 "results_block_ms", "dedupe_size", "audio_max_open", "torch_threads", "keepalive_s",
+                 "spool_max_bytes", "spool_replay_batch"):
         need(getattr(s, name) >= 1, f"{name} must be >= 1, got {getattr(s, name)}")
     need(s.receive_maximum <= 65535, f"receive_maximum must be <= 65535, got {s.receive_maximum}")
     for name in ("wait_ms", "session_expiry_s", "retry_initial_s"):

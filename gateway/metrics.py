@@ -24,6 +24,9 @@ COUNTERS = {
     "duplicates_dropped": "results dropped because their id was already relayed",
     "upstream_retries": "failed attempts to hand a batch on to Redis",
     "results_errors": "failed reads of the results stream",
+    "spooled": "messages written to the on-disk spool while Redis was unreachable",
+    "replayed": "spooled messages handed on to Redis once it was back",
+    "spool_dropped": "spooled messages dropped (oldest first) because the spool was full",
 }
 LABELLED = {
     "rejected": ("reason", "inputs rejected, by reason"),

@@ -24,7 +24,7 @@ from gateway.extraction import ExtractionLoop
 from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, serve_prometheus
 from gateway.results import ResultsRelay
-from gateway.upstream import Upstream, connect_redis
+from gateway.upstream import Upstream, UpstreamRefused, safe_url, connect_redis, open_spool
 from schemas import ErrorReport, Names
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Gateway:
         self.intake: Intake | None = None
         self.relay: ResultsRelay | None = None
         self.redis = None
+        self.upstream: Upstream | None = None
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
         self._stats_thread: threading.Thread | None = None
@@ -106,7 +107,12 @@ class Gateway:
         upstream = None
         if self.s.mode != "local_only":
             self.redis = connect_redis(self.s)
-            upstream = Upstream(self.s, self.redis, self.metrics, on_available=self._upstream_available)
+            upstream = self.upstream = Upstream(self.s, self.redis, self.metrics, spool=open_spool(self.s),
+                                                on_available=self._upstream_available)
+            try:
+                upstream.start()
+            except UpstreamRefused as e:
+                raise GatewayError(str(e)) from e
         for kind, (model, manifest) in models.items():
             self.loops.append(ExtractionLoop(kind, model, manifest, self.s, self.names, self.intake, upstream,
                                              self.metrics, self.report))
@@ -153,6 +159,8 @@ class Gateway:
             if self.relay is not None:
                 self.relay.stop()
                 self.relay.thread.join(self.s.results_block_ms / 1000 + 5)
+            if self.upstream is not None:
+                self.upstream.close()
             self._stopped.set()
             self._publish_stats()
             self.intake.close()
@@ -174,7 +182,7 @@ class Gateway:
 
     def failed(self) -> BaseException | None:
         """The exception that ended a loop, if any (a bug: bad input never ends a loop)."""
-        for t in [*self.loops, self.relay]:
+        for t in [*self.loops, self.relay, self.upstream]:
             if t is not None and t.error is not None:
                 return t.error
         return None
@@ -224,7 +232,7 @@ class Gateway:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privedge gateway", description=__doc__.splitlines()[0])
     p.add_argument("--broker", help="MQTT broker, mqtt://HOST:PORT")
-    p.add_argument("--redis", help="Redis, redis://HOST:PORT[/DB]")
+    p.add_argument("--redis", help="Redis, redis://[USER:PASSWORD@]HOST:PORT[/DB]")
     p.add_argument("--bundle", dest="bundles", action="append", help="bundle directory (repeat per modality)")
     p.add_argument("--id", help="gateway name (MQTT client id privedge-gateway-ID)")
     p.add_argument("--config", help="YAML or TOML settings file (flat keys named like the settings)")
@@ -241,6 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mqtt-username", help="MQTT user (password: PRIVEDGE_MQTT_PASSWORD or --mqtt-password-file)")
     p.add_argument("--mqtt-password-file", help="file holding the MQTT password")
     p.add_argument("--redis-password-file", help="file holding the Redis password")
+    p.add_argument("--spool-dir", help="on-disk spool for while Redis is unreachable (default: none, hold)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     p.add_argument("--print-settings", action="store_true",
                    help="print the merged settings as JSON (secrets hidden) and exit")
@@ -261,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.print_settings:
         shown = {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(settings).items()}
+        shown["redis"] = safe_url(settings.redis)
         print(json.dumps(shown, indent=2))
         return 0
     gateway = Gateway(settings)

@@ -5,7 +5,15 @@ Weight files are plain state dicts, loaded with ``torch.load(..., weights_only=T
 ``model`` id (``{task}-{12 hex}``) over everything but ``model`` and ``metrics``, so two bundles with the
 same id hold the same weights and settings. Loading refuses a file whose hash does not match.
 A home receives the manifest and ``extractor.pt`` only: :func:`load_extractor` never opens the analyzer.
+
+Each half may also travel as ONNX (``extractor.onnx``, ``analyzer.onnx``, see :mod:`models.onnx_runtime`),
+listed with their sha256 under the manifest's ``onnx`` key. That key is left out of the ``model`` id: the id
+names the weights and settings, whichever runtime serves them, so a gateway on ONNX and a worker on torch
+agree. An ONNX file is bound to the id instead by its hash and by agreeing with the torch weights on a
+probe batch when it is loaded. The loaders take ``runtime``: ``torch`` (the reference, the default here),
+``onnx``, or ``auto`` (ONNX when the bundle has it).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,14 +60,16 @@ def _sha256(path: Path) -> str:
 
 
 def model_id(manifest: dict) -> str:
-    """``{task}-{first 12 hex of sha256}`` of the canonical JSON of the manifest without model/metrics."""
-    core = {k: v for k, v in manifest.items() if k not in ("model", "metrics")}
+    """``{task}-{first 12 hex of sha256}`` of the canonical JSON of the manifest without model, metrics and
+    onnx (the ONNX copies are another runtime's form of the same weights, checked against them on load)."""
+    core = {k: v for k, v in manifest.items() if k not in ("model", "metrics", "onnx")}
     digest = hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return f"{manifest['task']}-{digest[:12]}"
 
 
-def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest: dict) -> str:
-    """Write both state dicts and the completed manifest into ``out_dir``; returns the model id."""
+def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest: dict, onnx: bool = True) -> str:
+    """Write both state dicts and the completed manifest into ``out_dir``, then (``onnx``) both halves
+    exported to ONNX; returns the model id."""
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ValueError(f"manifest lacks {missing}")
@@ -78,9 +88,18 @@ def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest:
     full = {"format": FORMAT, **full, "files": files}
     full = json.loads(json.dumps(full))  # plain JSON types only, so the id is what a reader recomputes
     full["model"] = model_id(full)
-    (out / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True) + "\n")
+    write_manifest(out, full)
     log.info("saved bundle %s to %s", full["model"], out)
+    if onnx:
+        from models.onnx_runtime import export_bundle
+
+        export_bundle(out)
     return full["model"]
+
+
+def write_manifest(dir, manifest: dict) -> None:
+    """Write ``manifest.json`` (sorted keys, so equal manifests are equal files)."""
+    (Path(dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(dir) -> dict:
@@ -111,16 +130,21 @@ def _checked_manifest(dir) -> dict:
     return manifest
 
 
-def _load_state(dir, name: str, manifest: dict) -> dict:
+def verified_path(dir, name: str, want: str | None, manifest: dict) -> Path:
+    """``dir/name`` once its sha256 is ``want`` (from the manifest); MissingFileError / HashMismatchError."""
     path = Path(dir) / name
     if not path.is_file():
         raise MissingFileError(f"{path}: missing (bundle {manifest['model']})")
-    want = manifest["files"].get(name)
     got = _sha256(path)
     if got != want:
         raise HashMismatchError(f"{path}: sha256 {got[:16]}... does not match the manifest's "
                                 f"{str(want)[:16]}... for bundle {manifest['model']}; refusing a modified or "
                                 "foreign weight file")
+    return path
+
+
+def _load_state(dir, name: str, manifest: dict) -> dict:
+    path = verified_path(dir, name, manifest["files"].get(name), manifest)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several unrelated types for a corrupt archive
@@ -140,6 +164,35 @@ def _load_into(module: nn.Module, state: dict, what: str, manifest: dict) -> nn.
     except RuntimeError as e:
         raise BundleError(f"bundle {manifest['model']}: {what} weights do not fit its arch: {e}") from e
     return module.eval()
+
+
+class TorchForward:
+    """The reference runtime: a torch module on float32 arrays, ``(B, ...) -> (B, ...)``."""
+
+    name = "torch"
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module.eval()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(x)).numpy()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of (B, C) logits, float32."""
+    z = np.asarray(logits, dtype=np.float32)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str, threads: int | None):
+    """What serves ``half`` ("extractor" / "analyzer") on ``runtime`` (torch, onnx, auto)."""
+    if runtime == "torch":
+        return TorchForward(module)
+    from models.onnx_runtime import onnx_forward  # onnxruntime is imported only where it is asked for
+
+    return onnx_forward(dir, manifest, half, module, runtime, threads)
 
 
 class _Inputs:
@@ -163,19 +216,23 @@ class _Inputs:
         wave, rate = raw
         return self.front_end(wave, int(rate), self.rng)
 
-    def stack(self, inputs: list[np.ndarray]) -> torch.Tensor:
+    def stack(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """B preprocessed inputs -> one contiguous float32 (B, C, H, W) batch."""
         if len(inputs) == 0:
-            return torch.zeros((0, *self.input_shape))
-        x = np.stack([np.asarray(a, dtype=np.float32) for a in inputs])  # (B, C, H, W)
+            return np.zeros((0, *self.input_shape), np.float32)
+        x = np.stack(inputs).astype(np.float32, copy=False)  # (B, C, H, W)
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"inputs must have shape {self.input_shape}, got {x.shape[1:]}")
-        return torch.from_numpy(x)
+        return x
 
 
 class Extractor:
-    """The gateway half: preprocessed inputs -> released features ``(B, *feature_shape)``."""
+    """The gateway half: preprocessed inputs -> released features ``(B, *feature_shape)``.
+    ``forward`` runs the network, (B, C, H, W) float32 -> (B, F): the torch ``module`` by default, or an
+    ONNX Runtime session (``runtime`` names it)."""
 
-    def __init__(self, manifest: dict, module: nn.Module, rng: np.random.Generator | None = None) -> None:
+    def __init__(self, manifest: dict, module: nn.Module, rng: np.random.Generator | None = None,
+                 forward=None) -> None:
         self.manifest = manifest
         self.model_id: str = manifest["model"]
         self.task: str = manifest["task"]
@@ -183,6 +240,8 @@ class Extractor:
         self.feature_dtype: str = manifest["feature"]["dtype"]
         self.feature_shape: tuple[int, ...] = tuple(manifest["feature"]["shape"])
         self.module = module.eval()
+        self.forward = forward if forward is not None else TorchForward(self.module)
+        self.runtime: str = self.forward.name
         self._inputs = _Inputs(manifest, rng)
         self.input_shape = self._inputs.input_shape
 
@@ -191,10 +250,8 @@ class Extractor:
 
     def extract_batch(self, inputs: list[np.ndarray]) -> np.ndarray:
         """list of B preprocessed inputs -> (B, *feature_shape) array of ``feature_dtype``."""
-        x = self._inputs.stack(inputs)
-        with torch.inference_mode():
-            z = self.module(x)  # (B, F)
-        return z.numpy().astype(self.feature_dtype).reshape((len(inputs), *self.feature_shape))
+        z = self.forward(self._inputs.stack(inputs))  # (B, F)
+        return z.astype(self.feature_dtype, copy=False).reshape((len(inputs), *self.feature_shape))
 
     def extract_raw(self, raws: list) -> np.ndarray:
         return self.extract_batch([self.preprocess(r) for r in raws])
@@ -207,36 +264,41 @@ class Extractor:
 
 
 class Analyzer:
-    """The cloud half: features ``(B, *feature_shape)`` -> class probabilities ``(B, C)`` float32."""
+    """The cloud half: features ``(B, *feature_shape)`` -> class probabilities ``(B, C)`` float32.
+    ``forward``: (B, F) float32 -> logits (B, C), as for :class:`Extractor`."""
 
-    def __init__(self, manifest: dict, module: nn.Module) -> None:
+    def __init__(self, manifest: dict, module: nn.Module, forward=None) -> None:
         self.manifest = manifest
         self.model_id: str = manifest["model"]
         self.task: str = manifest["task"]
         self.labels: list[str] = list(manifest["labels"])
         self.feature_shape: tuple[int, ...] = tuple(manifest["feature"]["shape"])
         self.module = module.eval()
+        self.forward = forward if forward is not None else TorchForward(self.module)
+        self.runtime: str = self.forward.name
 
     def analyze_batch(self, features: np.ndarray) -> np.ndarray:
         f = np.asarray(features)
         if f.shape[1:] != self.feature_shape:
             raise ValueError(f"features must have shape (B, {self.feature_shape}), got {f.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(f, dtype=np.float32)).reshape(len(f), -1)  # (B, F)
-        with torch.inference_mode():
-            return torch.softmax(self.module(x), dim=1).numpy().astype(np.float32)  # (B, C)
+        x = np.ascontiguousarray(f, dtype=np.float32).reshape(len(f), -1)  # (B, F)
+        return softmax(self.forward(x))  # (B, C)
 
 
 class FullModel:
     """The uncut network, for local-only (gateway) and cloud-only (worker) serving."""
 
     def __init__(self, manifest: dict, extractor: nn.Module, analyzer: nn.Module,
-                 rng: np.random.Generator | None = None) -> None:
+                 rng: np.random.Generator | None = None, forwards: tuple | None = None) -> None:
         self.manifest = manifest
         self.model_id: str = manifest["model"]
         self.task: str = manifest["task"]
         self.modality: str = manifest["modality"]
         self.labels: list[str] = list(manifest["labels"])
         self.module = nn.Sequential(extractor, analyzer).eval()
+        # (extractor, analyzer) runtimes; the released features are not quantised on this path
+        self.forwards = forwards if forwards is not None else (TorchForward(extractor), TorchForward(analyzer))
+        self.runtime: str = self.forwards[0].name
         self._inputs = _Inputs(manifest, rng)
 
     def preprocess(self, raw) -> np.ndarray:
@@ -244,38 +306,43 @@ class FullModel:
 
     def predict_batch(self, inputs: list[np.ndarray]) -> np.ndarray:
         """list of B preprocessed inputs -> probabilities (B, C) float32."""
-        x = self._inputs.stack(inputs)
-        with torch.inference_mode():
-            return torch.softmax(self.module(x), dim=1).numpy().astype(np.float32)
+        ext, ana = self.forwards
+        return softmax(ana(ext(self._inputs.stack(inputs))))  # (B, C, H, W) -> (B, F) -> (B, C)
 
     def predict_raw(self, raws: list) -> np.ndarray:
         return self.predict_batch([self.preprocess(r) for r in raws])
 
 
-def load_extractor(dir, *, rng: np.random.Generator | None = None) -> Extractor:
-    """Verify the manifest and ``extractor.pt`` and build the gateway half (``analyzer.pt`` not needed)."""
+def load_extractor(dir, *, rng: np.random.Generator | None = None, runtime: str = "torch",
+                   threads: int | None = None) -> Extractor:
+    """Verify the manifest and ``extractor.pt`` (and ``extractor.onnx`` when it serves) and build the
+    gateway half (``analyzer.*`` not needed). ``threads``: ONNX Runtime threads (default: torch's)."""
     manifest = _checked_manifest(dir)
     state = _load_state(dir, EXTRACTOR_FILE, manifest)
-    ext, _ = _build(manifest)
-    return Extractor(manifest, _load_into(ext, state, "extractor", manifest), rng)
+    ext = _load_into(_build(manifest)[0], state, "extractor", manifest)
+    return Extractor(manifest, ext, rng, _forward(dir, manifest, "extractor", ext, runtime, threads))
 
 
-def load_analyzer(dir) -> Analyzer:
-    """Verify the manifest and ``analyzer.pt`` and build the cloud half."""
+def load_analyzer(dir, *, runtime: str = "torch", threads: int | None = None) -> Analyzer:
+    """Verify the manifest and ``analyzer.pt`` (and ``analyzer.onnx`` when it serves); the cloud half."""
     manifest = _checked_manifest(dir)
     state = _load_state(dir, ANALYZER_FILE, manifest)
-    _, ana = _build(manifest)
-    return Analyzer(manifest, _load_into(ana, state, "analyzer", manifest))
+    ana = _load_into(_build(manifest)[1], state, "analyzer", manifest)
+    return Analyzer(manifest, ana, _forward(dir, manifest, "analyzer", ana, runtime, threads))
 
 
-def load_full(dir, *, rng: np.random.Generator | None = None) -> FullModel:
+def load_full(dir, *, rng: np.random.Generator | None = None, runtime: str = "torch",
+              threads: int | None = None) -> FullModel:
     """Both halves, joined: for serving without a split."""
     manifest = _checked_manifest(dir)
     ext_state = _load_state(dir, EXTRACTOR_FILE, manifest)
     ana_state = _load_state(dir, ANALYZER_FILE, manifest)
     ext, ana = _build(manifest)
-    return FullModel(manifest, _load_into(ext, ext_state, "extractor", manifest),
-                     _load_into(ana, ana_state, "analyzer", manifest), rng)
+    ext = _load_into(ext, ext_state, "extractor", manifest)
+    ana = _load_into(ana, ana_state, "analyzer", manifest)
+    forwards = tuple(_forward(dir, manifest, half, m, runtime, threads)
+                     for half, m in (("extractor", ext), ("analyzer", ana)))
+    return FullModel(manifest, ext, ana, rng, forwards)
 
 
 def input_spec(modality: str, in_shape: tuple[int, ...], speech: SpeechConfig | None = None) -> dict:
