@@ -123,8 +123,13 @@ def mosquitto(workdir: Path, port: int | None = None, *, persistence: bool = Tru
 
 
 def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
-          password: str | None = None, extra: list[str] | None = None) -> LocalServer:
-    """A redis-server on 127.0.0.1:port with its data in ``workdir``."""
+          password: str | None = None, acl_users: list | None = None,
+          extra: list[str] | None = None) -> LocalServer:
+    """A redis-server on 127.0.0.1:port with its data in ``workdir``.
+
+    ``acl_users`` (:class:`privedge.redis_acl.AclUser`, e.g. ``gateway_user`` and ``worker_user``): write
+    them to ``workdir/users.acl`` and start with ``--aclfile``; the anonymous default user is then off.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
@@ -132,5 +137,12 @@ def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
             "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
     if password:
         argv += ["--requirepass", password]
+    if acl_users:
+        from privedge.redis_acl import acl_file_text
+
+        acl = workdir / "users.acl"
+        acl.write_text(acl_file_text(list(acl_users)))
+        acl.chmod(0o600)
+        argv += ["--aclfile", str(acl)]
     argv += extra or []
     return LocalServer("redis", argv, port, workdir).start()

@@ -28,8 +28,10 @@ class RedisSettings:
     ssl: bool = False
 
     @classmethod
-    def from_dsn(cls, dsn: str) -> "RedisSettings":
-        """Parse ``redis://`` or ``rediss://`` (TLS) URLs; the path, if any, is the database number."""
+    def from_dsn(cls, dsn: str, password: str | None = None) -> "RedisSettings":
+        """Parse ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` or ``rediss://`` (TLS) URLs; the path, if
+        any, is the database number. ``password`` is used when the URL carries none (e.g. from
+        ``PRIVEDGE_REDIS_PASSWORD``, so that it need not appear on a command line)."""
         parts = urlsplit(dsn)
         if parts.scheme not in ("redis", "rediss"):
             raise SettingsError(f"redis URL must start with redis:// or rediss://, got {dsn!r}")
@@ -40,7 +42,7 @@ class RedisSettings:
             raise SettingsError(f"bad redis URL {dsn!r}: {e}") from e
         return cls(host=parts.hostname or "127.0.0.1", port=port, db=db,
                    username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password else None,
+                   password=unquote(parts.password) if parts.password else password,
                    ssl=parts.scheme == "rediss")
 
     def client(self, **kwargs):

@@ -189,7 +189,8 @@ class Worker:
 
 def parse_args(argv: list[str]) -> WorkerSettings:
     p = argparse.ArgumentParser(prog="privedge worker", description=__doc__.splitlines()[0])
-    p.add_argument("--redis", default=env_default("redis", "redis://127.0.0.1:6379"))
+    p.add_argument("--redis", default=env_default("redis", "redis://127.0.0.1:6379"),
+                   help="redis://[USER:PASSWORD@]HOST:PORT[/DB] (password also from PRIVEDGE_REDIS_PASSWORD)")
     p.add_argument("--bundle", action="append", required=True, help="bundle directory (repeatable)")
     p.add_argument("--name", default=env_default("worker_name"))
     p.add_argument("--mode", choices=("split", "cloud_only"), default="split")
@@ -200,7 +201,8 @@ def parse_args(argv: list[str]) -> WorkerSettings:
     p.add_argument("--claim-idle-ms", type=int, default=30_000)
     p.add_argument("--max-deliveries", type=int, default=5)
     a = p.parse_args(argv)
-    return WorkerSettings(redis=RedisSettings.from_dsn(a.redis), bundles=tuple(a.bundle), name=a.name,
+    redis_settings = RedisSettings.from_dsn(a.redis, env_default("redis_password"))
+    return WorkerSettings(redis=redis_settings, bundles=tuple(a.bundle), name=a.name,
                           mode=a.mode, prefix=a.prefix, batch=a.batch, block_ms=a.block_ms,
                           threads=a.threads, claim_idle_ms=a.claim_idle_ms, max_deliveries=a.max_deliveries)
 
@@ -211,7 +213,11 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    worker.start()
+    try:
+        worker.start()
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
+        log.error("Redis refused worker %s: %s", worker.name, e)
+        return 1
     while not done.wait(worker.settings.stats_every_s):
         log.info("stats %s", worker.stats.as_dict())
     worker.stop()

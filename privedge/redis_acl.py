@@ -1,0 +1,109 @@
+"""Redis ACL users for privedge: each client may run only the commands it needs, on the keys it owns.
+
+- gateway ``gateway-{id}``: XADD to ``{p}:features:*`` (and ``{p}:media:*`` for the cloud-only baseline);
+  XREAD/XTRIM of its own results stream ``{p}:results:{id}`` and GET/SET of its cursor; nothing else
+  (it cannot read features, nor another home's results).
+- worker ``worker``: XREADGROUP, XAUTOCLAIM, XPENDING, XACK and XGROUP CREATE on the features and media
+  streams; XADD to results and dead-letter streams only (it cannot add features).
+- ``default`` (the anonymous user) is switched off.
+
+Redis 7 ACL selectors (the parenthesised groups) pair commands with keys: a command runs when the root
+rules or one selector allow both the command and every key it touches.
+
+Write an ACL file for ``redis-server --aclfile FILE`` (passwords stored as SHA-256, never in clear)::
+
+    python -m privedge.redis_acl --gateway home --out deploy/users.acl
+
+Passwords come from ``PRIVEDGE_REDIS_PASSWORD_<USER>`` (``-`` as ``_``, upper case, e.g.
+``PRIVEDGE_REDIS_PASSWORD_GATEWAY_HOME``) or are generated and printed once.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from schemas.names import Names, check_name
+
+WORKER_USER = "worker"
+_BASE = "reset on -@all +ping"  # redis-py's CLIENT SETINFO on connect may be refused: it ignores that
+
+
+@dataclass(frozen=True)
+class AclUser:
+    """One Redis user: its name, password and ACL rules (without the password part)."""
+
+    name: str
+    password: str = field(repr=False)
+    rules: str
+
+    def line(self, *, hashed: bool = True) -> str:
+        """The ``user ...`` line of an ACL file; ``hashed`` stores the SHA-256 instead of the password."""
+        secret = "#" + hashlib.sha256(self.password.encode()).hexdigest() if hashed else ">" + self.password
+        return f"user {self.name} {_BASE} {secret} {self.rules}"
+
+    def url(self, host: str, port: int, db: int = 0) -> str:
+        """``redis://USER:PASSWORD@HOST:PORT/DB`` for this user (what --redis takes)."""
+        from urllib.parse import quote
+
+        return f"redis://{quote(self.name, safe='')}:{quote(self.password, safe='')}@{host}:{port}/{db}"
+
+
+def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> AclUser:
+    """The ACL user of gateway ``gateway_id``: writes features (or media), reads its own results."""
+    k = Names(prefix)._key
+    gw = check_name(gateway_id, "gateway id")
+    results = f"{k}:results:{gw}"
+    rules = (f"+xadd ~{k}:features:* ~{k}:media:* "
+             f"(+xread +xtrim +get +set ~{results} ~{results}:cursor)")
+    return AclUser(f"gateway-{gw}", password, rules)
+
+
+def worker_user(password: str, prefix: str = "privedge", name: str = WORKER_USER) -> AclUser:
+    """The ACL user of the workers: consumes features (or media), writes results and dead letters."""
+    k = Names(prefix)._key
+    rules = (f"+xreadgroup +xautoclaim +xpending +xack +xgroup|create +multi +exec +discard "
+             f"~{k}:features:* ~{k}:media:* "
+             f"(+xadd ~{k}:results:* ~{k}:dead:*)")
+    return AclUser(check_name(name, "Redis user"), password, rules)
+
+
+def acl_file_text(users: list[AclUser], *, hashed: bool = True) -> str:
+    """An ACL file: the anonymous ``default`` user off, then one line per user."""
+    return "\n".join(["user default off resetpass -@all", *(u.line(hashed=hashed) for u in users)]) + "\n"
+
+
+def _password_for(user: str) -> tuple[str, bool]:
+    """(password, generated?) for ``user`` from the environment, else a fresh random one."""
+    env = "PRIVEDGE_REDIS_PASSWORD_" + user.replace("-", "_").upper()
+    if os.environ.get(env):
+        return os.environ[env], False
+    return secrets.token_urlsafe(24), True
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m privedge.redis_acl", description=__doc__.splitlines()[0])
+    p.add_argument("--gateway", action="append", required=True, help="gateway id (repeat per home)")
+    p.add_argument("--prefix", default="privedge")
+    p.add_argument("--out", type=Path, required=True, help="ACL file to write (redis-server --aclfile)")
+    a = p.parse_args(argv)
+    users = [gateway_user(g, "", a.prefix) for g in a.gateway] + [worker_user("", a.prefix)]
+    filled = []
+    for u in users:
+        password, generated = _password_for(u.name)
+        if generated:
+            print(f"{u.name}: {password}")
+        filled.append(AclUser(u.name, password, u.rules))
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(acl_file_text(filled))
+    a.out.chmod(0o600)
+    print(f"wrote {a.out} ({len(filled)} users; default user off)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
