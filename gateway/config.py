@@ -25,6 +25,7 @@ import yaml
 
 MODES = ("split", "cloud_only", "local_only")
 OVERFLOWS = ("drop_oldest", "backpressure")
+RUNTIMES = ("auto", "onnx", "torch")  # models.onnx_runtime.RUNTIMES, repeated so settings import no torch
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SECRET_FIELDS = ("mqtt_password", "redis_password")
@@ -99,7 +100,11 @@ class GatewaySettings:
     audio_timeout_s: float = 5.0
     """An utterance whose final chunk has not come this long after its last chunk is rejected."""
     torch_threads: int = 1
-    """torch intra-op threads, set process-wide at start() (a gateway and workers share the cores)."""
+    """torch intra-op threads, set process-wide at start(), and the ONNX Runtime session's threads (a
+    gateway and workers share the cores: one busy thread per process)."""
+    runtime: str = "auto"
+    """What runs the network: ``onnx`` (ONNX Runtime; the bundle must carry the .onnx file), ``torch``
+    (the reference), ``auto`` (ONNX when the bundle carries it, else torch)."""
     warm_up: bool = True
     """Run a dummy extraction (torch, librosa/numba) before subscribing."""
     stats_interval_s: float = 5.0
@@ -150,6 +155,7 @@ def _validate(s: GatewaySettings) -> None:
         _check_type(f.name, getattr(s, f.name))
     need(s.mode in MODES, f"mode must be one of {MODES}, got {s.mode!r}")
     need(s.overflow in OVERFLOWS, f"overflow must be one of {OVERFLOWS}, got {s.overflow!r}")
+    need(s.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {s.runtime!r}")
     need(bool(_ID_RE.match(s.id)), f"id must match {_ID_RE.pattern}, got {s.id!r}")
     need(bool(_PREFIX_RE.match(s.prefix)), f"prefix must match {_PREFIX_RE.pattern}, got {s.prefix!r}")
     need(s.mqtt_protocol in ("5", "3.1.1"), f"mqtt_protocol must be '5' or '3.1.1', got {s.mqtt_protocol!r}")

@@ -43,13 +43,14 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
     from models.bundle import BundleError, load_extractor, load_full, read_manifest
 
     out: dict[str, tuple[object, dict]] = {}
+    serve = {"runtime": settings.runtime, "threads": settings.torch_threads}
     for d in settings.bundles:
         try:
             if settings.mode == "split":
-                model = load_extractor(d)
+                model = load_extractor(d, **serve)
                 manifest = model.manifest
             elif settings.mode == "local_only":
-                model = load_full(d)
+                model = load_full(d, **serve)
                 manifest = model.manifest
             else:
                 model, manifest = None, read_manifest(d)
@@ -62,7 +63,8 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
             raise GatewayError(f"two bundles serve {manifest['modality']} inputs ({d} and "
                                f"{out[kind][1]['model']}): give at most one per modality")
         out[kind] = (model, manifest)
-        log.info("bundle %s: %s model %s serves %s topics", d, settings.mode, manifest["model"], kind)
+        log.info("bundle %s: %s model %s serves %s topics on %s", d, settings.mode, manifest["model"], kind,
+                 getattr(model, "runtime", "no network"))
     if not out:
         raise GatewayError("no bundle given (--bundle DIR)")
     return out
@@ -243,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue-per-device", type=int, help="inputs held per device before dropping the oldest")
     p.add_argument("--overflow", choices=("drop_oldest", "backpressure"),
                    help="full device queue: drop the oldest (counted) or leave the rest with the broker")
-    p.add_argument("--torch-threads", type=int, help="torch threads in this process (default 1)")
+    p.add_argument("--torch-threads", type=int, help="torch and ONNX Runtime threads in this process (default 1)")
+    p.add_argument("--runtime", choices=("auto", "onnx", "torch"),
+                   help="network runtime (default auto: ONNX Runtime when the bundle carries extractor.onnx)")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     p.add_argument("--stats-interval-s", type=float, help="period of the JSON stats topic, seconds")
     p.add_argument("--mqtt-username", help="MQTT user (password: PRIVEDGE_MQTT_PASSWORD or --mqtt-password-file)")
