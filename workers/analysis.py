@@ -47,17 +47,20 @@ class Served:
     net: Any  # models.bundle.Analyzer (split) or the load_full object (cloud_only)
 
 
-def load_served(bundle_dirs: tuple[Path, ...], mode: str) -> dict[str, Served]:
-    """Load every bundle for ``mode``; returns {model id: Served}. Raises BundleError on a bad bundle."""
+def load_served(bundle_dirs: tuple[Path, ...], mode: str, runtime: str = "torch",
+                threads: int = 1) -> dict[str, Served]:
+    """Load every bundle for ``mode`` on ``runtime`` (torch, onnx, auto) with ``threads`` ONNX Runtime
+    threads; returns {model id: Served}. Raises BundleError on a bad bundle."""
     served: dict[str, Served] = {}
     for d in bundle_dirs:
         manifest = bundles.read_manifest(d)
-        net = bundles.load_analyzer(d) if mode == "split" else bundles.load_full(d)
+        load = bundles.load_analyzer if mode == "split" else bundles.load_full
+        net = load(d, runtime=runtime, threads=threads)
         s = Served(model_id=manifest["model"], task=manifest["task"], modality=manifest["modality"],
                    labels=tuple(manifest["labels"]),
                    feature_shape=tuple(int(n) for n in manifest["feature"]["shape"]), net=net)
         served[s.model_id] = s
-        log.info("serving %s (task %s, %s mode) from %s", s.model_id, s.task, mode, d)
+        log.info("serving %s (task %s, %s mode, %s) from %s", s.model_id, s.task, mode, net.runtime, d)
     return served
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 MODES = ("split", "cloud_only")
+RUNTIMES = ("auto", "onnx", "torch")  # models.onnx_runtime.RUNTIMES, repeated so settings import no torch
 
 
 class SettingsError(ValueError):
@@ -68,7 +69,8 @@ class WorkerSettings:
     prefix: str = "privedge"               # key prefix (schemas.names)
     batch: int = 64                        # messages per XREADGROUP, per stream
     block_ms: int = 100                    # XREADGROUP BLOCK, milliseconds
-    threads: int = 1                       # torch threads in this process: N workers on N cores, no fights
+    threads: int = 1                       # torch and ONNX Runtime threads: N workers on N cores, no fights
+    runtime: str = "auto"                  # onnx | torch | auto (ONNX Runtime when the bundle has the .onnx)
     reply_maxlen: int = 100_000            # MAXLEN ~ of each results stream, entries
     dead_maxlen: int = 10_000              # MAXLEN ~ of each dead-letter stream, entries
     claim_idle_ms: int = 30_000            # a pending entry idle this long belongs to a dead consumer
@@ -79,6 +81,8 @@ class WorkerSettings:
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise SettingsError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.runtime not in RUNTIMES:
+            raise SettingsError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if not self.bundles:
             raise SettingsError("a worker needs at least one --bundle")
         for name in ("batch", "threads", "max_deliveries", "reply_maxlen", "dead_maxlen"):

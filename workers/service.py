@@ -43,7 +43,7 @@ class Worker:
         self.settings = settings
         self.names = Names(settings.prefix)
         self.name = settings.name or default_name()
-        self.served = load_served(settings.bundles, settings.mode)
+        self.served = load_served(settings.bundles, settings.mode, settings.runtime, settings.threads)
         stream_of = self.names.features if settings.mode == "split" else self.names.media
         self.streams = {stream_of(s.task): s.task for s in self.served.values()}  # stream -> task
         self.stats = WorkerStats()
@@ -197,14 +197,17 @@ def parse_args(argv: list[str]) -> WorkerSettings:
     p.add_argument("--prefix", default=env_default("prefix", "privedge"))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--block-ms", type=int, default=100)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1)")
+    p.add_argument("--runtime", choices=("auto", "onnx", "torch"), default=env_default("runtime", "auto"),
+                   help="network runtime (default auto: ONNX Runtime when the bundle carries the .onnx files)")
     p.add_argument("--claim-idle-ms", type=int, default=30_000)
     p.add_argument("--max-deliveries", type=int, default=5)
     a = p.parse_args(argv)
     redis_settings = RedisSettings.from_dsn(a.redis, env_default("redis_password"))
     return WorkerSettings(redis=redis_settings, bundles=tuple(a.bundle), name=a.name,
                           mode=a.mode, prefix=a.prefix, batch=a.batch, block_ms=a.block_ms,
-                          threads=a.threads, claim_idle_ms=a.claim_idle_ms, max_deliveries=a.max_deliveries)
+                          threads=a.threads, runtime=a.runtime, claim_idle_ms=a.claim_idle_ms,
+                          max_deliveries=a.max_deliveries)
 
 
 def main(argv: list[str] | None = None) -> int:
