@@ -130,8 +130,18 @@ class GatewaySettings:
     spool_replay_batch: int = 256
     """Spooled messages handed on per pipelined round trip when Redis is back."""
 
+    pitch_shift: str | None = None
+    """This home's secret pitch-shift range for speech, ``"LO,HI"`` semitones (0 <= LO <= HI <= 12; the
+    sign is random per utterance). It replaces the bundle's range at the extractor and is never sent:
+    the analyzer was trained over a wider range and does not need to know it. None: the bundle's range."""
+
     def __post_init__(self) -> None:
         _validate(self)
+
+    @property
+    def pitch_shift_range(self) -> tuple[float, float] | None:
+        """``pitch_shift`` parsed, or None."""
+        return None if self.pitch_shift is None else parse_pitch_shift(self.pitch_shift)
 
     @property
     def client_id(self) -> str:
@@ -173,6 +183,19 @@ def _validate(s: GatewaySettings) -> None:
                  "drain_timeout_s", "connect_timeout_s"):
         need(getattr(s, name) > 0, f"{name} must be > 0, got {getattr(s, name)}")
     need(s.metrics_port is None or 0 <= s.metrics_port <= 65535, f"bad metrics_port {s.metrics_port}")
+    if s.pitch_shift is not None:
+        parse_pitch_shift(s.pitch_shift)
+
+
+def parse_pitch_shift(text: str) -> tuple[float, float]:
+    """``"LO,HI"`` -> (lo, hi) semitones with 0 <= lo <= hi <= 12; ConfigError otherwise."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"pitch_shift must be 'LO,HI' semitones, got {text!r}") from None
+    if not 0 <= lo <= hi <= 12:
+        raise ConfigError(f"pitch_shift must satisfy 0 <= LO <= HI <= 12, got {text!r}")
+    return (lo, hi)
 
 
 def _check_type(name: str, value: Any) -> None:

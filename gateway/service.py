@@ -47,7 +47,7 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
     for d in settings.bundles:
         try:
             if settings.mode == "split":
-                model = load_extractor(d, **serve)
+                model = load_extractor(d, **serve, shift_semitones=settings.pitch_shift_range)
                 manifest = model.manifest
             elif settings.mode == "local_only":
                 model = load_full(d, **serve)

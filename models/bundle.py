@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.release import decode as decode_features, encode as encode_features
 from models.speech import SpeechConfig, SpeechFrontEnd
 from models.split import arch_of, build_from_arch
 
@@ -36,7 +37,7 @@ EXTRACTOR_FILE = "extractor.pt"
 ANALYZER_FILE = "analyzer.pt"
 # Keys the caller of save_bundle provides; save_bundle adds format, files and model.
 REQUIRED = ("task", "modality", "labels", "input", "cut", "embedding", "feature", "pca_dims", "noise_std", "arch")
-FEATURE_DTYPES = ("float32", "float16")
+FEATURE_DTYPES = ("float32", "float16", "int8")  # int8 carries a per-dimension scale (models.release)
 
 
 class BundleError(Exception):
@@ -198,12 +199,15 @@ def _forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str, th
 class _Inputs:
     """Preprocessing shared by the extractor and the full model: raw media -> network input."""
 
-    def __init__(self, manifest: dict, rng: np.random.Generator | None) -> None:
+    def __init__(self, manifest: dict, rng: np.random.Generator | None,
+                 shift_semitones: tuple[float, float] | None = None) -> None:
         self.modality = manifest["modality"]
         self.input_shape = tuple(manifest["arch"]["net"]["in_shape"])
         self.front_end = None
         if self.modality == "speech":
             spec = {k: v for k, v in manifest["input"].items() if k not in ("kind", "shape")}
+            if shift_semitones is not None:  # a home's own secret range replaces the bundle's
+                spec["shift_semitones"] = list(shift_semitones)
             self.front_end = SpeechFrontEnd.from_config(SpeechConfig.from_dict(spec))
         # Fresh, unseeded by default: at the gateway the pitch shifts must not be predictable.
         self.rng = rng if rng is not None else np.random.default_rng()
@@ -232,7 +236,7 @@ class Extractor:
     ONNX Runtime session (``runtime`` names it)."""
 
     def __init__(self, manifest: dict, module: nn.Module, rng: np.random.Generator | None = None,
-                 forward=None) -> None:
+                 forward=None, shift_semitones: tuple[float, float] | None = None) -> None:
         self.manifest = manifest
         self.model_id: str = manifest["model"]
         self.task: str = manifest["task"]
@@ -242,16 +246,18 @@ class Extractor:
         self.module = module.eval()
         self.forward = forward if forward is not None else TorchForward(self.module)
         self.runtime: str = self.forward.name
-        self._inputs = _Inputs(manifest, rng)
+        self._inputs = _Inputs(manifest, rng, shift_semitones)
         self.input_shape = self._inputs.input_shape
 
     def preprocess(self, raw) -> np.ndarray:
         return self._inputs.preprocess(raw)
 
     def extract_batch(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """list of B preprocessed inputs -> (B, *feature_shape) array of ``feature_dtype``."""
+        """list of B preprocessed inputs -> (B, *feature_shape) array of ``feature_dtype``. Noise, when the
+        bundle adds any, is drawn fresh on every call inside the module."""
         z = self.forward(self._inputs.stack(inputs))  # (B, F)
-        return z.astype(self.feature_dtype, copy=False).reshape((len(inputs), *self.feature_shape))
+        z = encode_features(z, self.manifest["feature"])
+        return z.reshape((len(inputs), *self.feature_shape))
 
     def extract_raw(self, raws: list) -> np.ndarray:
         return self.extract_batch([self.preprocess(r) for r in raws])
@@ -281,8 +287,8 @@ class Analyzer:
         f = np.asarray(features)
         if f.shape[1:] != self.feature_shape:
             raise ValueError(f"features must have shape (B, {self.feature_shape}), got {f.shape}")
-        x = np.ascontiguousarray(f, dtype=np.float32).reshape(len(f), -1)  # (B, F)
-        return softmax(self.forward(x))  # (B, C)
+        f = decode_features(f.reshape(len(f), -1), self.manifest["feature"])  # int8 -> scaled float32
+        return softmax(self.forward(np.ascontiguousarray(f, dtype=np.float32)))  # (B, F) -> (B, C)
 
 
 class FullModel:
@@ -313,14 +319,17 @@ class FullModel:
         return self.predict_batch([self.preprocess(r) for r in raws])
 
 
-def load_extractor(dir, *, rng: np.random.Generator | None = None, runtime: str = "torch",
+def load_extractor(dir, *, rng: np.random.Generator | None = None,
+                   shift_semitones: tuple[float, float] | None = None, runtime: str = "torch",
                    threads: int | None = None) -> Extractor:
     """Verify the manifest and ``extractor.pt`` (and ``extractor.onnx`` when it serves) and build the
-    gateway half (``analyzer.*`` not needed). ``threads``: ONNX Runtime threads (default: torch's)."""
+    gateway half (``analyzer.*`` not needed). ``shift_semitones``: the home's secret pitch-shift range,
+    replacing the bundle's (speech only). ``threads``: ONNX Runtime threads (default: torch's)."""
     manifest = _checked_manifest(dir)
     state = _load_state(dir, EXTRACTOR_FILE, manifest)
     ext = _load_into(_build(manifest)[0], state, "extractor", manifest)
-    return Extractor(manifest, ext, rng, _forward(dir, manifest, "extractor", ext, runtime, threads))
+    return Extractor(manifest, ext, rng, _forward(dir, manifest, "extractor", ext, runtime, threads),
+                     shift_semitones)
 
 
 def load_analyzer(dir, *, runtime: str = "torch", threads: int | None = None) -> Analyzer:

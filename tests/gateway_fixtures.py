@@ -20,13 +20,15 @@ from schemas.media import AudioChunk, ImageFrame, float_to_pcm16
 
 @pytest.fixture(scope="session")
 def gateway_bundles(tmp_path_factory) -> dict[str, Path]:
-    """Untrained image and speech bundles whose analyzer.pt is deleted: the gateway must not need it."""
+    """Untrained image and speech bundles whose analyzer.pt and analyzer.onnx are deleted: the gateway
+    must not need them."""
     root = tmp_path_factory.mktemp("bundles")
     out = {}
     for modality in ("image", "speech"):
         d = root / modality
         make_untrained_bundle(d, modality)
         (d / "analyzer.pt").unlink()
+        (d / "analyzer.onnx").unlink()
         out[modality] = d
     return out
 
