@@ -126,7 +126,8 @@ class ResultsRelay:
             infos.append(self.intake.publish(self.names.result(device), result.to_json(), qos=1))
             log.debug("relayed result %s (%s %.3f)", result.id, result.label, result.score)
         while not all(i.is_published() for i in infos):
-            if self.stop_event.wait(0.005):
+            # Look again after a stop: the last PUBACK may have come during the wait.
+            if self.stop_event.wait(0.005) and not all(i.is_published() for i in infos):
                 log.warning("stopping with %d results not yet acknowledged by the broker; they are read "
                             "again at the next start", sum(not i.is_published() for i in infos))
                 return False
