@@ -8,6 +8,7 @@ benchmark's "raw media to the cloud" peer. Either way a message that cannot be a
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,8 +61,21 @@ def load_served(bundle_dirs: tuple[Path, ...], mode: str, runtime: str = "torch"
                    labels=tuple(manifest["labels"]),
                    feature_shape=tuple(int(n) for n in manifest["feature"]["shape"]), net=net)
         served[s.model_id] = s
+        if mode == "cloud_only":
+            warm_up(s)
         log.info("serving %s (task %s, %s mode, %s) from %s", s.model_id, s.task, mode, net.runtime, d)
     return served
+
+
+def warm_up(served: Served) -> float:
+    """One dummy inference on raw media (cloud_only), so that the speech front end's librosa/numba
+    kernels compile at start-up instead of on the first utterance; returns the seconds it took."""
+    t0 = time.perf_counter()
+    raw = np.zeros((64, 64), np.uint8) if served.modality == "image" else (np.zeros(4000, np.float32), 8000)
+    run_network(served, [served.net.preprocess(raw)])
+    took = time.perf_counter() - t0
+    log.info("%s warmed up in %.1f s", served.model_id, took)
+    return took
 
 
 def decode_message(data: bytes, mode: str, limits) -> FeatureMessage | MediaMessage:
