@@ -1,0 +1,172 @@
+"""What the demo counts and shows: inputs and bytes seen on the sensor topics, results and their latency,
+bytes that went up to Redis; a live view (a status bar on a terminal, plain lines otherwise) and the
+closing summary."""
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TextIO
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) by linear interpolation between closest ranks; None when empty."""
+    if not values:
+        return None
+    xs = sorted(values)
+    pos = (len(xs) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@dataclass
+class Tally:
+    """Thread-safe running totals of one demo run (the MQTT monitor and the Redis tap add to it)."""
+
+    inputs: Counter = field(default_factory=Counter)       # device -> frames / complete utterances
+    messages_raw: int = 0                                   # sensor MQTT messages (frames + audio chunks)
+    bytes_raw: int = 0                                      # their payload bytes, as the broker delivered them
+    results: Counter = field(default_factory=Counter)      # device -> results relayed to MQTT
+    labels: Counter = field(default_factory=Counter)       # (device, label) -> results
+    latencies_ms: list = field(default_factory=list)       # capture -> result published, per result
+    rejected: int = 0                                       # inputs the gateway reported as rejected
+    messages_cloud: int = 0                                 # feature messages added to Redis
+    bytes_cloud: int = 0                                    # their bytes (every field name and value)
+    _seen: set = field(default_factory=set, repr=False)    # result ids already counted
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add_raw(self, device: str, nbytes: int, complete_input: bool) -> None:
+        with self._lock:
+            self.messages_raw += 1
+            self.bytes_raw += nbytes
+            if complete_input:
+                self.inputs[device] += 1
+
+    def add_result(self, result: dict) -> bool:
+        """Count a result JSON once per id; False for a duplicate."""
+        with self._lock:
+            if result["id"] in self._seen:
+                return False
+            self._seen.add(result["id"])
+            self.results[result["device"]] += 1
+            self.labels[(result["device"], str(result["label"]))] += 1
+            self.latencies_ms.append(float(result["latency_ms"]))
+            return True
+
+    def add_rejected(self) -> None:
+        with self._lock:
+            self.rejected += 1
+
+    def add_cloud(self, messages: int, nbytes: int) -> None:
+        with self._lock:
+            self.messages_cloud += messages
+            self.bytes_cloud += nbytes
+
+    def answered(self) -> bool:
+        """Every input seen so far has a result or was rejected."""
+        with self._lock:
+            return sum(self.results.values()) + self.rejected >= sum(self.inputs.values())
+
+    def summary(self) -> dict:
+        """The figures of ``--summary-json``."""
+        with self._lock:
+            lat = list(self.latencies_ms)
+            n_in, n_res = sum(self.inputs.values()), sum(self.results.values())
+
+            def pct(q: float) -> float | None:
+                v = percentile(lat, q)
+                return None if v is None else round(v, 3)
+            return {
+                "inputs": n_in, "results": n_res, "rejected": self.rejected,
+                "bytes_cloud": self.bytes_cloud, "bytes_raw": self.bytes_raw,
+                "messages_cloud": self.messages_cloud, "messages_raw": self.messages_raw,
+                "bytes_cloud_per_input": round(self.bytes_cloud / n_in, 1) if n_in else None,
+                "bytes_raw_per_input": round(self.bytes_raw / n_in, 1) if n_in else None,
+                "latency_p50_ms": pct(50), "latency_p99_ms": pct(99),
+                "latency_max_ms": round(max(lat), 3) if lat else None,
+                "inputs_by_device": dict(self.inputs), "results_by_device": dict(self.results),
+                "labels": {f"{d}:{label}": n for (d, label), n in sorted(self.labels.items())},
+            }
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def result_line(r: dict) -> str:
+    """One result, as a home app would show it."""
+    clock = time.strftime("%H:%M:%S", time.localtime(r.get("ts", time.time())))
+    return (f"{clock}  {r['device']:<10} {r.get('task', ''):<8} {str(r['label']):<12} "
+            f"score {float(r['score']):.2f}  latency {float(r['latency_ms']):7.1f} ms")
+
+
+def status_text(t: Tally, elapsed_s: float) -> str:
+    s = t.summary()
+    p50 = s["latency_p50_ms"]
+    return (f"{elapsed_s:5.0f} s  inputs {s['inputs']}  results {s['results']}  "
+            f"raw {human_bytes(s['bytes_raw'])}  to cloud {human_bytes(s['bytes_cloud'])}  "
+            f"p50 {'-' if p50 is None else f'{p50:.0f} ms'}")
+
+
+class LiveView:
+    """Results as they come and a status line: a redrawn bar on a terminal, plain lines otherwise
+    (a status line every ``plain_every_s`` seconds)."""
+
+    def __init__(self, out: TextIO | None = None, *, tty: bool | None = None, plain_every_s: float = 5.0) -> None:
+        self.out = out or sys.stdout
+        self.tty = self.out.isatty() if tty is None else tty
+        self.plain_every_s = plain_every_s
+        self._bar = None
+        self._next_plain = 0.0
+        self._lock = threading.Lock()
+
+    def line(self, text: str) -> None:
+        """Print a line above the status bar (or just print it)."""
+        with self._lock:
+            if self._bar is not None:
+                self._bar.write(text, file=self.out)
+            else:
+                print(text, file=self.out, flush=True)
+
+    def status(self, text: str) -> None:
+        """Show the current status: redraw the bar, or print it now and then."""
+        with self._lock:
+            if self.tty:
+                if self._bar is None:
+                    from tqdm import tqdm
+                    self._bar = tqdm(total=None, bar_format="{desc}", file=self.out, leave=False)
+                self._bar.set_description_str(text)
+            elif time.monotonic() >= self._next_plain:
+                self._next_plain = time.monotonic() + self.plain_every_s
+                print(text, file=self.out, flush=True)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._bar is not None:
+                self._bar.close()
+                self._bar = None
+
+
+def summary_text(s: dict, seconds: float) -> str:
+    """The closing summary, for people."""
+    ratio = s["bytes_raw"] / s["bytes_cloud"] if s["bytes_cloud"] else float("inf")
+
+    def ms(v: float | None) -> str:
+        return "-" if v is None else f"{v:.1f} ms"
+    lines = [
+        f"summary after {seconds:.0f} s",
+        f"  inputs            {s['inputs']}  ({', '.join(f'{d} {n}' for d, n in sorted(s['inputs_by_device'].items()))})",
+        f"  results           {s['results']}" + (f"  ({s['rejected']} rejected)" if s["rejected"] else ""),
+        f"  raw bytes in      {s['bytes_raw']:,}  ({s['messages_raw']} sensor messages)",
+        f"  bytes to cloud    {s['bytes_cloud']:,}  ({s['messages_cloud']} feature messages, "
+        f"{ratio:.0f}x less than raw)",
+        f"  latency p50 / p99 {ms(s['latency_p50_ms'])} / {ms(s['latency_p99_ms'])}",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,121 @@
+"""The demo's two observers, so that every figure it reports is measured, not estimated:
+
+- :class:`Monitor`, an MQTT client like a home app: it sees every sensor message the broker delivers
+  (inputs and raw bytes), every result (label, score, latency), the gateway's status and rejections;
+- :class:`RedisTap`, which reads the feature streams the gateway writes to Redis and adds up the bytes
+  of every entry: what actually went to the cloud.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import threading
+
+import paho.mqtt.client as mqtt
+
+from privedge.demo_view import Tally
+from schemas import Names
+from schemas.errors import SchemaError
+from schemas.media import AudioChunk
+
+log = logging.getLogger(__name__)
+
+
+class Monitor:
+    """Subscribes to the sensor, result and gateway topics of ``gateway`` on the broker at ``port``."""
+
+    def __init__(self, port: int, names: Names, gateway: str, tally: Tally) -> None:
+        self.names = names
+        self.tally = tally
+        self.status_topic = names.gateway_status(gateway)
+        self.errors_topic = names.gateway_errors(gateway)
+        self.gateway_online = threading.Event()
+        self.new_results: collections.deque[dict] = collections.deque(maxlen=1000)  # for the live view
+        self.undecodable = 0
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="privedge-demo-monitor")
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        topics = [*self.names.sensor_wildcards(), f"{self.names.prefix}/+/result", self.status_topic,
+                  self.errors_topic]
+        client.subscribe([(t, 1) for t in topics])
+
+    # paho's network thread: only counting and decoding here, the live view prints from new_results.
+    def _on_message(self, client, userdata, msg) -> None:
+        topic = msg.topic
+        if topic == self.status_topic:
+            (self.gateway_online.set if msg.payload == b"online" else self.gateway_online.clear)()
+        elif topic == self.errors_topic:
+            self.tally.add_rejected()
+        elif topic.endswith("/result"):
+            try:
+                result = json.loads(msg.payload)
+            except ValueError:
+                self.undecodable += 1
+                return
+            if self.tally.add_result(result):
+                self.new_results.append(result)
+        else:
+            try:
+                device, kind = self.names.parse_sensor_topic(topic)
+                complete = kind == "image" or AudioChunk.decode(msg.payload).final
+            except SchemaError:
+                self.undecodable += 1
+                return
+            self.tally.add_raw(device, len(msg.payload), complete)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class RedisTap:
+    """Adds up the entries of the given feature streams (every field name and value, in bytes)."""
+
+    def __init__(self, url: str, streams: list[str], tally: Tally, *, every_s: float = 0.5) -> None:
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.streams = streams
+        self.tally = tally
+        self.every_s = every_s
+        self.last = dict.fromkeys(streams, "-")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="demo-redis-tap", daemon=True)
+
+    def start(self) -> "RedisTap":
+        self._thread.start()
+        return self
+
+    def poll(self) -> None:
+        """Count the entries added since the last poll."""
+        for stream in self.streams:
+            while True:
+                start = self.last[stream] if self.last[stream] == "-" else f"({self.last[stream]}"
+                entries = self.client.xrange(stream, min=start, max="+", count=1000)
+                if not entries:
+                    break
+                nbytes = sum(len(k) + len(v) for _, fields in entries for k, v in fields.items())
+                self.tally.add_cloud(len(entries), nbytes)
+                self.last[stream] = entries[-1][0].decode()
+
+    def _run(self) -> None:
+        import redis
+
+        while not self._stop.wait(self.every_s):
+            try:
+                self.poll()
+            except redis.RedisError as e:  # counted at the final poll, which raises
+                log.warning("reading the feature streams failed: %s", e)
+
+    def stop(self) -> None:
+        """Stop polling, then count what is left (Redis must still be up)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.poll()
+        self.client.close()

@@ -1,0 +1,195 @@
+"""``privedge demo`` as a user runs it: real mosquitto, redis-server, gateway, workers and sensors, each a
+process; the summary it writes, a clean stop on SIGINT, and the bundle cache that spares retraining."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from models.bundle import make_untrained_bundle
+from privedge.demo_bundles import bundle_key, cached_bundle, ensure_bundles, resolved_settings, train_argv
+from privedge.demo_view import Tally, percentile
+from tests.conftest import FAST, REPO
+
+pytestmark = pytest.mark.integration
+
+DURATION = 8 if FAST else 12
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> list[str]:
+    """An image and a speech bundle, made instantly (no accuracy needed to test the plumbing)."""
+    root = tmp_path_factory.mktemp("demo-bundles")
+    for modality in ("image", "speech"):
+        make_untrained_bundle(root / modality, modality)
+    return [a for m in ("image", "speech") for a in ("--bundle", str(root / m))]
+
+
+class DemoProcess:
+    """``privedge demo`` in a child process; its output is collected line by line."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "privedge.cli", "demo", "--plain", *args], cwd=REPO,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_line(self, pattern: str, timeout: float) -> re.Match:
+        """The first output line matching ``pattern``, waiting up to ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if m := re.search(pattern, line):
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"no line matching {pattern!r} in:\n" + "\n".join(self.lines[-40:]))
+                self._cond.wait(min(left, 0.2))
+
+    def started(self, timeout: float = 180.0) -> tuple[list[int], list[int]]:
+        """(server ports, pids of every process the demo started) once its sensors run."""
+        servers = self.wait_line(r"broker mqtt://127\.0\.0\.1:(\d+) \(pid (\d+)\), redis redis://127\.0\.0\.1:(\d+) "
+                                 r"\(pid (\d+)\)", timeout)
+        running = self.wait_line(r"^running: .*\(pids ([\d, ]+)\)", timeout)
+        pids = [int(servers[2]), int(servers[4]), *(int(p) for p in running[1].split(", "))]
+        return [int(servers[1]), int(servers[3])], pids
+
+    def finish(self, timeout: float) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:  # only on failure: end the demo and whatever it started
+                for p in psutil.Process(self.proc.pid).children(recursive=True):
+                    p.kill()
+                self.proc.kill()
+        self._reader.join(5)
+        return rc
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def assert_nothing_left(ports: list[int], pids: list[int]) -> None:
+    assert [p for p in pids if alive(p)] == [], "processes the demo started are still running"
+    assert [p for p in ports if port_open(p)] == [], "the broker or Redis still listens"
+
+
+def test_demo_runs_for_its_duration_and_summarises_measured_figures(untrained, tmp_path):
+    summary_file = tmp_path / "summary.json"
+    demo = DemoProcess("--duration", str(DURATION), "--summary-json", str(summary_file), *untrained)
+    ports, pids = demo.started()
+    assert all(alive(p) for p in pids)
+    demo.wait_line(r"^\d\d:\d\d:\d\d  camera-1 +glasses .* score [01]\.\d\d  latency +[\d.]+ ms", 60)
+    assert demo.finish(DURATION + 120) == 0, demo.output
+    assert_nothing_left(ports, pids)
+
+    s = json.loads(summary_file.read_text())
+    assert s["inputs"] > 0 and s["results"] == s["inputs"], s
+    assert s["rejected"] == 0
+    assert s["inputs_by_device"].get("camera-1", 0) > 0
+    assert s["results_by_device"] == s["inputs_by_device"]
+    # One feature message per input went up, and it is far smaller than the media that came in.
+    assert s["messages_cloud"] == s["inputs"]
+    assert 0 < s["bytes_cloud"] * 5 < s["bytes_raw"], s
+    assert 0 < s["latency_p50_ms"] <= s["latency_p99_ms"] <= s["latency_max_ms"]
+    assert s["publish_s"] >= DURATION and s["interrupted"] is False
+    assert f"inputs            {s['inputs']}" in demo.output  # the printed summary says the same
+
+
+def test_sigint_mid_run_stops_everything_and_still_summarises(untrained, tmp_path):
+    summary_file = tmp_path / "summary.json"
+    demo = DemoProcess("--duration", "300", "--summary-json", str(summary_file), *untrained)
+    ports, pids = demo.started()
+    demo.wait_line(r"latency +[\d.]+ ms", 60)  # results are flowing
+    assert all(alive(p) for p in pids)
+    demo.proc.send_signal(signal.SIGINT)
+    assert demo.finish(90) == 0, demo.output
+    assert_nothing_left(ports, pids)
+    s = json.loads(summary_file.read_text())
+    assert s["interrupted"] is True and s["publish_s"] < 300
+    assert s["inputs"] > 0 and s["results"] == s["inputs"], s
+
+
+def test_missing_bundle_is_trained_once_then_found_in_the_cache(tmp_path):
+    argv = train_argv("image", epochs=1)
+    stop = threading.Event()
+    first = ensure_bundles(tmp_path / "cache", {"image": argv}, stop, log_dir=tmp_path / "logs")
+    assert [b.modality for b in first] == ["image"] and first[0].train_s is not None
+    manifest = json.loads((first[0].path / "manifest.json").read_text())
+    # The demo trains with privedge train's default embedding, whatever it is today.
+    assert manifest["embedding"] == resolved_settings(argv)["embedding"]
+    assert first[0].path.name == bundle_key(argv) and cached_bundle(tmp_path / "cache", bundle_key(argv))
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [bundle_key(argv)]  # no temporary left
+
+    again = ensure_bundles(tmp_path / "cache", {"image": argv}, stop, log_dir=tmp_path / "logs")
+    assert again[0].path == first[0].path and again[0].train_s is None
+
+
+def test_cache_key_follows_every_training_setting():
+    base = bundle_key(train_argv("image"))
+    assert base == bundle_key(train_argv("image"))
+    assert base.startswith(f"image-{resolved_settings(train_argv('image'))['embedding']}-")
+    others = {bundle_key(train_argv("speech")), bundle_key(train_argv("image", size="full")),
+              bundle_key(train_argv("image", epochs=1)), bundle_key(train_argv("image", seed=1)),
+              bundle_key([*train_argv("image"), "--embedding", "simple"])}
+    assert base not in others and len(others) == 5
+
+
+def test_interrupted_training_leaves_nothing_in_the_cache(tmp_path):
+    from privedge.demo_bundles import TrainingInterrupted
+
+    stop = threading.Event()
+    threading.Timer(1.0, stop.set).start()
+    with pytest.raises(TrainingInterrupted):
+        ensure_bundles(tmp_path / "cache", {"image": train_argv("image")}, stop, log_dir=tmp_path / "logs")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_tally_counts_each_result_once_and_percentiles_interpolate():
+    assert percentile([], 50) is None
+    assert percentile([3.0, 1.0, 2.0], 50) == 2.0
+    assert percentile([0.0, 10.0], 99) == pytest.approx(9.9)
+    t = Tally()
+    t.add_raw("cam", 100, complete_input=True)
+    t.add_raw("mic", 50, complete_input=False)
+    t.add_raw("mic", 50, complete_input=True)
+    r = {"id": "gw/cam/1", "device": "cam", "label": "x", "latency_ms": 12.5}
+    assert t.add_result(r) and not t.add_result(r)
+    assert not t.answered()
+    t.add_result({**r, "id": "gw/mic/2", "device": "mic", "latency_ms": 20.0})
+    s = t.summary()
+    assert t.answered() and (s["inputs"], s["results"], s["bytes_raw"], s["messages_raw"]) == (2, 2, 200, 3)
+    assert s["latency_p50_ms"] == pytest.approx(16.25)
