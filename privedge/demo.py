@@ -38,8 +38,12 @@ from schemas import Names
 log = logging.getLogger(__name__)
 
 GATEWAY_ID = "demo"
-SENSORS = (("camera", "camera-1"), ("mic", "mic-1"))
-"""(sensor kind, device id) of the demo's sensors."""
+SENSORS = (("camera", "camera-1", "image"), ("mic", "mic-1", "speech"))
+"""(sensor kind, device id, bundle modality it needs) of the demo's sensors."""
+
+
+GATEWAY_FIGURES = ("received", "extracted", "published", "results_relayed", "rejected", "dropped")
+"""Counters of the gateway's last stats message that the summary carries."""
 
 
 class DemoError(RuntimeError):
@@ -107,7 +111,7 @@ class Demo:
         self.servers.append(redis)
         self.view.line(f"broker {broker.url} (pid {broker.proc.pid}), redis {redis.url} (pid {redis.proc.pid})")
         self.monitor = Monitor(broker.port, self.names, GATEWAY_ID, self.tally)
-        tasks = sorted({json.loads((b.path / "manifest.json").read_text())["task"] for b in self.bundles})
+        tasks = sorted({b.manifest["task"] for b in self.bundles})
         self.tap = RedisTap(redis.url, [self.names.features(t) for t in tasks], self.tally).start()
         bundle_args = [a for b in self.bundles for a in ("--bundle", str(b.path))]
         self.services.append(Child("gateway", python_cmd(
@@ -119,13 +123,17 @@ class Demo:
         self._wait_for_gateway()
         if self.stop.is_set():
             return
-        for kind, device in SENSORS:
+        served = {b.modality for b in self.bundles}
+        for kind, device, modality in SENSORS:
+            if modality not in served:
+                self.view.line(f"no {modality} bundle: {device} stays off")
+                continue
             rate = self.args.rate if kind == "camera" else self.args.mic_rate
             self.sensors.append(Child(device, python_cmd(
                 "sensor", kind, "--broker", broker.url, "--device", device, "--source", "synthetic",
                 "--rate", str(rate), "--loop"), self.workdir).start())
         self.view.line(f"running: gateway, {self.args.workers} workers, sensors "
-                       f"{', '.join(d for _, d in SENSORS)} (pids {', '.join(str(c.pid) for c in self.children)})")
+                       f"{', '.join(c.name for c in self.sensors)} (pids {', '.join(str(c.pid) for c in self.children)})")
         self._publish_phase()
         self._drain_phase()
 
@@ -135,8 +143,7 @@ class Demo:
 
     def _bundles(self) -> list[DemoBundle]:
         if self.args.bundle:
-            return [DemoBundle(json.loads((Path(b) / "manifest.json").read_text())["modality"], Path(b))
-                    for b in self.args.bundle]
+            return [DemoBundle.given(b) for b in self.args.bundle]
         cache = self.args.cache_dir or default_cache_dir()
         argvs = {m: train_argv(m, size=self.args.train_size, epochs=self.args.train_epochs, seed=self.args.seed)
                  for m in MODALITIES}
@@ -207,11 +214,11 @@ class Demo:
     def close(self) -> list[str]:
         """Stop everything in order (sensors, gateway and workers, observers, servers); the problems seen."""
         problems = []
-        for group in (self.sensors, self.services):
+        for group, timeout in ((self.sensors, 15.0), (self.services, self.args.drain_timeout + 15.0)):
             for child in group:
                 child.signal(signal.SIGTERM)  # together: the gateway drains while the workers finish
             for child in group:
-                rc = child.stop()
+                rc = child.stop(5.0 if self.hurry.is_set() else timeout)
                 if rc not in (0, None, -signal.SIGTERM):
                     problems.append(f"{child.name} exited with status {rc} (log {child.log_path})")
         if self.tap is not None:
@@ -252,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     except (BundleCacheError, servers.ServerError, DemoError) as e:
         problems.append(str(e))
     finally:
-        view.status("stopping: sensors, gateway, workers, servers")
+        if demo.servers:
+            view.status("stopping: sensors, gateway, workers, servers")
         problems += demo.close()
         view.close()
     if demo.servers:
@@ -262,12 +270,14 @@ def main(argv: list[str] | None = None) -> int:
                        rates={"camera": args.rate, "mic": args.mic_rate},
                        bundles=[{"modality": b.modality, "path": str(b.path), "key": b.key, "train_s": b.train_s}
                                 for b in demo.bundles], problems=problems)
+        if demo.monitor is not None and demo.monitor.gateway_stats:
+            summary["gateway"] = {k: demo.monitor.gateway_stats.get(k) for k in GATEWAY_FIGURES}
         print(summary_text(summary, demo.publish_s), flush=True)
         if args.summary_json:
             Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
     for p in problems:
         print(f"privedge demo: {p}", file=sys.stderr)
-    if problems:
+    if problems and any(workdir.iterdir()):
         print(f"privedge demo: logs kept in {workdir}", file=sys.stderr)
     elif args.workdir is None:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -94,6 +94,18 @@ class DemoBundle:
     key: str | None = None
     train_s: float | None = None
 
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.path / "manifest.json").read_text())
+
+    @classmethod
+    def given(cls, path: str | Path) -> "DemoBundle":
+        """A bundle named on the command line; BundleCacheError when it cannot be read."""
+        try:
+            return cls(json.loads((Path(path) / "manifest.json").read_text())["modality"], Path(path))
+        except (OSError, ValueError, KeyError) as e:
+            raise BundleCacheError(f"cannot read bundle {path}: {e}") from e
+
 
 def training_percent(log_text: str) -> int | None:
     """The last percentage a ``privedge train`` progress bar wrote into its log, if any."""

@@ -30,6 +30,9 @@ class Monitor:
         self.tally = tally
         self.status_topic = names.gateway_status(gateway)
         self.errors_topic = names.gateway_errors(gateway)
+        # The gateway's JSON stats (gateway.service.Gateway.stats_topic), the last one at its stop.
+        self.stats_topic = self.status_topic.rsplit("/", 1)[0] + "/stats"
+        self.gateway_stats: dict = {}
         self.gateway_online = threading.Event()
         self.new_results: collections.deque[dict] = collections.deque(maxlen=1000)  # for the live view
         self.undecodable = 0
@@ -41,7 +44,7 @@ class Monitor:
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
         topics = [*self.names.sensor_wildcards(), f"{self.names.prefix}/+/result", self.status_topic,
-                  self.errors_topic]
+                  self.errors_topic, self.stats_topic]
         client.subscribe([(t, 1) for t in topics])
 
     # paho's network thread: only counting and decoding here, the live view prints from new_results.
@@ -51,6 +54,11 @@ class Monitor:
             (self.gateway_online.set if msg.payload == b"online" else self.gateway_online.clear)()
         elif topic == self.errors_topic:
             self.tally.add_rejected()
+        elif topic == self.stats_topic:
+            try:
+                self.gateway_stats = json.loads(msg.payload)
+            except ValueError:
+                self.undecodable += 1
         elif topic.endswith("/result"):
             try:
                 result = json.loads(msg.payload)

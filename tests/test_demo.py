@@ -126,6 +126,8 @@ def test_demo_runs_for_its_duration_and_summarises_measured_figures(untrained, t
     assert 0 < s["bytes_cloud"] * 5 < s["bytes_raw"], s
     assert 0 < s["latency_p50_ms"] <= s["latency_p99_ms"] <= s["latency_max_ms"]
     assert s["publish_s"] >= DURATION and s["interrupted"] is False
+    # The gateway's own counters (its last stats message) agree with what the demo saw on the broker.
+    assert s["gateway"]["received"] == s["messages_raw"] and s["gateway"]["dropped"] == {}
     assert f"inputs            {s['inputs']}" in demo.output  # the printed summary says the same
 
 
