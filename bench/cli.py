@@ -1,0 +1,158 @@
+"""``privedge bench``: split vs cloud_only vs local_only on this machine, one run, same inputs.
+
+Writes ``OUT/bench.json`` (per modality, one entry per mode with DESIGN.md's figures, plus
+``runtime_ceiling_per_s``; beside them ``machine``, ``settings``, ``details`` and ``scaling``) and
+``OUT/bench.md``, and prints the machine, the settings and the tables. Without ``--bundle`` it makes
+untrained bundles of the default architecture: the compute per inference is the same as a trained one's.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench.pipeline import KEYS, MODES, PipelineSettings, Stack, run_modality
+
+log = logging.getLogger("bench")
+
+MODALITIES = ("image", "speech")
+UNITS = {"throughput_per_s": "inferences/s", "latency_p50_ms": "p50 ms", "latency_p99_ms": "p99 ms",
+         "bytes_up_per_inference": "bytes up / inference", "gateway_cpu_s_per_inference": "gateway CPU ms / inference",
+         "gateway_peak_rss_mb": "gateway peak RSS MiB"}
+
+
+def machine() -> dict:
+    """Cores, CPU model, load and versions: what a reader needs to compare two bench.json files."""
+    import torch
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor())
+    return {"cores": len(os.sched_getaffinity(0)), "cpu_model": model, "platform": platform.platform(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "load_average_at_start": list(os.getloadavg()),
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def bundles_by_modality(dirs: list[str] | None, modalities: tuple[str, ...], work: Path) -> dict[str, Path]:
+    """Given bundles by their manifest's modality; untrained default ones for the rest."""
+    from models.bundle import make_untrained_bundle, read_manifest
+
+    out: dict[str, Path] = {}
+    for d in dirs or []:
+        modality = read_manifest(d)["modality"]
+        if modality in out:
+            raise SystemExit(f"privedge bench: two bundles for {modality}: {out[modality]} and {d}")
+        out[modality] = Path(d)
+    for modality in modalities:
+        if modality not in out:
+            out[modality] = work / f"untrained-{modality}"
+            make_untrained_bundle(out[modality], modality)
+    return {m: out[m] for m in modalities}
+
+
+def _fmt(key: str, value: float) -> str:
+    if key == "gateway_cpu_s_per_inference":
+        return f"{value * 1e3:.2f}"
+    return f"{value:.0f}" if key == "bytes_up_per_inference" else f"{value:.1f}"
+
+
+def markdown(result: dict) -> str:
+    """bench.md: the machine, the settings and one table per modality."""
+    m, st = result["machine"], result["settings"]
+    lines = ["# privedge pipeline benchmark", "",
+             f"Machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}, torch {m['torch']}, "
+             f"load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])} ({m['date_utc']}).",
+             f"Settings: {json.dumps(st, sort_keys=True)}", ""]
+    for modality in MODALITIES:
+        if modality not in result:
+            continue
+        r, d = result[modality], result["details"][modality]
+        lines += [f"## {modality} ({result['settings']['bundles'][modality]})", "",
+                  "| mode | " + " | ".join(UNITS[k] for k in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
+        for mode in MODES:
+            if mode in r:
+                flag = "" if d[mode]["fixed_load_kept_up"] else " (fell behind the fixed load)"
+                lines.append(f"| {mode}{flag} | " + " | ".join(_fmt(k, r[mode][k]) for k in KEYS) + " |")
+        ceil = d["runtime_ceiling"]
+        rate = next(iter(d[m]["fixed_load_per_s"] for m in MODES if m in d))
+        lines += ["", f"Runtime ceiling (extractor alone, one thread, {ceil['runtime']}, batch {ceil['batch']}, "
+                      f"preprocessing included): {r['runtime_ceiling_per_s']:.1f} inferences/s. "
+                      f"Fixed offered load for latency: {rate:.1f} inferences/s.", ""]
+    if result.get("scaling"):
+        from bench.scaling import scaling_markdown
+        lines += scaling_markdown(result["scaling"])
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="privedge bench", description=__doc__.splitlines()[0])
+    p.add_argument("--modality", choices=MODALITIES, action="append",
+                   help="benchmark this modality (repeatable; default both)")
+    p.add_argument("--bundle", action="append", help="bundle directory, at most one per modality "
+                                                     "(default: untrained bundles of the default architecture)")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each measured phase (default 10)")
+    p.add_argument("--out", required=True, help="output directory for bench.json and bench.md")
+    p.add_argument("--mode", choices=MODES, action="append", help="only these modes (repeatable; default all)")
+    p.add_argument("--window", type=int, default=128, help="inferences outstanding at saturation")
+    p.add_argument("--latency-fraction", type=float, default=0.5,
+                   help="fixed offered load as a fraction of the split saturation throughput")
+    p.add_argument("--data", help="dataset root with orl/ and fsdd/ (default: the shared data beside the "
+                                  "repository if present, else procedural inputs); 'none' for procedural")
+    p.add_argument("--inputs", type=int, default=32, help="distinct inputs per modality, cycled")
+    p.add_argument("--chunk-ms", type=float, default=250.0, help="audio chunk length, milliseconds")
+    p.add_argument("--scaling", choices=("on", "off"), default="on",
+                   help="also measure 1 vs 2 workers draining a pre-filled stream (default on)")
+    p.add_argument("--warm-inputs", type=int, default=16, help="inputs sent and awaited before measuring")
+    p.add_argument("--gateway-arg", action="append", default=[], help="extra privedge gateway flag (repeatable)")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(message)s")
+    from bench.loadgen import default_data_dir, load_inputs
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    modalities = tuple(args.modality or MODALITIES)
+    modes = tuple(args.mode or MODES)
+    data = None if args.data == "none" else (Path(args.data) if args.data else default_data_dir())
+    settings = PipelineSettings(seconds=args.seconds, window=args.window,
+                                latency_fraction=args.latency_fraction, warm_inputs=args.warm_inputs,
+                                skip_s=min(1.0, args.seconds / 3), gateway_args=tuple(args.gateway_arg))
+    bundles = bundles_by_modality(args.bundle, modalities, out / "bundles")
+    result: dict = {"machine": machine()}
+    result["settings"] = {"seconds": args.seconds, "window": args.window, "latency_fraction": args.latency_fraction,
+                          "inputs": args.inputs, "chunk_ms": args.chunk_ms, "modes": list(modes),
+                          "gateway_args": list(args.gateway_arg), "torch_threads": 1,
+                          "bundles": {m: str(b) for m, b in bundles.items()}}
+    print("machine:", json.dumps(result["machine"]), file=sys.stderr)
+    print("settings:", json.dumps(result["settings"]), file=sys.stderr)
+    result["details"] = {}
+    t0 = time.monotonic()
+    inputs = {}
+    with Stack.running(out / "logs") as stack:
+        for modality in modalities:
+            inputs[modality] = load_inputs(modality, args.inputs, data, chunk_ms=args.chunk_ms)
+            result["settings"].setdefault("sources", {})[modality] = inputs[modality].source
+            log.info("== %s: %d inputs from %s, bundle %s", modality, len(inputs[modality]),
+                     inputs[modality].source, bundles[modality])
+            result[modality], result["details"][modality] = run_modality(stack, bundles[modality],
+                                                                         inputs[modality], settings, modes)
+        if args.scaling == "on":
+            from bench.scaling import worker_scaling
+            log.info("== worker scaling")
+            result["scaling"] = worker_scaling(stack, bundles, seconds=args.seconds, inputs=inputs)
+    result["settings"]["elapsed_s"] = round(time.monotonic() - t0, 1)
+    (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (out / "bench.md").write_text(md)
+    print(md)
+    print(f"wrote {out / 'bench.json'} and {out / 'bench.md'}", file=sys.stderr)
+    return 0

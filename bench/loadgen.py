@@ -1,0 +1,229 @@
+"""Load generation for the pipeline benchmark: pre-encoded inputs, a paced or windowed MQTT publisher,
+and a results listener that timestamps every Result as it arrives.
+
+Inputs are encoded once (JPEG frames, pcm_s16le chunks) so that the generator spends its CPU on
+publishing, not on codecs; only the msgpack envelope (``seq``, ``ts``) is built per message. Publishing
+goes through :class:`sensors.publisher.SensorPublisher` (QoS 1, at most ``max_inflight`` unacknowledged
+messages), the same client a real sensor uses. Latency is a Result's arrival on MQTT minus its ``ts``,
+the capture time the generator stamped on the input.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from schemas.media import AudioChunk, ImageFrame, encode_image, float_to_pcm16, split_pcm
+from schemas.names import Names
+from sensors.publisher import PublisherSettings, SensorPublisher
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """The benchmark's inputs for one modality, already encoded for the wire.
+
+    image: ``frames`` holds ImageFrame fields without ``device/seq/ts``; speech: ``utterances`` holds,
+    per utterance, its pcm_s16le chunk payloads and the audio format.
+    """
+
+    modality: str
+    source: str
+    frames: list[dict] = field(default_factory=list)
+    utterances: list[list[bytes]] = field(default_factory=list)
+    rate: int = 8000
+    raws: list = field(default_factory=list)
+    """The decoded media (uint8 images or (float wave, rate)), for measuring the extractor alone."""
+
+    def __len__(self) -> int:
+        return len(self.frames) if self.modality == "image" else len(self.utterances)
+
+
+def default_data_dir() -> Path | None:
+    """The shared real datasets beside the repository, when they are there."""
+    d = REPO.parent / "shared" / "data"
+    return d if (d / "orl").is_dir() and (d / "fsdd").is_dir() else None
+
+
+def _procedural(modality: str, n: int, seed: int = 0) -> list:
+    """Stand-in media when no dataset is at hand: textured 112x92 faces-sized frames, or 0.6 s of
+    noisy harmonic tones at 8 kHz (the extractor's cost does not depend on the content)."""
+    rng = np.random.default_rng(seed)
+    if modality == "image":
+        yy, xx = np.mgrid[0:112, 0:92]
+        return [np.clip(128 + 60 * np.sin(xx / (3 + i) + yy / 7) + rng.normal(0, 20, (112, 92)), 0, 255)
+                .astype(np.uint8) for i in range(n)]
+    t = np.arange(int(8000 * 0.6)) / 8000
+    return [((0.3 * np.sin(2 * np.pi * (150 + 20 * i) * t) + 0.02 * rng.normal(size=t.size))
+             .astype(np.float32), 8000) for i in range(n)]
+
+
+def load_inputs(modality: str, n: int = 32, data: str | Path | None = None, *,
+                chunk_ms: float = 250.0, codec: str = "jpeg") -> Inputs:
+    """``n`` inputs from the real dataset under ``data`` (orl/ or fsdd/), else procedural ones."""
+    from sensors import sources
+
+    raws, source = None, "procedural"
+    if data is not None:
+        sub = Path(data) / ("orl" if modality == "image" else "fsdd")
+        if sub.is_dir():
+            reader = sources.image_folder if modality == "image" else sources.wav_folder
+            raws = list(itertools.islice(reader(sub), n))
+            source = str(sub)
+    if not raws:
+        raws = _procedural(modality, n)
+    if modality == "image":
+        return Inputs("image", source, frames=[encode_image(img, codec) for img in raws], raws=raws)
+    rates = {int(r) for _, r in raws}
+    if len(rates) != 1:
+        raise ValueError(f"utterances at several rates {sorted(rates)}: use one dataset")
+    rate = rates.pop()
+    utts = [split_pcm(float_to_pcm16(np.asarray(w)), rate=rate, channels=1, chunk_ms=chunk_ms) for w, _ in raws]
+    floats = [(np.asarray(w, np.float32) / (32768.0 if np.asarray(w).dtype == np.int16 else 1.0), rate)
+              for w, _ in raws]
+    return Inputs("speech", source, utterances=utts, rate=rate, raws=floats)
+
+
+class ResultListener:
+    """Subscribes to ``{prefix}/+/result`` and the gateway's status; records (arrival, capture ts) per device."""
+
+    def __init__(self, port: int, prefix: str, client_id: str) -> None:
+        self.names = Names(prefix)
+        self.arrivals: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        self.status: dict[str, bytes] = {}
+        self._cond = threading.Condition()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.subscribe([(f"{prefix}/+/result", 1), (f"{prefix}/gateway/+/status", 1)])
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        now = time.time()
+        with self._cond:
+            if msg.topic.endswith("/status"):
+                self.status[msg.topic] = msg.payload
+            else:
+                body = json.loads(msg.payload)
+                self.arrivals[body["device"]].append((now, float(body["ts"])))
+            self._cond.notify_all()
+
+    def count(self, device: str) -> int:
+        with self._cond:
+            return len(self.arrivals[device])
+
+    def snapshot(self, device: str) -> list[tuple[float, float]]:
+        with self._cond:
+            return list(self.arrivals[device])
+
+    def wait(self, pred: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``pred()`` (called under the listener's lock) holds, at most ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not pred():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.1))
+        return True
+
+    def wait_online(self, gateway: str, timeout: float) -> bool:
+        topic = self.names.gateway_status(gateway)
+        return self.wait(lambda: self.status.get(topic) == b"online", timeout)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class LoadGenerator:
+    """Publishes one modality's inputs as one device, and counts that device's results."""
+
+    def __init__(self, inputs: Inputs, broker: str, prefix: str, device: str, listener: ResultListener,
+                 max_inflight: int = 100) -> None:
+        self.inputs = inputs
+        self.device = device
+        self.listener = listener
+        self.names = Names(prefix)
+        self.pub = SensorPublisher(PublisherSettings(broker=broker, device=device, prefix=prefix,
+                                                     max_inflight=max_inflight, first_seq=1)).connect()
+        self._cycle = itertools.cycle(range(len(inputs)))
+        self.sent = 0
+        """Inferences published (frames, or whole utterances)."""
+
+    def send_one(self) -> None:
+        """Publish the next input, stamped with the current time as its capture time."""
+        i, now = next(self._cycle), time.time()
+        if self.inputs.modality == "image":
+            frame = ImageFrame(device=self.device, seq=self.pub.next_seq(), ts=now, **self.inputs.frames[i])
+            self.pub.publish(self.names.image(self.device), frame.encode())
+        else:
+            pieces, topic = self.inputs.utterances[i], self.names.audio(self.device)
+            utt = f"{self.device}-{self.sent}"
+            for k, piece in enumerate(pieces):
+                chunk = AudioChunk(device=self.device, seq=self.pub.next_seq(), ts=now, utt=utt,
+                                   rate=self.inputs.rate, width=2, channels=1, codec="pcm_s16le",
+                                   final=k == len(pieces) - 1, data=piece)
+                self.pub.publish(topic, chunk.encode())
+        self.sent += 1
+
+    def received(self) -> int:
+        return self.listener.count(self.device)
+
+    def wait_results(self, n: int, timeout: float) -> bool:
+        """Wait until ``n`` results of this device have arrived."""
+        return self.listener.wait(lambda: len(self.listener.arrivals[self.device]) >= n, timeout)
+
+    def closed_loop(self, seconds: float, window: int, on_start: Callable[[], None] = lambda: None,
+                    on_end: Callable[[], None] = lambda: None, skip_s: float = 1.0) -> dict:
+        """Keep ``window`` inferences outstanding for ``seconds`` (the pipeline never waits for input:
+        offered load above capacity without an unbounded backlog). Results arriving in the steady window
+        ``[start + skip_s, end]`` are counted; ``on_start``/``on_end`` mark that window (CPU readings)."""
+        t0 = time.monotonic()
+        start, end = t0 + min(skip_s, seconds / 3), t0 + seconds
+        started = False
+        base = self.received()
+        while time.monotonic() < end:
+            if not started and time.monotonic() >= start:
+                on_start()
+                started, w_start, w_start_wall = True, time.monotonic(), time.time()
+            if self.sent - self.received() < window:
+                self.send_one()
+            else:
+                self.listener.wait(lambda: self.sent - len(self.listener.arrivals[self.device]) < window, 0.02)
+        if not started:
+            raise RuntimeError(f"the saturation window never opened: publishing blocked for {seconds} s")
+        on_end()
+        w_end_wall = time.time()
+        arrivals = self.snapshot()
+        done = sum(1 for a, _ in arrivals[base:] if w_start_wall <= a <= w_end_wall)
+        return {"results": done, "window_s": time.monotonic() - w_start, "outstanding": window,
+                "throughput_per_s": done / max(1e-9, w_end_wall - w_start_wall)}
+
+    def open_loop(self, rate: float, seconds: float) -> dict:
+        """Publish at ``rate`` inferences/s for ``seconds`` (a late schedule is not caught up by bursts
+        larger than the backlog); returns what was offered."""
+        t0 = time.monotonic()
+        n = int(rate * seconds)
+        for i in range(n):
+            delay = t0 + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.send_one()
+        took = time.monotonic() - t0
+        return {"offered": n, "publish_s": took, "offered_per_s": n / max(took, 1e-9)}
+
+    def snapshot(self) -> list[tuple[float, float]]:
+        return self.listener.snapshot(self.device)
+
+    def close(self) -> None:
+        self.pub.close(timeout_s=10)

@@ -1,0 +1,42 @@
+"""``privedge bench`` run tiny: every figure of DESIGN.md is there, finite, and tells the modes apart."""
+from __future__ import annotations
+
+import json
+import math
+
+from bench.cli import main
+from bench.pipeline import KEYS, MODES
+from tests.conftest import FAST
+
+MODALITIES = ("image",) if FAST else ("image", "speech")
+
+
+def test_bench_writes_every_figure_and_split_sends_least(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["--seconds", "1.5", "--window", "32", "--warm-inputs", "4", "--inputs", "8", "--data", "none",
+            "--scaling", "off", "--out", str(out)]
+    for modality in MODALITIES:
+        argv += ["--modality", modality]
+    assert main(argv) == 0
+
+    result = json.loads((out / "bench.json").read_text())
+    assert result["machine"]["cores"] >= 1 and result["settings"]["seconds"] == 1.5
+    for modality in MODALITIES:
+        entry = result[modality]
+        assert set(entry) == {*MODES, "runtime_ceiling_per_s"}
+        assert math.isfinite(entry["runtime_ceiling_per_s"]) and entry["runtime_ceiling_per_s"] > 0
+        for mode in MODES:
+            figures = entry[mode]
+            assert set(figures) == set(KEYS), (modality, mode)
+            assert all(math.isfinite(v) for v in figures.values()), (modality, mode, figures)
+            for key in ("throughput_per_s", "latency_p50_ms", "gateway_cpu_s_per_inference", "gateway_peak_rss_mb"):
+                assert figures[key] > 0, (modality, mode, key)
+            assert figures["latency_p99_ms"] >= figures["latency_p50_ms"]
+        split, cloud, local = (entry[m]["bytes_up_per_inference"] for m in MODES)
+        # Features of 8 numbers in a msgpack envelope vs a whole frame or utterance; nothing at all locally.
+        assert 0 < split < 1000 and cloud > 5 * split and local == 0, (split, cloud, local)
+        details = result["details"][modality]
+        assert details["split"]["upstream_entries"] > 0 and details["local_only"]["upstream_entries"] == 0
+    md = (out / "bench.md").read_text()
+    for mode in MODES:
+        assert f"| {mode}" in md
