@@ -155,6 +155,14 @@ class Published:
         return probes
 
 
+def results_of(listener) -> list[tuple[str, dict]]:
+    """(topic, Result JSON) of every message a gateway_fixtures.Listener got on a ``.../result`` topic."""
+    import json
+
+    with listener._cond:
+        return [(t, json.loads(p)) for t, ps in listener.messages.items() if t.endswith("/result") for p in ps]
+
+
 # the scan of Redis --------------------------------------------------------------------------------------
 def redis_entries(r) -> list[tuple[str, list[bytes]]]:
     """Everything Redis holds, as (where, [bytes...]): one item per key (its name), per stream entry

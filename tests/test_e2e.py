@@ -4,7 +4,6 @@ nothing the cloud holds is raw media; the gateway never opens analyzer weights."
 from __future__ import annotations
 
 import contextlib
-import json
 import signal
 import subprocess
 import time
@@ -22,7 +21,7 @@ from schemas import FeatureMessage, Limits
 from sensors import cli as sensor_cli
 from tests.conftest import FAST
 from tests.e2e_helpers import (REPO, Published, WorkerProcesses, audited_command, raw_media_findings, redis_entries,
-                               without_pitch_shift)
+                               results_of, without_pitch_shift)
 from tests.gateway_fixtures import Listener, full_bundles, gateway_bundles  # noqa: F401 (fixtures)
 from workers.config import RedisSettings, WorkerSettings
 from workers.service import Worker
@@ -41,12 +40,6 @@ def publish_from_folders(broker_url: str, data_dir, devices: tuple[str, str], n_
                             "--codec", "jpeg", "--count", str(n_images)]) == 0
     assert sensor_cli.main(["mic", *common, "--device", devices[1], "--source",
                             str(data_dir / "fsdd" / "recordings"), "--count", str(n_utterances)]) == 0
-
-
-def results_of(listener: Listener) -> list[tuple[str, dict]]:
-    """(topic, Result JSON) of every message on a ``{prefix}/{device}/result`` topic."""
-    with listener._cond:
-        return [(t, json.loads(p)) for t, ps in listener.messages.items() if t.endswith("/result") for p in ps]
 
 
 def gateway_online(gateway: str):
