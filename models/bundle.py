@@ -383,9 +383,11 @@ def make_manifest(*, task: str, modality: str, labels: list[str], net_cfg, cut: 
     return manifest
 
 
-def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | None = 8) -> str:
+def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | None = 8,
+                          cut: str = "block3") -> str:
     """A valid bundle from randomly initialised networks, in well under a second (pipeline tests that
-    need no accuracy). ``dims`` PCA components with a random orthonormal basis, or None for no PCA."""
+    need no accuracy, benchmarks of cost per cut point). ``dims`` PCA components with a random
+    orthonormal basis, or None for no PCA; ``cut``: the block the extractor ends with."""
     from models.nets import build_net, image_config, speech_config
     from models.pca import PCAFit
     from models.split import assemble
@@ -402,7 +404,6 @@ def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         net = build_net(cfg)
-    cut = "block3"
     pca = None
     if dims:
         c, h, w = cfg.shape_after(cut)
