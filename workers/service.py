@@ -212,7 +212,15 @@ def parse_args(argv: list[str]) -> WorkerSettings:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    worker = Worker(parse_args(list(argv or [])))
+    settings = parse_args(list(argv or []))
+    try:  # credentials first: a refused login should not wait for the models to load
+        settings.redis.client().ping()
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
+        log.error("Redis refused the worker: %s", e)
+        return 1
+    except redis.RedisError as e:
+        log.warning("Redis not reachable yet (%s); the worker retries", e)
+    worker = Worker(settings)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
