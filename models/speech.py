@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass
 import librosa
 import numpy as np
 
+from models import fast_audio
+
 log = logging.getLogger(__name__)
 
 
@@ -104,8 +106,8 @@ class SpeechFrontEnd:
         if semitones == 0 or len(wave) < self.config.n_fft:
             return wave
         # 512-sample (64 ms) phase-vocoder frames: librosa's default 2048 is longer than short digits.
-        out = librosa.effects.pitch_shift(wave, sr=self.config.rate, n_steps=semitones, res_type="soxr_hq",
-                                          n_fft=512)
+        # librosa.effects.pitch_shift(..., res_type="soxr_hq", n_fft=512), without its per-frame Python loop
+        out = fast_audio.pitch_shift(wave, self.config.rate, semitones, n_fft=512)
         return out.astype(np.float32, copy=False)
 
     def log_mel(self, wave: np.ndarray) -> np.ndarray:
@@ -113,8 +115,7 @@ class SpeechFrontEnd:
         c = self.config
         if len(wave) < c.n_fft:
             wave = np.pad(wave, (0, c.n_fft - len(wave)))
-        mel = librosa.feature.melspectrogram(y=wave, sr=c.rate, n_fft=c.n_fft, hop_length=c.hop,
-                                             n_mels=c.n_mels, fmax=c.rate / 2)  # (n_mels, T)
+        mel = fast_audio.mel_power(wave, c.rate, c.n_fft, c.hop, c.n_mels, c.rate / 2)  # (n_mels, T)
         db = librosa.power_to_db(mel, ref=np.max, top_db=c.top_db)  # (n_mels, T) in [-top_db, 0]
         spec = (db / c.top_db + 1.0).astype(np.float32)
         return _fit_frames(spec, c.frames)[None]  # (1, n_mels, frames)
