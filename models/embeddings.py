@@ -1,4 +1,4 @@
-"""The paper's three embeddings, trained end to end on a protocol's training split.
+"""The paper's three embeddings and privedge's private one, trained on a protocol's training split.
 
 - simple: train the network for the primary task, cut it.
 - siamese: then fine-tune the whole network with cross-entropy + weight x contrastive loss on the
@@ -6,6 +6,11 @@
 - advanced: Siamese, then PCA to k dims at the end of the extractor and reconstruction at the start of the
   analyzer (fitted on the training features), then the analyzer fine-tuned with the frozen projection in
   place (the authors did this; without it PCA-8 costs several points).
+- private: no Siamese step; PCA to k = classes - 1 dims, then extractor and analyzer trained together
+  through the projection with the identity-agnostic contrastive loss and an identity adversary on the
+  released features (``models.private``), Gaussian noise on them, and int8 on the wire
+  (``models.release``). Each of these is also an option of the advanced embedding (``PRIVATE_DEFAULTS``
+  says what ``private`` turns on).
 """
 from __future__ import annotations
 
@@ -25,25 +30,36 @@ from models.data.cache import cache_dir, cache_key
 from models.inputs import InputSet, speech_variants
 from models.nets import DEFAULT_CUT, NetConfig, build_net, image_config, speech_config
 from models.pca import PCAFit, fit_pca
+from models.private import PrivateLoss, fit_private
+from models.release import RELEASE_DTYPES, feature_spec, fit_scale, round_trip
 from models.speech import SpeechConfig, SpeechFrontEnd
 from models.split import assemble
 from models.training import LoopConfig, accuracy, contrastive_loss, deterministic, features, fit
 
 log = logging.getLogger(__name__)
 
-EMBEDDINGS = ("simple", "siamese", "advanced")
+EMBEDDINGS = ("private", "simple", "siamese", "advanced")
+DEFAULT_EMBEDDING = "private"
+# What ``--embedding private`` uses where a setting is not given (None): chosen by the privacy sweep
+# (bench/privacy_sweep.py). dims None = classes - 1.
+PRIVATE_DEFAULTS = {"dims": None, "agnostic_weight": 0.01, "adversary_weight": 1.0, "noise_std": 0.5,
+                    "dtype": "int8"}
+# ... and what the others use: the paper's PCA-8, no identity terms, float32.
+PAPER_DEFAULTS = {"dims": 8, "agnostic_weight": 0.0, "adversary_weight": 0.0, "noise_std": 0.0,
+                  "dtype": "float32"}
 # Bump when the training code changes what it produces for the same settings (invalidates cached networks).
 TRAINING_VERSION = 1
 
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    """How to train one bundle. ``None`` epochs mean the modality's default (see ``epochs_for``)."""
+    """How to train one bundle. ``None`` means the embedding's or modality's default (see the ``*_for``
+    methods and ``PRIVATE_DEFAULTS``)."""
 
-    embedding: str = "advanced"
+    embedding: str = DEFAULT_EMBEDDING
     cut: str = DEFAULT_CUT
-    # PCA components for the advanced embedding: 8 float32 = 32 bytes per message, the paper's setting.
-    dims: int = 8
+    # PCA components: 8 float32 = 32 bytes per message, the paper's setting; private: classes - 1.
+    dims: int | None = None
     # Epochs of primary training; ORL has 200 training images (7 steps an epoch), FSDD 2700.
     epochs: int | None = None
     # Siamese fine-tuning epochs, at a lower learning rate, starting from the primary network.
@@ -62,7 +78,13 @@ class EmbeddingConfig:
     contrastive_weight: float = 0.01
     normalize: bool = True
     # Gaussian noise on the projected features, relative to each dimension's spread; 0 = off.
-    noise_std: float = 0.0
+    noise_std: float | None = None
+    # Identity-agnostic contrastive loss on the released features (same label, other person: pulled).
+    agnostic_weight: float | None = None
+    # Weight of the identity adversary's confusion term on the released features.
+    adversary_weight: float | None = None
+    # Feature dtype on the wire: float32, float16, or int8 with a per-dimension scale in the manifest.
+    dtype: str | None = None
     seed: int = 0
     # Pitch-shifted log-mel versions precomputed per training utterance, one sampled each epoch.
     variants: int = 4
@@ -71,25 +93,55 @@ class EmbeddingConfig:
     def __post_init__(self) -> None:
         if self.embedding not in EMBEDDINGS:
             raise ValueError(f"embedding must be one of {EMBEDDINGS}, got {self.embedding!r}")
-        if self.dims < 1:
+        if self.dims is not None and self.dims < 1:
             raise ValueError(f"dims must be >= 1, got {self.dims}")
-        if self.margin <= 0 or self.contrastive_weight < 0 or self.noise_std < 0 or self.variants < 1:
+        if self.margin <= 0 or self.contrastive_weight < 0 or self.variants < 1 or any(
+                v is not None and v < 0 for v in (self.noise_std, self.agnostic_weight, self.adversary_weight)):
             raise ValueError(f"invalid embedding settings {self}")
         if self.pca_tune not in (None, "analyzer", "both"):
             raise ValueError(f"pca_tune must be analyzer or both, got {self.pca_tune!r}")
-        if self.noise_std and self.embedding != "advanced":
-            raise ValueError("noise is added to the PCA projection: use it with the advanced embedding")
+        if self.dtype is not None and self.dtype not in RELEASE_DTYPES:
+            raise ValueError(f"dtype must be one of {RELEASE_DTYPES}, got {self.dtype!r}")
+        if not self.projected and (self.noise_std or self.agnostic_weight or self.adversary_weight
+                                   or self.dtype not in (None, "float32")):
+            raise ValueError("noise, identity losses and feature dtypes act on the PCA projection: use them "
+                             "with the advanced or private embedding")
+
+    @property
+    def projected(self) -> bool:
+        """Whether the extractor ends with a PCA projection."""
+        return self.embedding in ("advanced", "private")
+
+    def setting(self, name: str):
+        """A privacy setting: the explicit value, else the embedding's default."""
+        value = getattr(self, name)
+        if value is not None:
+            return value
+        return (PRIVATE_DEFAULTS if self.embedding == "private" else PAPER_DEFAULTS)[name]
+
+    def dims_for(self, n_classes: int) -> int:
+        dims = self.setting("dims")
+        return dims if dims is not None else max(1, n_classes - 1)
+
+    def losses(self) -> PrivateLoss:
+        return PrivateLoss(agnostic_weight=self.setting("agnostic_weight"),
+                           adversary_weight=self.setting("adversary_weight"), margin=self.margin)
 
     def pca_tuning_for(self, modality: str) -> tuple[str, float]:
         """(what, learning rate) trained behind the frozen PCA. Measured with PCA-8 (uncut / result):
         FSDD analyzer-only 10 epochs at 2e-3: 0.987 / 0.893, extractor too: 0.987 / 0.963;
-        ORL analyzer-only at 5e-4: 0.955 / 0.945, extractor too at 2e-3: 0.955 / 0.925 (200 images overfit)."""
+        ORL analyzer-only at 5e-4: 0.955 / 0.945, extractor too at 2e-3: 0.955 / 0.925 (200 images overfit).
+        The identity terms act on the extractor, so with them it always trains (ORL at 5e-4)."""
         what, lr = ("analyzer", 5e-4) if modality == "image" else ("both", 2e-3)
+        if self.losses().active:
+            what = "both"
         return (self.pca_tune or what, self.pca_lr if self.pca_lr is not None else lr)
 
     def epochs_for(self, modality: str) -> tuple[int, int, int]:
         """(primary, siamese, analyzer) epochs: explicit ones, else the modality's defaults."""
         primary, siamese, analyzer = (40, 15, 10) if modality == "image" else (15, 3, 15)
+        if self.embedding == "private":
+            siamese, analyzer = 0, (30 if modality == "image" else 15)
         return (self.epochs if self.epochs is not None else primary,
                 self.siamese_epochs if self.siamese_epochs is not None else siamese,
                 self.analyzer_epochs if self.analyzer_epochs is not None else analyzer)
@@ -105,6 +157,8 @@ class Trained:
     cut: str
     pca: PCAFit | None
     metrics: dict
+    # The manifest's ``feature`` entry (dtype, shape, int8 scale): see ``models.release.feature_spec``.
+    feature: dict | None = None
 
 
 def prepare(samples, modality: str, cfg: EmbeddingConfig, *, train: bool, seed: int) -> InputSet:
@@ -127,7 +181,7 @@ def net_config_for(modality: str, n_classes: int, cfg: EmbeddingConfig) -> NetCo
 def total_steps(n_train: int, modality: str, cfg: EmbeddingConfig, batch_size: int = 32) -> int:
     """Inputs processed over the whole run (for a progress bar)."""
     primary, siamese, analyzer = cfg.epochs_for(modality)
-    epochs = primary + (siamese if cfg.embedding != "simple" else 0) + (analyzer if cfg.embedding == "advanced" else 0)
+    epochs = primary + (siamese if cfg.embedding != "simple" else 0) + (analyzer if cfg.projected else 0)
     return epochs * n_train
 
 
@@ -196,32 +250,58 @@ def train_embedding(protocol, cfg: EmbeddingConfig, *, progress: Callable[[int],
                 features_of=front, progress=progress)
             metrics["siamese_accuracy"] = accuracy(net, test.plain(), test.y)
             log.info("after Siamese fine-tuning: held-out accuracy %.4f", metrics["siamese_accuracy"])
-        pca = None
-        if cfg.embedding == "advanced":
-            cut_features = features(net[:cut_i + 1], train.plain())  # (N, C*H*W)
-            pca = fit_pca(cut_features, min(cfg.dims, *cut_features.shape))
-            metrics["pca_explained_variance"] = pca.explained
-            ext, ana = assemble(net, net_cfg, cfg.cut, pca, cfg.noise_std)
-            whole = nn.Sequential(ext, ana)
-            metrics["pca_accuracy_before_tuning"] = accuracy(whole, test.plain(), test.y)
-            pca_tune, pca_lr = cfg.pca_tuning_for(modality)
-            metrics["pca_tune"] = pca_tune
-            if pca_tune == "both":
-                fit(whole, train, LoopConfig(analyzer_epochs, lr=pca_lr), rng, progress=progress)
-            else:
-                for p in ext.parameters():
-                    p.requires_grad_(False)
-                fit(whole, train, LoopConfig(analyzer_epochs, lr=pca_lr), rng, params=list(ana.parameters()),
-                    frozen=ext, progress=progress)
-                for p in ext.parameters():
-                    p.requires_grad_(True)
+        pca, feature = None, None
+        if cfg.projected:
+            ext, ana, feature = _projected(net, net_cfg, cfg, modality, train, protocol.train.identity, test,
+                                           rng, metrics, progress)
         else:
             ext, ana = assemble(net, net_cfg, cfg.cut)
-        whole = nn.Sequential(ext, ana)
-        metrics["primary_accuracy"] = accuracy(whole, test.plain(), test.y)
+        metrics["primary_accuracy"] = released_accuracy(ext, ana, test, feature, cfg.seed)
     metrics["input_seconds"] = round(t_inputs, 2)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("%s embedding: held-out accuracy %.4f in %.0f s", cfg.embedding, metrics["primary_accuracy"],
              metrics["seconds"])
+    pca = metrics.pop("_pca", None)
     return Trained(net_cfg=net_cfg, extractor=ext.eval(), analyzer=ana.eval(), cut=cfg.cut, pca=pca,
-                   metrics=metrics)
+                   metrics=metrics, feature=feature)
+
+
+def _projected(net: nn.Sequential, net_cfg: NetConfig, cfg: EmbeddingConfig, modality: str, train: InputSet,
+               identity: np.ndarray, test: InputSet, rng: np.random.Generator, metrics: dict,
+               progress: Callable[[int], None] | None) -> tuple[nn.Sequential, nn.Sequential, dict]:
+    """PCA to k dims at the cut (fitted on the training features), then training through the frozen
+    projection with noise and the identity terms; returns (extractor, analyzer, manifest feature entry)."""
+    cut_i = net_cfg.cut_index(cfg.cut)
+    cut_features = features(net[:cut_i + 1], train.plain())  # (N, C*H*W)
+    pca = fit_pca(cut_features, min(cfg.dims_for(net_cfg.n_classes), *cut_features.shape))
+    metrics["_pca"] = pca
+    metrics["pca_explained_variance"] = pca.explained
+    noise = cfg.setting("noise_std")
+    ext, ana = assemble(net, net_cfg, cfg.cut, pca, noise)
+    metrics["pca_accuracy_before_tuning"] = accuracy(nn.Sequential(ext, ana), test.plain(), test.y)
+    _, _, epochs = cfg.epochs_for(modality)
+    what, lr = cfg.pca_tuning_for(modality)
+    metrics["pca_tune"] = what
+    if what == "analyzer":
+        for p in ext.parameters():
+            p.requires_grad_(False)
+    history = fit_private(ext, ana, train, identity, LoopConfig(epochs, lr=lr), cfg.losses(), rng,
+                          train_extractor=what == "both", progress=progress)
+    for p in ext.parameters():
+        p.requires_grad_(True)
+    if history["adversary_accuracy"] and cfg.losses().adversary_weight > 0:
+        metrics["adversary_train_accuracy"] = history["adversary_accuracy"][-1]
+    dtype = cfg.setting("dtype")
+    scale = fit_scale(features(ext, train.plain())) if dtype == "int8" else None
+    return ext, ana, feature_spec(dtype, [pca.k], scale)
+
+
+def released_accuracy(ext: nn.Module, ana: nn.Module, data: InputSet, feature: dict | None, seed: int) -> float:
+    """Held-out accuracy through what the analyzer receives: the extractor's output (noise drawn from
+    ``seed``) encoded for the wire and decoded."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        z = features(ext, data.plain())
+    if feature is not None:
+        z = round_trip(z, feature)
+    return accuracy(ana, torch.from_numpy(np.ascontiguousarray(z, dtype=np.float32)), data.y)

@@ -1,8 +1,13 @@
 """``privedge train``: train an embedding on a dataset and write an extractor/analyzer bundle.
 
-    privedge train --modality image|speech --data PATH|synthetic --embedding simple|siamese|advanced
-                   [--cut NAME] [--dims K] [--epochs N] [--seed S] [--size full|small] [--margin M]
-                   [--contrastive-weight W] [--noise STD] [--threads T] --out DIR
+    privedge train --modality image|speech --data PATH|synthetic
+                   [--embedding private|simple|siamese|advanced] [--cut NAME] [--dims K] [--epochs N]
+                   [--seed S] [--size full|small] [--margin M] [--contrastive-weight W] [--noise STD]
+                   [--agnostic-weight W] [--adversary-weight W] [--dtype float32|float16|int8]
+                   [--threads T] --out DIR
+
+``private`` (the default) is privedge's own extractor; the privacy options (noise, identity terms, dtype,
+dims) also apply to ``advanced``, each alone or combined, and are recorded in the bundle's manifest.
 
 Prints the held-out primary accuracy, the extractor's parameters and multiply-adds per input and the
 feature bytes per message, and writes them to ``DIR/metrics.json`` beside the bundle.
@@ -22,7 +27,8 @@ import numpy as np
 import torch
 
 from models.bundle import make_manifest, save_bundle
-from models.embeddings import EMBEDDINGS, EmbeddingConfig, total_steps, train_embedding
+from models.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS, EmbeddingConfig, total_steps, train_embedding
+from models.release import RELEASE_DTYPES
 from models.nets import DEFAULT_CUT, count_cost
 
 log = logging.getLogger(__name__)
@@ -32,9 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privedge train", description=__doc__.split("\n")[0])
     p.add_argument("--modality", required=True, choices=["image", "speech"])
     p.add_argument("--data", required=True, help="dataset folder (FSDD, ORL, labelled folder), CSV file, or 'synthetic'")
-    p.add_argument("--embedding", default="advanced", choices=list(EMBEDDINGS))
+    p.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=list(EMBEDDINGS),
+                   help="default %(default)s")
     p.add_argument("--cut", default=DEFAULT_CUT, help="cut after this block (block1..block4); default %(default)s")
-    p.add_argument("--dims", type=int, default=8, help="PCA dims of the advanced embedding (default %(default)s)")
+    p.add_argument("--dims", type=int, default=None,
+                   help="PCA dims (default: 8 for advanced, classes - 1 for private)")
     p.add_argument("--epochs", type=int, default=None, help="primary training epochs (default: per modality)")
     p.add_argument("--siamese-epochs", type=int, default=None)
     p.add_argument("--analyzer-epochs", type=int, default=None)
@@ -44,8 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--contrastive-weight", type=float, default=0.01, help="default %(default)s")
     p.add_argument("--pca-tune", default=None, choices=["analyzer", "both"],
                    help="what trains behind the frozen PCA: the analyzer only, or the extractor too")
-    p.add_argument("--noise", type=float, default=0.0,
-                   help="Gaussian noise on the PCA features, relative to each dimension's spread (default off)")
+    p.add_argument("--noise", type=float, default=None,
+                   help="Gaussian noise on the released features, relative to each dimension's spread, fresh "
+                        "for every message (default: off for advanced, the private preset for private)")
+    p.add_argument("--agnostic-weight", type=float, default=None,
+                   help="identity-agnostic contrastive loss on the released features (0 = off)")
+    p.add_argument("--adversary-weight", type=float, default=None,
+                   help="weight of the identity adversary's confusion term (0 = off)")
+    p.add_argument("--dtype", default=None, choices=list(RELEASE_DTYPES),
+                   help="feature dtype on the wire; int8 with a per-dimension scale in the manifest")
     # One thread by default: on a shared 2-core machine torch's OpenMP workers spin while they wait for a
     # core, and two threads trained three times slower than one here.
     p.add_argument("--threads", type=int, default=int(os.environ.get("PRIVEDGE_TORCH_THREADS", "1")),
@@ -60,6 +75,13 @@ def feature_bytes(manifest: dict) -> int:
     return int(math.prod(manifest["feature"]["shape"]) * np.dtype(manifest["feature"]["dtype"]).itemsize)
 
 
+def privacy_settings(cfg: EmbeddingConfig) -> dict:
+    """The identity-protection settings in effect, for the manifest and metrics.json."""
+    if not cfg.projected:
+        return {"noise_std": 0.0, "agnostic_weight": 0.0, "adversary_weight": 0.0, "dtype": "float32"}
+    return {k: cfg.setting(k) for k in ("noise_std", "agnostic_weight", "adversary_weight", "dtype")}
+
+
 def run(args: argparse.Namespace) -> dict:
     """Train, save the bundle and metrics.json; returns the metrics."""
     from models.data import load_protocol  # the dataset layer pulls in generators; only load it here
@@ -68,7 +90,8 @@ def run(args: argparse.Namespace) -> dict:
     cfg = EmbeddingConfig(embedding=args.embedding, cut=args.cut, dims=args.dims, epochs=args.epochs,
                           siamese_epochs=args.siamese_epochs, analyzer_epochs=args.analyzer_epochs,
                           margin=args.margin, contrastive_weight=args.contrastive_weight,
-                          noise_std=args.noise, seed=args.seed,
+                          noise_std=args.noise, agnostic_weight=args.agnostic_weight,
+                          adversary_weight=args.adversary_weight, dtype=args.dtype, seed=args.seed,
                           **({"pca_tune": args.pca_tune} if args.pca_tune else {}))
     t0 = time.perf_counter()
     protocol = load_protocol(args.modality, args.data, seed=args.seed, size=args.size)
@@ -86,8 +109,11 @@ def run(args: argparse.Namespace) -> dict:
             bar.close()
     manifest = make_manifest(task=protocol.task, modality=args.modality, labels=protocol.train.primary_names,
                              net_cfg=trained.net_cfg, cut=trained.cut, embedding=args.embedding,
-                             pca=trained.pca, noise_std=cfg.noise_std,
+                             pca=trained.pca, noise_std=cfg.setting("noise_std") if cfg.projected else 0.0,
                              speech=cfg.speech if args.modality == "speech" else None)
+    if trained.feature is not None:
+        manifest["feature"] = trained.feature  # dtype, shape and the int8 scale
+    manifest["privacy"] = privacy_settings(cfg)
     ext_cost = count_cost(trained.extractor, trained.net_cfg.in_shape)
     ana_cost = count_cost(trained.analyzer, tuple(manifest["feature"]["shape"]))
     metrics = {
@@ -96,7 +122,7 @@ def run(args: argparse.Namespace) -> dict:
         "embedding": args.embedding,
         "cut": trained.cut,
         "dims": trained.pca.k if trained.pca is not None else None,
-        "noise_std": cfg.noise_std,
+        **privacy_settings(cfg),
         "pca_tune": cfg.pca_tuning_for(args.modality)[0] if trained.pca is not None else None,
         "margin": cfg.margin,
         "contrastive_weight": cfg.contrastive_weight,

@@ -24,6 +24,7 @@ from models.audit.measures import IdentityMeasures, identity_measures, psnr, ssi
 from models.bundle import load_analyzer, load_extractor, read_manifest
 from models.data import load_protocol
 from models.data.samples import Protocol, Samples
+from models.release import decode
 from models.speech import SpeechConfig, SpeechFrontEnd
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,9 @@ def _inversion_sets(protocol: Protocol) -> list[str]:
 
 
 def _extract(extractor, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Released features as they travel (the manifest's dtype)."""
     return np.concatenate([extractor.extract_batch(list(inputs[s:s + batch]))
-                           for s in range(0, len(inputs), batch)]).astype(np.float32)
+                           for s in range(0, len(inputs), batch)])
 
 
 def _measure(name: str, release: Callable[[str], np.ndarray], cache: InputCache,
@@ -167,15 +169,20 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
     step(f"{name}: features")
     features: dict[str, np.ndarray] = {}
 
-    def release(split: str) -> np.ndarray:
+    def wire(split: str) -> np.ndarray:
         if split not in features:
             features[split] = _extract(extractor, cache.get(split, front_end))
         return features[split]
 
+    def release(split: str) -> np.ndarray:
+        """As the cloud reads them: float32, int8 multiplied back by the manifest's scale."""
+        w = wire(split)
+        return decode(w.reshape(len(w), -1), manifest["feature"]).reshape(w.shape)
+
     for split in {"test", "attack_train", "attack_test", *_inversion_sets(p)}:
         release(split)
     step(f"{name}: primary accuracy")
-    probs = load_analyzer(bundle_dir).analyze_batch(release("test"))
+    probs = load_analyzer(bundle_dir).analyze_batch(wire("test"))
     primary = float((probs.argmax(axis=1) == p.test.primary).mean())
     step(f"{name}: identity attackers")
     ident, eer, s, db, examples = _measure(name, release, cache, front_end, settings, step)

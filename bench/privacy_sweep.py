@@ -1,0 +1,149 @@
+"""The privacy sweep of issue 6: raw input, the paper's simple / Siamese / advanced, each identity-protection
+mechanism alone on top of advanced, and the private embedding (the best combination), on FSDD and on ORL
+(unseen people), all measured by ``privedge audit``.
+
+Trains each bundle it lacks with ``privedge train`` (reused when its directory already holds a manifest;
+``--reuse DIR`` also looks for the paper's bundles of ``bench.audit_sweep`` there), then runs
+``privedge audit --raw`` over the set's bundles, and checks the issue's targets.
+
+    python -m bench.privacy_sweep --out /tmp/pe/private/sweep [--sets fsdd orl] [--only NAME ...]
+                                  [--reuse DIR] [--quick] [--size full|small] [--train-threads 1]
+
+Prints the machine, the settings and a markdown table; writes ``OUT/sweep.json``, ``OUT/sweep.md`` and per
+set ``OUT/<set>/report.md``, ``metrics.json``, ``tradeoff.png``, ``reconstructions.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench.audit_sweep import DEFAULT_DATA, SETS, audit_set, table, train_bundle
+from models.nets import DEFAULT_CUT
+
+CLASSES = {"fsdd": 10, "orl": 2}
+# name -> (embedding, extra privedge train arguments for set). Each mechanism alone, at the setting the
+# probes found best (see the closing note of sweep.md); the paper's three take their defaults.
+
+
+def configs(set_name: str) -> dict[str, tuple[str, list[str]]]:
+    floor = str(CLASSES[set_name] - 1)
+    return {
+        "simple": ("simple", []),
+        "siamese": ("siamese", []),
+        "advanced": ("advanced", []),
+        "agnostic": ("advanced", ["--agnostic-weight", "0.01"]),
+        "adversary": ("advanced", ["--adversary-weight", "0.3"]),
+        "noise": ("advanced", ["--noise", "0.5"]),
+        "fewer-dims-int8": ("advanced", ["--dims", floor, "--dtype", "int8"]),
+        "private": ("private", []),
+    }
+
+
+# The issue's targets, checked per bundle.
+TARGETS = {"accuracy_drop_max": 0.01, "top1_over_chance_max": 1.5, "log_rank_min": 0.9, "eer_min": 0.40,
+           "bytes_max": 16}
+
+
+def targets(m: dict, uncut: float | None) -> dict[str, bool | None]:
+    """Which targets a bundle's audit metrics meet (None: not applicable)."""
+    acc = m.get("primary_accuracy")
+    return {
+        "accuracy": None if acc is None or uncut is None else acc >= uncut - TARGETS["accuracy_drop_max"],
+        "identity_top1": m["identity_top1"] <= TARGETS["top1_over_chance_max"] * m["identity_chance"],
+        "log_rank": m["log_rank"] >= TARGETS["log_rank_min"],
+        "eer": None if m.get("verification_eer") is None else m["verification_eer"] >= TARGETS["eer_min"],
+        "bytes": m["feature_bytes"] <= TARGETS["bytes_max"],
+    }
+
+
+def find_bundle(name: str, set_name: str, roots: list[Path]) -> Path | None:
+    """An existing bundle for ``name``: ours, or the paper's from bench.audit_sweep (``{set}-{emb}-{cut}``)."""
+    for root in roots:
+        for cand in (root / f"{set_name}-{name}", root / f"{set_name}-{name}-{DEFAULT_CUT}"):
+            if (cand / "manifest.json").is_file():
+                return cand
+    return None
+
+
+def targets_table(results: dict[str, dict], uncut: dict[str, float | None]) -> str:
+    lines = ["| set | bundle | acc within 1 pt of uncut | top-1 <= 1.5x chance | log-rank >= 0.9 | EER >= 40% "
+             "| <= 16 bytes |", "|" + "---|" * 7]
+    mark = {True: "yes", False: "no", None: "—"}
+    for set_name, metrics in results.items():
+        for name, m in metrics.items():
+            t = targets(m, uncut.get(set_name))
+            lines.append(f"| {set_name} | {name} | " + " | ".join(mark[t[k]] for k in
+                                                                 ("accuracy", "identity_top1", "log_rank", "eer", "bytes")) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
+    p.add_argument("--only", nargs="+", default=None, help="bundle names to include (default: all)")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
+    p.add_argument("--reuse", type=Path, action="append", default=[],
+                   help="folder of already trained bundles to reuse (repeatable)")
+    p.add_argument("--size", choices=("full", "small"), default="full")
+    p.add_argument("--quick", action="store_true", help="audit with short attacker/decoder training")
+    p.add_argument("--threads", type=int, default=1, help="torch threads of the audit")
+    p.add_argument("--train-threads", type=int, default=1, help="torch threads of privedge train")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-only", action="store_true", help="train the bundles, audit nothing")
+    args = p.parse_args(argv)
+    root = args.out / "bundles"
+    root.mkdir(parents=True, exist_ok=True)
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    settings["reuse"] = [str(r) for r in args.reuse]
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
+          f"python {platform.python_version()}")
+    print(f"settings: {json.dumps(settings)}", flush=True)
+    results, timing, uncut, commands = {}, {}, {}, {}
+    for set_name in args.sets:
+        modality, folder = SETS[set_name]
+        data = args.data_dir / folder
+        bundles, t_train = [], 0.0
+        for name, (embedding, extra) in configs(set_name).items():
+            if args.only and name not in args.only:
+                continue
+            found = find_bundle(name, set_name, [root, *args.reuse])
+            out = found or root / f"{set_name}-{name}"
+            t_train += train_bundle(out, modality, data, embedding, DEFAULT_CUT, size=args.size,
+                                    threads=args.train_threads, extra=extra)
+            commands[f"{set_name}/{name}"] = f"privedge train --embedding {embedding} {' '.join(extra)}".strip()
+            bundles.append(out)
+            trained = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").is_file() else {}
+            uncut.setdefault(set_name, trained.get("training", {}).get("uncut_accuracy"))
+        if args.train_only:
+            continue
+        t = time.perf_counter()
+        results[set_name] = audit_set(set_name, bundles, data, args.out / set_name, size=args.size,
+                                      quick=args.quick, threads=args.threads, seed=args.seed)
+        timing[set_name] = {"train_s": round(t_train, 1), "audit_s": round(time.perf_counter() - t, 1)}
+    if args.train_only:
+        return 0
+    md = table(results) + "\n\nUncut network (held-out primary accuracy): " + \
+        ", ".join(f"{s} {_pct(a)}" for s, a in uncut.items()) + "\n\nTargets:\n\n" + targets_table(results, uncut)
+    (args.out / "sweep.md").write_text(md + "\n")
+    (args.out / "sweep.json").write_text(json.dumps(
+        {"settings": settings, "machine": platform.node(), "timing": timing, "uncut_accuracy": uncut,
+         "commands": commands, "targets": TARGETS,
+         "met": {s: {n: targets(m, uncut.get(s)) for n, m in ms.items()} for s, ms in results.items()},
+         "results": results}, indent=2) + "\n")
+    print(md)
+    print(f"timing: {json.dumps(timing)}")
+    return 0
+
+
+def _pct(a: float | None) -> str:
+    return "—" if a is None else f"{a:.3f}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Training against identity: the identity-agnostic contrastive loss and an adversarial identity classifier.
+
+Both act on the *released* features z (after PCA and noise, what leaves the gateway):
+- ``agnostic_contrastive_loss``: pairs with the same primary label and *different* identities are pulled
+  together, pairs with different primary labels pushed ``margin`` apart, and same-label same-person pairs
+  left alone (Osia et al.'s follow-up, Deep Private-Feature Extraction): every person's samples of a class
+  drift to the class's common point instead of to a person-specific one.
+- adversarial removal: an ``IdentityAdversary`` (an MLP) is trained to recognise the training people from z;
+  the extractor, in alternating steps, is trained to make its prediction uniform (``confusion_loss``, a
+  bounded form of gradient reversal: maximising the adversary's cross-entropy itself has no optimum).
+
+``fit_private`` runs the joint loop: cross-entropy on the primary label through the analyzer, plus the two
+weighted terms, with the adversary updated after every step on the detached features.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from models.inputs import InputSet
+from models.training import LoopConfig, recalibrate_batch_norm
+
+log = logging.getLogger(__name__)
+
+
+def pair_loss(z: torch.Tensor, pull: torch.Tensor, push: torch.Tensor, margin: float,
+              normalize: bool = True) -> torch.Tensor:
+    """Mean over the selected pairs of ``d^2`` (pull) and ``max(0, margin - d)^2`` (push).
+
+    z: (B, F); pull, push: (B, B) boolean masks (the diagonal is ignored). With ``normalize`` the features
+    are rescaled so that their mean norm is ``margin`` (the loss no longer depends on their scale).
+    """
+    if normalize:
+        z = z * (margin / z.norm(dim=1).mean().clamp_min(1e-8))
+    d2 = torch.cdist(z, z).pow(2)  # (B, B)
+    d = d2.clamp_min(1e-12).sqrt()
+    off = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
+    pull, push = pull & off, push & off
+    n = pull.sum() + push.sum()
+    if n == 0:
+        return z.sum() * 0.0
+    return (d2[pull].sum() + (margin - d[push]).clamp_min(0).pow(2).sum()) / n
+
+
+def agnostic_contrastive_loss(z: torch.Tensor, label: torch.Tensor, identity: torch.Tensor, margin: float,
+                              normalize: bool = True) -> torch.Tensor:
+    """Same label, different people: pulled together; different labels: pushed apart; same person and
+    label: not a pair. z: (B, F); label, identity: (B,)."""
+    same_label = label[:, None] == label[None, :]
+    same_person = identity[:, None] == identity[None, :]
+    return pair_loss(z, same_label & ~same_person, ~same_label, margin, normalize)
+
+
+class IdentityAdversary(nn.Module):
+    """(B, k) released features -> (B, n_people) identity logits; a small MLP like the audit's attacker."""
+
+    def __init__(self, in_dim: int, n_people: int, hidden: int = 64) -> None:
+        super().__init__()
+        if in_dim < 1 or n_people < 2 or hidden < 1:
+            raise ValueError(f"invalid adversary shape {in_dim} -> {hidden} -> {n_people}")
+        self.norm = nn.BatchNorm1d(in_dim, affine=False)  # the extractor may rescale z; the attacker would too
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, n_people))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.norm(z))
+
+
+def confusion_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of ``logits`` (B, C) against the uniform distribution: minimal (= log C) when the
+    adversary cannot tell anyone apart."""
+    return -torch.log_softmax(logits, dim=1).mean()
+
+
+@dataclass(frozen=True)
+class PrivateLoss:
+    """Weights of the identity terms added to the primary cross-entropy (0 = off)."""
+
+    agnostic_weight: float = 0.0
+    adversary_weight: float = 0.0
+    margin: float = 10.0
+    adversary_lr: float = 2e-3
+
+    def __post_init__(self) -> None:
+        if self.agnostic_weight < 0 or self.adversary_weight < 0 or self.margin <= 0 or self.adversary_lr <= 0:
+            raise ValueError(f"invalid private loss settings {self}")
+
+    @property
+    def active(self) -> bool:
+        return self.agnostic_weight > 0 or self.adversary_weight > 0
+
+
+def fit_private(extractor: nn.Module, analyzer: nn.Module, data: InputSet, identity: np.ndarray,
+                loop: LoopConfig, losses: PrivateLoss, rng: np.random.Generator, *,
+                train_extractor: bool = True,
+                progress: Callable[[int], None] | None = None) -> dict[str, list[float]]:
+    """Train ``analyzer`` (and ``extractor`` when ``train_extractor``) for the primary task with the identity
+    terms of ``losses`` on the extractor's output. identity: (N,) person index of each training input.
+    Returns per-epoch means of the primary loss and of the adversary's accuracy on the training batches."""
+    ident = torch.from_numpy(np.unique(np.asarray(identity), return_inverse=True)[1].astype(np.int64))
+    if len(ident) != len(data):
+        raise ValueError(f"{len(ident)} identities for {len(data)} inputs")
+    n_people = int(ident.max()) + 1
+    params = list(analyzer.parameters()) + (list(extractor.parameters()) if train_extractor else [])
+    opt = torch.optim.AdamW([p for p in params if p.requires_grad], lr=loop.lr, weight_decay=loop.weight_decay)
+    steps = max(1, loop.epochs * -(-len(data) // loop.batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    adversary = opt_adv = None
+    if losses.adversary_weight > 0 and train_extractor and n_people >= 2:
+        k = int(extractor(data.plain()[:2]).shape[1]) if len(data) >= 2 else 1
+        adversary = IdentityAdversary(k, n_people)
+        opt_adv = torch.optim.Adam(adversary.parameters(), lr=losses.adversary_lr)
+    ce = nn.CrossEntropyLoss()
+    whole = nn.Sequential(extractor, analyzer)
+    history: dict[str, list[float]] = {"primary": [], "adversary_accuracy": []}
+    for _ in range(loop.epochs):
+        whole.train()
+        if not train_extractor:
+            extractor.eval()
+        x_all = data.epoch_inputs(rng)
+        order = torch.from_numpy(rng.permutation(len(data)))
+        sums = np.zeros(3)
+        for start in range(0, len(data), loop.batch_size):
+            idx = order[start:start + loop.batch_size]
+            if len(idx) < 2:
+                continue
+            x, y, who = x_all[idx], data.y[idx], ident[idx]
+            z = extractor(x)  # (B, k) released features
+            primary = ce(analyzer(z), y)
+            loss = primary
+            if losses.agnostic_weight > 0 and train_extractor:
+                loss = loss + losses.agnostic_weight * agnostic_contrastive_loss(z, y, who, losses.margin)
+            if adversary is not None:
+                adversary.eval()  # the extractor plays against the adversary's current state
+                loss = loss + losses.adversary_weight * confusion_loss(adversary(z))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            hit = 0.0
+            if adversary is not None:
+                adversary.train()
+                logits = adversary(z.detach())
+                adv_loss = ce(logits, who)
+                opt_adv.zero_grad(set_to_none=True)
+                adv_loss.backward()
+                opt_adv.step()
+                hit = float((logits.argmax(1) == who).float().mean())
+            sums += (primary.item() * len(idx), hit * len(idx), len(idx))
+            if progress is not None:
+                progress(len(idx))
+        history["primary"].append(sums[0] / max(sums[2], 1))
+        history["adversary_accuracy"].append(sums[1] / max(sums[2], 1))
+        log.debug("private epoch %d: primary loss %.4f, adversary accuracy %.3f", len(history["primary"]),
+                  history["primary"][-1], history["adversary_accuracy"][-1])
+    if loop.epochs > 0:
+        recalibrate_batch_norm(whole, data.epoch_inputs(rng), frozen=None if train_extractor else extractor)
+    whole.eval()
+    return history
