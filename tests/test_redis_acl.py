@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -126,3 +128,18 @@ def test_print_settings_hides_the_password_in_the_redis_url():
                           "--redis", "redis://gateway-home:t0p-secret@cloud:6379/0"],
                          capture_output=True, text=True, timeout=60, check=True)
     assert "t0p-secret" not in out.stdout and "gateway-home:***@cloud:6379" in out.stdout
+
+
+def test_compose_runs_redis_with_the_acl_users():
+    import yaml
+
+    from gateway.service import build_parser
+    from workers.service import parse_args
+
+    services = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())["services"]
+    assert "--aclfile" in services["redis"]["command"]
+    gw_url = build_parser().parse_args(services["gateway"]["command"][1:]).redis
+    assert urlsplit(gw_url).username == gateway_user("home", "").name
+    assert "PRIVEDGE_REDIS_PASSWORD" in services["gateway"]["environment"]
+    assert parse_args(services["worker"]["command"][1:]).redis.username == WORKER.name
+    assert "PRIVEDGE_REDIS_PASSWORD" in services["worker"]["environment"]
