@@ -1,7 +1,7 @@
 """``privedge bench``: split vs cloud_only vs local_only on this machine, one run, same inputs.
 
 Writes ``OUT/bench.json`` (per modality, one entry per mode with DESIGN.md's figures, plus
-``runtime_ceiling_per_s``; beside them ``machine``, ``settings``, ``details`` and ``scaling``) and
+``runtime_ceiling_per_s``; beside them ``machine``, ``settings``, ``details``, ``scaling`` and ``cuts``) and
 ``OUT/bench.md``, and prints the machine, the settings and the tables. Without ``--bundle`` it makes
 untrained bundles of the default architecture: the compute per inference is the same as a trained one's.
 """
@@ -86,6 +86,9 @@ def markdown(result: dict) -> str:
     if result.get("scaling"):
         from bench.scaling import scaling_markdown
         lines += scaling_markdown(result["scaling"])
+    if result.get("cuts"):
+        from bench.cuts import cuts_markdown
+        lines += cuts_markdown(result["cuts"])
     return "\n".join(lines) + "\n"
 
 
@@ -107,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-ms", type=float, default=250.0, help="audio chunk length, milliseconds")
     p.add_argument("--scaling", choices=("on", "off"), default="on",
                    help="also measure 1 vs 2 workers draining a pre-filled stream (default on)")
+    p.add_argument("--cuts", choices=("on", "off"), default="on",
+                   help="also measure the gateway's cost at each cut point next to local_only (default on)")
     p.add_argument("--warm-inputs", type=int, default=16, help="inputs sent and awaited before measuring")
     p.add_argument("--gateway-arg", action="append", default=[], help="extra privedge gateway flag (repeatable)")
     p.add_argument("--log-level", default="INFO")
@@ -149,6 +154,12 @@ def main(argv: list[str] | None = None) -> int:
             from bench.scaling import worker_scaling
             log.info("== worker scaling")
             result["scaling"] = worker_scaling(stack, bundles, seconds=args.seconds, inputs=inputs)
+        if args.cuts == "on":
+            from bench.cuts import cut_points
+            result["cuts"] = {}
+            for modality in modalities:
+                log.info("== %s: gateway cost per cut point", modality)
+                result["cuts"][modality] = cut_points(stack, modality, inputs[modality], settings, out / "bundles")
     result["settings"]["elapsed_s"] = round(time.monotonic() - t0, 1)
     (out / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)

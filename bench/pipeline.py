@@ -138,9 +138,10 @@ def _warm_up(gen: LoadGenerator, s: PipelineSettings, services: list[Service]) -
 
 
 def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineSettings, *,
-             fixed_rate: float | None = None) -> tuple[dict, dict]:
+             fixed_rate: float | None = None, latency: bool = True) -> tuple[dict, dict]:
     """Run one mode on one modality: saturation, then the fixed load ``fixed_rate`` (None: this run's
-    saturation x ``latency_fraction``). Returns (the KEYS figures, details)."""
+    saturation x ``latency_fraction``). Returns (the KEYS figures, details); ``latency=False`` skips
+    the fixed load, and the latency figures are left out."""
     token = secrets.token_hex(3)
     name = f"{inputs.modality}-{mode}".replace("_", "-")
     prefix, gw_id = f"bench-{name}-{token}", f"bench-{token}"
@@ -178,48 +179,50 @@ def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineS
         log.info("[%s] saturation: %.1f inferences/s (%d in %.1f s), gateway %.2f ms CPU each", name,
                  satur["throughput_per_s"], satur["results"], satur["window_s"], 1e3 * spent[0] / satur["results"])
 
-        rate = fixed_rate if fixed_rate is not None else s.latency_fraction * satur["throughput_per_s"]
-        lat = generator("lat")
-        cpu0 = gateway.cpu_s()
-        offered = lat.open_loop(rate, s.seconds)
-        complete = _await(lat, lat.sent, s.drain_timeout_s, services, "the fixed-load drain")
-        fixed_cpu = gateway.cpu_s() - cpu0
-        arrivals = lat.snapshot()
-        if not arrivals:
-            raise BenchError(f"[{name}] no results at the fixed load")
-        ms = np.array([(a - ts) * 1e3 for a, ts in arrivals])
-        served_s = max(a for a, _ in arrivals) - min(ts for _, ts in arrivals)
-        log.info("[%s] fixed load %.1f/s: p50 %.1f ms, p99 %.1f ms (%d/%d results)", name, rate,
-                 np.percentile(ms, 50), np.percentile(ms, 99), len(arrivals), lat.sent)
-
-        up_bytes, up_entries = upstream_bytes(redis.Redis.from_url(stack.redis.url), prefix.replace("/", ":"))
-        peak = gateway.peak_rss_mb()
-        figures = {
-            "throughput_per_s": satur["throughput_per_s"],
-            "latency_p50_ms": float(np.percentile(ms, 50)),
-            "latency_p99_ms": float(np.percentile(ms, 99)),
-            "bytes_up_per_inference": up_bytes / up_entries if up_entries else 0.0,
-            "gateway_cpu_s_per_inference": spent[0] / satur["results"],
-            "gateway_peak_rss_mb": peak,
-        }
-        details = {
-            "saturation_results": satur["results"], "saturation_window_s": satur["window_s"],
-            "outstanding": s.window, "fixed_load_per_s": rate, "fixed_load_offered_per_s": offered["offered_per_s"],
-            "fixed_load_sent": lat.sent, "fixed_load_results": len(arrivals), "fixed_load_complete": complete,
-            # Kept up with the fixed load when the results came at (nearly) the offered rate.
-            "fixed_load_kept_up": bool(complete and len(arrivals) / max(served_s, 1e-9) >= 0.9 * rate),
-            "gateway_cpu_s_per_inference_fixed_load": fixed_cpu / len(arrivals),
-            "upstream_entries": up_entries, "upstream_bytes": up_bytes,
-        }
+        figures = {"throughput_per_s": satur["throughput_per_s"],
+                   "gateway_cpu_s_per_inference": spent[0] / satur["results"]}
+        details = {"saturation_results": satur["results"], "saturation_window_s": satur["window_s"],
+                   "outstanding": s.window}
         if len(spent) > 1:
             details["worker_cpu_s_per_inference"] = spent[1] / satur["results"]
-        return figures, details
+        if latency:
+            _fixed_load(name, generator("lat"), gateway, services, s, figures, details,
+                        fixed_rate if fixed_rate is not None else s.latency_fraction * satur["throughput_per_s"])
+        up_bytes, up_entries = upstream_bytes(redis.Redis.from_url(stack.redis.url), prefix.replace("/", ":"))
+        figures["bytes_up_per_inference"] = up_bytes / up_entries if up_entries else 0.0
+        figures["gateway_peak_rss_mb"] = gateway.peak_rss_mb()
+        details.update(upstream_entries=up_entries, upstream_bytes=up_bytes)
+        return {k: figures[k] for k in KEYS if k in figures}, details
     finally:
         for g in gens:
             g.close()
         for x in services:
             x.stop()
         listener.close()
+
+
+def _fixed_load(name: str, lat: LoadGenerator, gateway: Service, services: list[Service], s: PipelineSettings,
+                figures: dict, details: dict, rate: float) -> None:
+    """The open-loop phase at ``rate`` inferences/s: latency percentiles into ``figures``."""
+    cpu0 = gateway.cpu_s()
+    offered = lat.open_loop(rate, s.seconds)
+    complete = _await(lat, lat.sent, s.drain_timeout_s, services, "the fixed-load drain")
+    fixed_cpu = gateway.cpu_s() - cpu0
+    arrivals = lat.snapshot()
+    if not arrivals:
+        raise BenchError(f"[{name}] no results at the fixed load")
+    ms = np.array([(a - ts) * 1e3 for a, ts in arrivals])
+    served_s = max(a for a, _ in arrivals) - min(ts for _, ts in arrivals)
+    log.info("[%s] fixed load %.1f/s: p50 %.1f ms, p99 %.1f ms (%d/%d results)", name, rate,
+             np.percentile(ms, 50), np.percentile(ms, 99), len(arrivals), lat.sent)
+    figures.update(latency_p50_ms=float(np.percentile(ms, 50)), latency_p99_ms=float(np.percentile(ms, 99)))
+    details.update({
+        "fixed_load_per_s": rate, "fixed_load_offered_per_s": offered["offered_per_s"],
+        "fixed_load_sent": lat.sent, "fixed_load_results": len(arrivals), "fixed_load_complete": complete,
+        # Kept up with the fixed load when the results came at (nearly) the offered rate.
+        "fixed_load_kept_up": bool(complete and len(arrivals) / max(served_s, 1e-9) >= 0.9 * rate),
+        "gateway_cpu_s_per_inference_fixed_load": fixed_cpu / len(arrivals),
+    })
 
 
 def runtime_ceiling(bundle: Path, inputs: Inputs, seconds_each: float = 1.0,

@@ -14,7 +14,7 @@ MODALITIES = ("image",) if FAST else ("image", "speech")
 def test_bench_writes_every_figure_and_split_sends_least(tmp_path):
     out = tmp_path / "bench"
     argv = ["--seconds", "1.5", "--window", "32", "--warm-inputs", "4", "--inputs", "8", "--data", "none",
-            "--scaling", "off", "--out", str(out)]
+            "--scaling", "off", "--cuts", "off", "--out", str(out)]
     for modality in MODALITIES:
         argv += ["--modality", modality]
     assert main(argv) == 0
@@ -40,3 +40,15 @@ def test_bench_writes_every_figure_and_split_sends_least(tmp_path):
     md = (out / "bench.md").read_text()
     for mode in MODES:
         assert f"| {mode}" in md
+
+
+def test_worker_drain_rate_counts_results_of_a_prefilled_stream(tmp_path, redis_server):
+    from bench.loadgen import load_inputs
+    from bench.scaling import drain_rate
+    from models.bundle import make_untrained_bundle
+
+    make_untrained_bundle(tmp_path / "image", "image")
+    inputs = load_inputs("image", 4, None)
+    r = drain_rate(redis_server.url, tmp_path / "image", inputs, "split", 1, 1.0, tmp_path / "logs", backlog=3000)
+    assert r["results"] > 0 and r["per_s"] > 0 and r["dead_letters"] == 0
+    assert r["worker_cpu_s_per_inference"] > 0
