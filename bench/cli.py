@@ -24,6 +24,15 @@ MODALITIES = ("image", "speech")
 UNITS = {"throughput_per_s": "inferences/s", "latency_p50_ms": "p50 ms", "latency_p99_ms": "p99 ms",
          "bytes_up_per_inference": "bytes up / inference", "gateway_cpu_s_per_inference": "gateway CPU ms / inference",
          "gateway_peak_rss_mb": "gateway peak RSS MiB"}
+NOTES = [
+    "How the figures are taken: *inferences/s*: results per second over the steady part of a saturation "
+    "phase in which the load generator keeps `window` inferences outstanding (the pipeline never waits for "
+    "input). *p50/p99*: result arrival on MQTT minus the capture time stamped on the input, at the fixed "
+    "offered load (paced, open loop; an utterance's chunks are sent at once). *bytes up*: the msgpack bytes "
+    "of every entry the gateway added to Redis streams, read back with XRANGE, per entry. *gateway CPU*: "
+    "utime + stime of the `privedge gateway` process over the saturation window, per result. *peak RSS*: "
+    "the gateway's VmHWM. The load generator and result listener run in the benchmark's own process on the "
+    "same cores; other work on the machine lowers every figure (see the load average above).", ""]
 
 
 def machine() -> dict:
@@ -83,6 +92,7 @@ def markdown(result: dict) -> str:
         lines += ["", f"Runtime ceiling (extractor alone, one thread, {ceil['runtime']}, batch {ceil['batch']}, "
                       f"preprocessing included): {r['runtime_ceiling_per_s']:.1f} inferences/s. "
                       f"Fixed offered load for latency: {rate:.1f} inferences/s.", ""]
+    lines += NOTES
     if result.get("scaling"):
         from bench.scaling import scaling_markdown
         lines += scaling_markdown(result["scaling"])
