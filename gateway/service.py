@@ -96,9 +96,9 @@ class Gateway:
 
     # lifecycle ------------------------------------------------------------------------------------
     def start(self) -> "Gateway":
-        import torch
+        from models.onnx_runtime import limit_threads
 
-        torch.set_num_threads(self.s.torch_threads)
+        limit_threads(self.s.torch_threads)  # torch, ONNX Runtime and numpy's BLAS: one share of the cores
         models = load_models(self.s)
         if self.s.warm_up and self.s.mode != "cloud_only":
             t0 = time.perf_counter()

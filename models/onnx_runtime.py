@@ -100,6 +100,16 @@ def export_bundle(dir) -> dict:
     return entry
 
 
+def limit_threads(n: int) -> None:
+    """This process's share of the cores: torch's intra-op threads and every BLAS/OpenMP pool (numpy's
+    OpenBLAS would otherwise keep a spinning thread per core) set to ``n``. ONNX Runtime sessions made
+    afterwards take ``n`` from torch. A gateway and its workers on one machine each get their own ``n``."""
+    import threadpoolctl
+
+    torch.set_num_threads(n)
+    threadpoolctl.threadpool_limits(limits=n)
+
+
 def make_session(path: Path, threads: int):
     """An ONNX Runtime CPU session with ``threads`` intra-op threads and no busy-waiting pool."""
     import onnxruntime as ort

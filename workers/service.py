@@ -18,7 +18,6 @@ import time
 from collections import defaultdict
 
 import redis
-import torch
 
 from schemas.errors import SchemaError
 from schemas.limits import DEFAULT_LIMITS
@@ -62,7 +61,9 @@ class Worker:
                     raise
 
     def start(self) -> "Worker":
-        torch.set_num_threads(self.settings.threads)
+        from models.onnx_runtime import limit_threads
+
+        limit_threads(self.settings.threads)  # torch, ONNX Runtime and numpy's BLAS: one share of the cores
         self.ensure_groups()
         self._thread = threading.Thread(target=self.run, name=f"worker-{self.name}", daemon=True)
         self._thread.start()
