@@ -13,6 +13,7 @@ import threading
 import time
 from collections import OrderedDict
 
+import paho.mqtt.client as mqtt
 import redis
 
 from gateway.config import GatewaySettings
@@ -123,7 +124,7 @@ class ResultsRelay:
                 log.debug("duplicate result %s dropped", result.id)
                 continue
             self.seen.add(result.id)
-            infos.append(self.intake.publish(self.names.result(device), result.to_json(), qos=1))
+            infos.append(_queued(self.intake.publish(self.names.result(device), result.to_json(), qos=1)))
             log.debug("relayed result %s (%s %.3f)", result.id, result.label, result.score)
         while not all(i.is_published() for i in infos):
             # Look again after a stop: the last PUBACK may have come during the wait.
@@ -145,3 +146,12 @@ class ResultsRelay:
         except redis.RedisError as e:
             self.metrics.inc("results_errors")
             log.warning("could not store results cursor %s (%s); kept in memory", last, e)
+
+
+def _queued(info: mqtt.MQTTMessageInfo) -> mqtt.MQTTMessageInfo:
+    """paho keeps a QoS 1 message published while the broker is away and sends it after the reconnect,
+    but its info keeps rc NO_CONN, so is_published() would raise (and end the loop) instead of turning
+    true once the broker has it: mark it queued."""
+    if info.rc == mqtt.MQTT_ERR_NO_CONN:
+        info.rc = mqtt.MQTT_ERR_SUCCESS
+    return info
