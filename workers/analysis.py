@@ -97,7 +97,10 @@ def model_input(msg, served: Served) -> np.ndarray:
         if tuple(x.shape) != served.feature_shape:
             raise Rejected("feature shape mismatch",
                            f"got {tuple(x.shape)}, model {served.model_id} takes {served.feature_shape}")
-        return np.asarray(x, dtype=np.float32)
+        want = served.net.manifest["feature"]["dtype"]
+        if x.dtype.name != want:
+            raise Rejected("feature dtype mismatch", f"got {x.dtype.name}, model {served.model_id} takes {want}")
+        return np.array(x)  # the wire dtype: the analyzer dequantises int8 with the bundle's scales
     try:
         media = msg.media()
         if isinstance(media, ImageFrame):
