@@ -4,10 +4,12 @@ serve on ONNX Runtime against real mosquitto and redis-server."""
 from __future__ import annotations
 
 import shutil
+import threading
 
 import numpy as np
 import pytest
 
+from gateway import extraction
 from gateway.config import RUNTIMES as GATEWAY_RUNTIMES
 from models import onnx_runtime
 from models.bundle import (HashMismatchError, MissingFileError, load_analyzer, load_extractor, load_full,
@@ -146,9 +148,18 @@ def test_noise_is_drawn_after_the_onnx_graph_with_the_bundles_spread(tmp_path):
 
 
 @pytest.mark.integration
-def test_gateway_and_worker_serve_on_onnx_runtime(make_gateway, mosquitto, redis_server, full_bundles):
-    gw = make_gateway(runtime="onnx", id="gwonnx")
+def test_gateway_and_worker_serve_on_onnx_runtime(make_gateway, mosquitto, redis_server, full_bundles,
+                                                  monkeypatch):
+    import threadpoolctl
+
+    decoded_on = []
+    real_decode = extraction.decode_image
+    monkeypatch.setattr(extraction, "decode_image",
+                        lambda frame: decoded_on.append(threading.current_thread().name) or real_decode(frame))
+    gw = make_gateway(runtime="onnx", id="gwonnx", torch_threads=1)
     assert sorted(loop.model.runtime for loop in gw.loops) == ["onnx", "onnx"]
+    assert {loop.model.forward.session.get_session_options().intra_op_num_threads for loop in gw.loops} == {1}
+    assert {pool["num_threads"] for pool in threadpoolctl.threadpool_info()} == {1}  # no spare BLAS threads
     worker = Worker(WorkerSettings(redis=RedisSettings.from_dsn(redis_server.url), runtime="onnx",
                                    bundles=(full_bundles["image"], full_bundles["speech"]), block_ms=50)).start()
     lis = Listener(mosquitto.port, client_id="onnx-listener")
@@ -164,6 +175,7 @@ def test_gateway_and_worker_serve_on_onnx_runtime(make_gateway, mosquitto, redis
     finally:
         lis.close()
         worker.stop()
+    assert decoded_on and set(decoded_on) == {"gateway-image"}  # never on paho's network thread
     # the served labels and scores are the torch reference's for the same frames
     reference = load_full(full_bundles["image"]).predict_raw([decode_image(f) for f in frames])
     labels = read_manifest(full_bundles["image"])["labels"]
