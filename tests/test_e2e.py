@@ -97,6 +97,7 @@ def run(request, cloud, full_bundles, data_dir):  # noqa: F811
     devices = (f"cam{n}", f"mic{n}")
     lis = Listener(cloud.broker.port, client_id=f"e2e-listener-{n}")
     try:
+        assert lis.wait_for(gateway_online(GATEWAY)), "listener not subscribed"  # the retained status came
         publish_from_folders(cloud.broker.url, data_dir, devices, IMAGES, UTTERANCES)
         arrived = lis.wait_for(lambda l: len(results_of(l)) >= IMAGES + UTTERANCES, timeout=120)
         time.sleep(0.5)  # a duplicate would follow its first copy closely

@@ -112,6 +112,7 @@ def test_cloud_only_worker_answers_like_the_whole_network(tmp_path, mosquitto, r
                                                     bundles=tuple(str(d) for d in bundles.values()))))
         lis = Listener(mosquitto.port)
         stack.callback(lis.close)
+        assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwc/status"] == [b"online"])  # subscribed
         workers.wait_ready()
         with SensorPublisher(PublisherSettings(broker=mosquitto.url, device="cam1")) as cam:
             for codec in ("jpeg", "png", "raw"):
