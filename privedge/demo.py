@@ -112,7 +112,8 @@ class Demo:
         self.view.line(f"broker {broker.url} (pid {broker.proc.pid}), redis {redis.url} (pid {redis.proc.pid})")
         self.monitor = Monitor(broker.port, self.names, GATEWAY_ID, self.tally)
         tasks = sorted({b.manifest["task"] for b in self.bundles})
-        self.tap = RedisTap(redis.url, [self.names.features(t) for t in tasks], self.tally).start()
+        self.tap = RedisTap(redis.url, [self.names.features(t) for t in tasks], [self.names.dead(t) for t in tasks],
+                            self.tally).start()
         bundle_args = [a for b in self.bundles for a in ("--bundle", str(b.path))]
         self.services.append(Child("gateway", python_cmd(
             "gateway", "--broker", broker.url, "--redis", redis.url, *bundle_args, "--id", GATEWAY_ID,
@@ -178,6 +179,10 @@ class Demo:
     def _refresh(self, elapsed: float) -> None:
         while self.monitor.new_results:
             self.view.line(result_line(self.monitor.new_results.popleft()))
+        while self.tap.new_dead:
+            reason, detail = self.tap.new_dead.popleft()
+            if self.tally.dead[reason] <= 1 or self.tally.dead[reason] % 100 == 0:  # not one line per input
+                self.view.line(f"a worker dead-lettered an input ({self.tally.dead[reason]} so far): {reason}: {detail}")
         self.view.status(status_text(self.tally, elapsed))
 
     def _publish_phase(self) -> None:
@@ -236,7 +241,7 @@ class Demo:
 def _install_signals(demo_stop: threading.Event, hurry: threading.Event) -> None:
     def on_signal(signum, frame):
         (hurry if demo_stop.is_set() else demo_stop).set()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal went away
         signal.signal(sig, on_signal)
 
 
@@ -265,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
         view.close()
     if demo.servers:
         summary = demo.tally.summary()
+        missing = summary["inputs"] - summary["results"]
+        if missing and not demo.hurry.is_set():  # a second Ctrl-C skipped the wait: then it is expected
+            problems.append(f"{missing} of {summary['inputs']} inputs got no result")
         summary.update(publish_s=round(demo.publish_s, 1), wall_s=round(time.monotonic() - t0, 1),
                        interrupted=stop.is_set(), workers=args.workers,
                        rates={"camera": args.rate, "mic": args.mic_rate},

@@ -33,6 +33,7 @@ class Tally:
     labels: Counter = field(default_factory=Counter)       # (device, label) -> results
     latencies_ms: list = field(default_factory=list)       # capture -> result published, per result
     rejected: int = 0                                       # inputs the gateway reported as rejected
+    dead: Counter = field(default_factory=Counter)         # reason -> inputs a worker dead-lettered
     messages_cloud: int = 0                                 # feature messages added to Redis
     bytes_cloud: int = 0                                    # their bytes (every field name and value)
     _seen: set = field(default_factory=set, repr=False)    # result ids already counted
@@ -60,15 +61,20 @@ class Tally:
         with self._lock:
             self.rejected += 1
 
+    def add_dead(self, reason: str) -> None:
+        with self._lock:
+            self.dead[reason] += 1
+
     def add_cloud(self, messages: int, nbytes: int) -> None:
         with self._lock:
             self.messages_cloud += messages
             self.bytes_cloud += nbytes
 
     def answered(self) -> bool:
-        """Every input seen so far has a result or was rejected."""
+        """Every input seen so far has a result, was rejected or was dead-lettered."""
         with self._lock:
-            return sum(self.results.values()) + self.rejected >= sum(self.inputs.values())
+            done = sum(self.results.values()) + self.rejected + sum(self.dead.values())
+            return done >= sum(self.inputs.values())
 
     def summary(self) -> dict:
         """The figures of ``--summary-json``."""
@@ -81,6 +87,7 @@ class Tally:
                 return None if v is None else round(v, 3)
             return {
                 "inputs": n_in, "results": n_res, "rejected": self.rejected,
+                "dead_lettered": sum(self.dead.values()), "dead_reasons": dict(self.dead),
                 "bytes_cloud": self.bytes_cloud, "bytes_raw": self.bytes_raw,
                 "messages_cloud": self.messages_cloud, "messages_raw": self.messages_raw,
                 "bytes_cloud_per_input": round(self.bytes_cloud / n_in, 1) if n_in else None,
@@ -163,7 +170,8 @@ def summary_text(s: dict, seconds: float) -> str:
     lines = [
         f"summary after {seconds:.0f} s",
         f"  inputs            {s['inputs']}  ({', '.join(f'{d} {n}' for d, n in sorted(s['inputs_by_device'].items()))})",
-        f"  results           {s['results']}" + (f"  ({s['rejected']} rejected)" if s["rejected"] else ""),
+        f"  results           {s['results']}" + (f"  ({s['rejected']} rejected by the gateway)" if s["rejected"] else "")
+        + (f"  ({s['dead_lettered']} dead-lettered by workers: {s['dead_reasons']})" if s["dead_lettered"] else ""),
         f"  raw bytes in      {s['bytes_raw']:,}  ({s['messages_raw']} sensor messages)",
         f"  bytes to cloud    {s['bytes_cloud']:,}  ({s['messages_cloud']} feature messages, "
         f"{ratio:.0f}x less than raw)",

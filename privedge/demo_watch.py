@@ -3,7 +3,7 @@
 - :class:`Monitor`, an MQTT client like a home app: it sees every sensor message the broker delivers
   (inputs and raw bytes), every result (label, score, latency), the gateway's status and rejections;
 - :class:`RedisTap`, which reads the feature streams the gateway writes to Redis and adds up the bytes
-  of every entry: what actually went to the cloud.
+  of every entry (what actually went to the cloud), and counts what the workers dead-lettered.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from privedge.demo_view import Tally
 from schemas import Names
 from schemas.errors import SchemaError
 from schemas.media import AudioChunk
+from schemas.results import ErrorReport
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +83,20 @@ class Monitor:
 
 
 class RedisTap:
-    """Adds up the entries of the given feature streams (every field name and value, in bytes)."""
+    """Adds up the entries of the feature streams (every field name and value, in bytes) and counts the
+    entries of the dead-letter streams (inputs a worker could not analyse), by reason."""
 
-    def __init__(self, url: str, streams: list[str], tally: Tally, *, every_s: float = 0.5) -> None:
+    def __init__(self, url: str, features: list[str], dead: list[str], tally: Tally, *,
+                 every_s: float = 0.5) -> None:
         import redis
 
         self.client = redis.Redis.from_url(url)
-        self.streams = streams
+        self.features = features
+        self.dead = dead
         self.tally = tally
         self.every_s = every_s
-        self.last = dict.fromkeys(streams, "-")
+        self.last = dict.fromkeys([*features, *dead], "-")
+        self.new_dead: collections.deque[tuple[str, str]] = collections.deque(maxlen=1000)  # (reason, detail)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="demo-redis-tap", daemon=True)
 
@@ -99,17 +104,32 @@ class RedisTap:
         self._thread.start()
         return self
 
+    def _new_entries(self, stream: str):
+        """Yield the batches of entries added to ``stream`` since the last call."""
+        while True:
+            start = self.last[stream] if self.last[stream] == "-" else f"({self.last[stream]}"
+            entries = self.client.xrange(stream, min=start, max="+", count=1000)
+            if not entries:
+                return
+            yield entries
+            self.last[stream] = entries[-1][0].decode()
+
     def poll(self) -> None:
         """Count the entries added since the last poll."""
-        for stream in self.streams:
-            while True:
-                start = self.last[stream] if self.last[stream] == "-" else f"({self.last[stream]}"
-                entries = self.client.xrange(stream, min=start, max="+", count=1000)
-                if not entries:
-                    break
+        for stream in self.features:
+            for entries in self._new_entries(stream):
                 nbytes = sum(len(k) + len(v) for _, fields in entries for k, v in fields.items())
                 self.tally.add_cloud(len(entries), nbytes)
-                self.last[stream] = entries[-1][0].decode()
+        for stream in self.dead:
+            for entries in self._new_entries(stream):
+                for _, fields in entries:
+                    reason = fields.get(b"reason", b"?").decode(errors="replace")
+                    try:
+                        detail = ErrorReport.decode(fields.get(b"error", b"")).detail
+                    except SchemaError:
+                        detail = ""
+                    self.tally.add_dead(reason)
+                    self.new_dead.append((reason, detail))
 
     def _run(self) -> None:
         import redis

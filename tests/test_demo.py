@@ -3,7 +3,6 @@ process; the summary it writes, a clean stop on SIGINT, and the bundle cache tha
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -33,6 +31,16 @@ def untrained(tmp_path_factory) -> list[str]:
     for modality in ("image", "speech"):
         make_untrained_bundle(root / modality, modality)
     return [a for m in ("image", "speech") for a in ("--bundle", str(root / m))]
+
+
+@pytest.fixture(scope="module")
+def trained_image(tmp_path_factory):
+    """(cache folder, train argv, bundles): an image bundle the demo's way (``privedge train`` with its
+    default embedding, one epoch per stage on the small synthetic set), into an empty cache."""
+    root = tmp_path_factory.mktemp("demo-cache")
+    argv = train_argv("image", epochs=1)
+    return root / "cache", argv, ensure_bundles(root / "cache", {"image": argv}, threading.Event(),
+                                                log_dir=root / "logs")
 
 
 class DemoProcess:
@@ -107,9 +115,11 @@ def assert_nothing_left(ports: list[int], pids: list[int]) -> None:
     assert [p for p in ports if port_open(p)] == [], "the broker or Redis still listens"
 
 
-def test_demo_runs_for_its_duration_and_summarises_measured_figures(untrained, tmp_path):
+def test_demo_runs_for_its_duration_and_summarises_measured_figures(trained_image, untrained, tmp_path):
+    # The image bundle is a trained one of the default embedding (its wire dtype, e.g. int8, end to end).
+    bundles = ["--bundle", str(trained_image[2][0].path), *untrained[2:]]
     summary_file = tmp_path / "summary.json"
-    demo = DemoProcess("--duration", str(DURATION), "--summary-json", str(summary_file), *untrained)
+    demo = DemoProcess("--duration", str(DURATION), "--summary-json", str(summary_file), *bundles)
     ports, pids = demo.started()
     assert all(alive(p) for p in pids)
     demo.wait_line(r"^\d\d:\d\d:\d\d  camera-1 +glasses .* score [01]\.\d\d  latency +[\d.]+ ms", 60)
@@ -118,7 +128,7 @@ def test_demo_runs_for_its_duration_and_summarises_measured_figures(untrained, t
 
     s = json.loads(summary_file.read_text())
     assert s["inputs"] > 0 and s["results"] == s["inputs"], s
-    assert s["rejected"] == 0
+    assert s["rejected"] == 0 and s["dead_lettered"] == 0, s
     assert s["inputs_by_device"].get("camera-1", 0) > 0
     assert s["results_by_device"] == s["inputs_by_device"]
     # One feature message per input went up, and it is far smaller than the media that came in.
@@ -145,18 +155,16 @@ def test_sigint_mid_run_stops_everything_and_still_summarises(untrained, tmp_pat
     assert s["inputs"] > 0 and s["results"] == s["inputs"], s
 
 
-def test_missing_bundle_is_trained_once_then_found_in_the_cache(tmp_path):
-    argv = train_argv("image", epochs=1)
-    stop = threading.Event()
-    first = ensure_bundles(tmp_path / "cache", {"image": argv}, stop, log_dir=tmp_path / "logs")
+def test_missing_bundle_is_trained_once_then_found_in_the_cache(trained_image, tmp_path):
+    cache, argv, first = trained_image
     assert [b.modality for b in first] == ["image"] and first[0].train_s is not None
     manifest = json.loads((first[0].path / "manifest.json").read_text())
     # The demo trains with privedge train's default embedding, whatever it is today.
     assert manifest["embedding"] == resolved_settings(argv)["embedding"]
-    assert first[0].path.name == bundle_key(argv) and cached_bundle(tmp_path / "cache", bundle_key(argv))
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [bundle_key(argv)]  # no temporary left
+    assert first[0].path.name == bundle_key(argv) and cached_bundle(cache, bundle_key(argv))
+    assert [p.name for p in cache.iterdir()] == [bundle_key(argv)]  # no temporary left
 
-    again = ensure_bundles(tmp_path / "cache", {"image": argv}, stop, log_dir=tmp_path / "logs")
+    again = ensure_bundles(cache, {"image": argv}, threading.Event(), log_dir=tmp_path / "logs")
     assert again[0].path == first[0].path and again[0].train_s is None
 
 
