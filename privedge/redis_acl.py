@@ -72,9 +72,15 @@ def worker_user(password: str, prefix: str = "privedge", name: str = WORKER_USER
     return AclUser(check_name(name, "Redis user"), password, rules)
 
 
+DEFAULT_USER = "user default off resetpass +@all ~* &*"
+"""The anonymous user: off, so no client can use it. It keeps its permissions because redis-server 7.0
+replays a MULTI/EXEC from the append-only file as this user: with ``-@all`` every worker transaction
+(results and XACKs) would be refused at load and silently lost across a restart."""
+
+
 def acl_file_text(users: list[AclUser], *, hashed: bool = True) -> str:
     """An ACL file: the anonymous ``default`` user off, then one line per user."""
-    return "\n".join(["user default off resetpass -@all", *(u.line(hashed=hashed) for u in users)]) + "\n"
+    return "\n".join([DEFAULT_USER, *(u.line(hashed=hashed) for u in users)]) + "\n"
 
 
 def _password_for(user: str) -> tuple[str, bool]:

@@ -3,6 +3,7 @@ passwords and anonymous clients are refused, and the gateway and worker refuse t
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,25 @@ def test_compose_runs_redis_with_the_acl_users():
     assert "PRIVEDGE_REDIS_PASSWORD" in services["gateway"]["environment"]
     assert parse_args(services["worker"]["command"][1:]).redis.username == WORKER.name
     assert "PRIVEDGE_REDIS_PASSWORD" in services["worker"]["environment"]
+
+
+def test_a_worker_transaction_survives_an_appendonly_restart(tmp_path):
+    """redis-server 7.0 replays MULTI/EXEC from the append-only file as the default user: with the ACL
+    file's default user, the worker's results and XACKs must come back after a restart."""
+    server = servers.redis(tmp_path / "r", appendonly=True, acl_users=[WORKER, ADMIN])
+    try:
+        _client(ADMIN, server).xadd(FEATURES, {"m": b"f"})
+        wk = _client(WORKER, server)
+        wk.xgroup_create(FEATURES, "analyzers", id="0")
+        ((_, [(eid, _)]),) = wk.xreadgroup("analyzers", "w1", {FEATURES: ">"})
+        wk.pipeline(transaction=True).xadd(RESULTS, {"m": b"r"}).xack(FEATURES, "analyzers", eid).execute()
+        server.stop()
+        server.start()
+        admin = _client(ADMIN, server)
+        assert admin.xlen(RESULTS) == 1 and admin.xpending(FEATURES, "analyzers")["pending"] == 0
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:  # no AUTH at all
+            raw.sendall(b"XADD privedge:features:glasses * m forged\r\n")
+            assert raw.recv(200).startswith(b"-NOAUTH")
+        assert admin.xlen(FEATURES) == 1
+    finally:
+        server.stop()
