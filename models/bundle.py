@@ -304,7 +304,7 @@ class FullModel:
         self.module = nn.Sequential(extractor, analyzer).eval()
         # (extractor, analyzer) runtimes; the released features are not quantised on this path
         self.forwards = forwards if forwards is not None else (TorchForward(extractor), TorchForward(analyzer))
-        self.runtime: str = self.forwards[0].name
+        self.runtime: str = "/".join(dict.fromkeys(f.name for f in self.forwards))  # "onnx/torch" when mixed
         self._inputs = _Inputs(manifest, rng)
 
     def preprocess(self, raw) -> np.ndarray:
