@@ -21,7 +21,7 @@ from privedge import servers
 from schemas import FeatureMessage, Limits
 from sensors import cli as sensor_cli
 from tests.conftest import FAST
-from tests.e2e_helpers import (REPO, Published, WorkerProcesses, arm_atimes, audited_command, raw_media_findings,
+from tests.e2e_support import (REPO, Published, WorkerProcesses, arm_atimes, audited_command, raw_media_findings,
                                read_since_armed, redis_entries, results_of, without_pitch_shift)
 from tests.gateway_fixtures import Listener, full_bundles, gateway_bundles  # noqa: F401 (fixtures)
 from workers.config import RedisSettings, WorkerSettings

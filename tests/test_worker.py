@@ -95,7 +95,7 @@ def test_cloud_only_worker_answers_like_the_whole_network(tmp_path, mosquitto, r
     from schemas.media import decode_image
     from schemas.upload import MediaMessage
     from sensors.publisher import PublisherSettings, SensorPublisher
-    from tests.e2e_helpers import (Published, WorkerProcesses, raw_media_findings, redis_entries, results_of,
+    from tests.e2e_support import (Published, WorkerProcesses, raw_media_findings, redis_entries, results_of,
                                    without_pitch_shift)
     from tests.gateway_fixtures import Listener
 
