@@ -1,0 +1,209 @@
+"""A whole privedge deployment as real processes, for the fault tests: mosquitto (persistence), redis-server
+(appendonly, ACL users), a ``privedge gateway`` process (with an on-disk spool), ``privedge worker``
+processes, a camera publisher and a results listener with a persistent session.
+
+Every part can be stopped, killed and started again by the test; :meth:`Rig.run` publishes a run of
+inputs, applies a fault in the middle and waits until every input has its result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+import redis
+
+from privedge import servers
+from privedge.redis_acl import AclUser, gateway_user, worker_user
+from sensors.publisher import PublisherSettings, SensorPublisher
+from tests.gateway_fixtures import image_frame, wait_until
+
+GW = "home"
+ADMIN = AclUser("admin", "admin-pw", "+@all ~*")  # the test's own inspection user
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Peak resident memory (VmHWM) of a live process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+class ResultListener:
+    """Counts result ids on ``privedge/+/result`` and keeps the gateway's last stats; persistent session,
+    so results published while it is reconnecting are kept for it by the broker."""
+
+    def __init__(self, port: int) -> None:
+        self.ids: Counter[str] = Counter()
+        self.redelivered = 0  # deliveries the broker marked DUP (resent after a lost acknowledgement)
+        self.stats: dict = {}
+        self.errors: list[dict] = []
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fault-results",
+                                  protocol=mqtt.MQTTv311, clean_session=False)
+        self.client.on_connect = lambda c, *a: c.subscribe([("privedge/+/result", 2),
+                                                           (f"privedge/gateway/{GW}/stats", 0),
+                                                           (f"privedge/gateway/{GW}/errors", 0)])
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(1, 2)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self._lock:
+            if msg.topic.endswith("/result"):
+                self.ids[json.loads(msg.payload)["id"]] += 1
+                self.redelivered += msg.dup
+            elif msg.topic.endswith("/stats"):
+                self.stats = json.loads(msg.payload)
+            else:
+                self.errors.append(json.loads(msg.payload))
+
+    def unique(self) -> int:
+        with self._lock:
+            return len(self.ids)
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Rig:
+    """The deployment under test; ``close()`` stops whatever still runs."""
+
+    def __init__(self, root: Path, bundle: Path, *, workers: int = 1, gateway_env: dict | None = None,
+                 worker_args: tuple[str, ...] = ()) -> None:
+        self.root, self.bundle = root, bundle
+        # backpressure: a backlog redelivered after a restart waits at the broker instead of being dropped
+        self.gateway_env = {"PRIVEDGE_WAIT_MS": "2", "PRIVEDGE_STATS_INTERVAL_S": "0.5",
+                            "PRIVEDGE_RETRY_MAX_S": "1", "PRIVEDGE_OVERFLOW": "backpressure", **(gateway_env or {})}
+        self.worker_args = worker_args
+        self.gw_user, self.worker_user = gateway_user(GW, "gw-secret"), worker_user("worker-secret")
+        self.mqtt = servers.mosquitto(root / "mosquitto")
+        self.redis = servers.redis(root / "redis", appendonly=True,
+                                   acl_users=[self.gw_user, self.worker_user, ADMIN])
+        self.procs: list[subprocess.Popen] = []
+        self.listener = ResultListener(self.mqtt.port)
+        self.gateway = self.start_gateway()
+        self.workers = [self.start_worker() for _ in range(workers)]
+        self.wait_ready()
+
+    # processes -----------------------------------------------------------------------------------
+    def _spawn(self, name: str, args: list[str], env: dict | None = None) -> subprocess.Popen:
+        log = open(self.root / f"{name}-{len(self.procs)}.log", "w")
+        proc = subprocess.Popen([sys.executable, "-m", "privedge.cli", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **(env or {})})
+        log.close()
+        self.procs.append(proc)
+        return proc
+
+    def start_gateway(self, **env: str) -> subprocess.Popen:
+        return self._spawn("gateway", [
+            "gateway", "--broker", self.mqtt.url, "--redis", self.gw_user.url("127.0.0.1", self.redis.port),
+            "--bundle", str(self.bundle), "--id", GW, "--batch", "32", "--spool-dir", str(self.root / "spool")],
+            {**self.gateway_env, **env})
+
+    def start_worker(self) -> subprocess.Popen:
+        return self._spawn("worker", [
+            "worker", "--redis", self.worker_user.url("127.0.0.1", self.redis.port), "--bundle", str(self.bundle),
+            "--block-ms", "50", "--claim-idle-ms", "1000", *self.worker_args])
+
+    def admin(self) -> redis.Redis:
+        return redis.Redis.from_url(ADMIN.url("127.0.0.1", self.redis.port))
+
+    def stats(self) -> dict:
+        """The gateway's latest stats (published every 0.5 s)."""
+        with self.listener._lock:
+            return dict(self.listener.stats)
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Until the gateway publishes stats (it serves) and a worker has made the consumer group."""
+        self.listener.stats = {}
+        ok = wait_until(lambda: self.listener.stats and self._groups(), timeout, 0.2)
+        assert ok, f"not ready: {self.logs()}"
+
+    def _groups(self) -> bool:
+        try:
+            return bool(self.admin().xinfo_groups("privedge:features:glasses"))
+        except redis.RedisError:
+            return False
+
+    def logs(self, tail: int = 1500) -> str:
+        return "\n".join(f"--- {p.name}\n{p.read_text()[-tail:]}" for p in sorted(self.root.glob("*.log")))
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        self.listener.close()
+        self.mqtt.stop()
+        self.redis.stop()
+
+    # a run -------------------------------------------------------------------------------------------
+    def publish(self, n: int, rate: float, devices: int = 2, first: int = 0,
+                size: tuple[int, int] = (32, 32)) -> threading.Thread:
+        """A thread publishing ``n`` raw frames at ``rate`` per second, round-robin over ``devices`` cameras
+        (seq = input number, so ids are ``home/cam{d}/{seq}``); ``self.published`` counts acknowledged ones."""
+        self.published = 0
+        frames = [image_frame(f"cam{i % devices}", first + i, "raw", size) for i in range(n)]
+
+        def run() -> None:
+            pubs = [SensorPublisher(PublisherSettings(broker=self.mqtt.url, device=f"cam{d}", first_seq=0,
+                                                      max_inflight=100, publish_timeout_s=120)).connect()
+                    for d in range(devices)]
+            t0 = time.monotonic()
+            for i, frame in enumerate(frames):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                pubs[i % devices].publish_image(frame)
+                self.published += 1
+            for p in pubs:
+                p.flush(120)
+                p.close()
+
+        t = threading.Thread(target=run, name="publisher", daemon=True)
+        t.start()
+        return t
+
+    def run(self, n: int, rate: float, fault: Callable[["Rig"], None], *, at: float = 0.3, first: int = 0,
+            timeout: float = 120, size: tuple[int, int] = (32, 32)) -> dict:
+        """Publish ``n`` inputs, call ``fault(self)`` once ``at`` of them have results, wait for every
+        result; returns the counts (printed by the caller)."""
+        with self.listener._lock:
+            self.listener.ids.clear()
+            self.listener.redelivered = 0
+        pub = self.publish(n, rate, first=first, size=size)
+        assert wait_until(lambda: self.listener.unique() >= at * n, timeout, 0.05), self.logs()
+        fault(self)
+        pub.join(timeout)
+        assert not pub.is_alive(), "publisher did not finish"
+        done = wait_until(lambda: self.listener.unique() >= n, timeout, 0.1)
+        time.sleep(1.5)  # late duplicates, if any, would arrive now
+        ids = self.listener.ids
+        counts = {"inputs": n, "published": self.published, "results": sum(ids.values()),
+                  "unique_results": len(ids), "duplicates": sum(c - 1 for c in ids.values()),
+                  "missing": n - len(ids), "mqtt_dup_flagged": self.listener.redelivered}
+        assert done, f"{counts}\n{self.logs()}"
+        return counts
+
+
+def frame_ids(n: int, devices: int = 2, first: int = 0) -> set[str]:
+    """The result ids of :meth:`Rig.publish`'s inputs."""
+    return {f"{GW}/cam{i % devices}/{first + i}" for i in range(n)}
+

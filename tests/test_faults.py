@@ -1,0 +1,236 @@
+"""Faults against a whole deployment of real processes: every input ends with exactly one result.
+
+One deployment (tests/fault_rig.py: mosquitto with persistence, redis-server with appendonly and ACL
+users, a gateway process with an on-disk spool, worker processes, camera publishers, a results listener)
+serves the tests of this module in turn; each fault leaves it running again for the next. Each test prints
+its counts (``pytest -s`` shows them).
+"""
+from __future__ import annotations
+
+import signal
+import time
+
+import pytest
+
+from tests.conftest import FAST
+from tests.fault_rig import Rig, frame_ids, peak_rss_mb
+from tests.gateway_fixtures import full_bundles, wait_until  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+FEATURES = "privedge:features:glasses"
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory, full_bundles):
+    rig = Rig(tmp_path_factory.mktemp("faults"), full_bundles["image"])
+    yield rig
+    rig.close()
+
+
+def _report(name: str, counts: dict) -> None:
+    print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
+
+
+def _exactly_one_each(rig: Rig, n: int, first: int, counts: dict, *, broker_restarted: bool = False) -> None:
+    """Every input has its result, and no result was published twice. Only a broker restart may make the
+    broker itself deliver a result again (QoS 1), flagged DUP, to a subscriber whose ack it had not saved."""
+    assert set(rig.listener.ids) == frame_ids(n, first=first), counts
+    assert counts["missing"] == 0, counts
+    allowed = counts["mqtt_dup_flagged"] if broker_restarted else 0
+    assert counts["duplicates"] == allowed, counts
+    assert wait_until(lambda: rig.admin().xpending(FEATURES, "analyzers")["pending"] == 0, 20), \
+        "entries left pending"
+
+
+def _stat(rig: Rig, name: str) -> int:
+    return int(rig.stats().get(name, 0))
+
+
+def test_worker_sigkill_mid_run(rig):
+    """A worker frozen while it holds entries it has read, then SIGKILLed; a new worker reclaims them."""
+    n, first = 500, 0
+    state = {}
+
+    def kill_worker(r: Rig) -> None:
+        victim, admin = r.workers.pop(0), r.admin()
+        # Freeze it at a moment it holds read-but-unacknowledged entries (busy: it reads as inputs come).
+        for _ in range(300):
+            victim.send_signal(signal.SIGSTOP)
+            pending = admin.xpending(FEATURES, "analyzers")["pending"]
+            if pending:
+                break
+            victim.send_signal(signal.SIGCONT)
+            time.sleep(0.003)
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        state["pending_at_kill"] = pending
+        r.workers.append(r.start_worker())
+
+    counts = rig.run(n, rate=250, fault=kill_worker, at=0.3, first=first)
+    counts.update(state)
+    _report("worker SIGKILL", counts)
+    assert state["pending_at_kill"] > 0, "the worker was never caught holding entries"
+    _exactly_one_each(rig, n, first, counts)
+
+
+def test_redis_down_10s_mid_run(rig):
+    """redis-server stopped for 10 s: the gateway spools to disk, replays in order, workers resume."""
+    n, first = (300 if FAST else 600), 10_000
+    before = {k: _stat(rig, k) for k in ("spooled", "replayed", "upstream_retries")}
+
+    def outage(r: Rig) -> None:
+        r.redis.stop()
+        time.sleep(10)
+        r.redis.start()
+
+    # Slow enough that inputs keep coming during the whole outage.
+    counts = rig.run(n, rate=n / 14, fault=outage, at=0.15, first=first, timeout=180)
+    assert wait_until(lambda: _stat(rig, "replayed") - before["replayed"] >= _stat(rig, "spooled") - before["spooled"])
+    for k in before:
+        counts[k] = _stat(rig, k) - before[k]
+    _report("redis down 10 s", counts)
+    assert counts["spooled"] > 0 and counts["replayed"] == counts["spooled"], counts
+    _exactly_one_each(rig, n, first, counts)
+    # Replayed in order: per device, seqs first appear in the features stream in publishing order.
+    seen: dict[str, list[int]] = {}
+    for _, fields in rig.admin().xrange(FEATURES, min="-", max="+"):
+        from schemas import FeatureMessage
+
+        msg = FeatureMessage.decode(fields[b"m"])
+        if msg.seq >= first and msg.seq not in seen.setdefault(msg.device, []):
+            seen[msg.device].append(msg.seq)
+    for device, seqs in seen.items():
+        assert seqs == sorted(seqs), f"{device}: features out of order"
+
+
+def test_mosquitto_restart_mid_run(rig):
+    """mosquitto stopped (saving its persistence) and started again: sessions and queued messages survive."""
+    n, first = (300 if FAST else 500), 20_000
+
+    def restart(r: Rig) -> None:
+        r.mqtt.stop()
+        time.sleep(2)
+        r.mqtt.start()
+
+    relayed0 = _stat(rig, "results_relayed")
+    counts = rig.run(n, rate=150, fault=restart, at=0.3, first=first, timeout=180)
+    assert wait_until(lambda: _stat(rig, "results_relayed") - relayed0 >= n, 10)
+    counts["gateway_results_relayed"] = _stat(rig, "results_relayed") - relayed0
+    _report("mosquitto restart", counts)
+    assert counts["gateway_results_relayed"] == n, counts  # the gateway published each result once
+    _exactly_one_each(rig, n, first, counts, broker_restarted=True)
+
+
+def test_gateway_sigkill_mid_run_with_a_spool_on_disk(rig):
+    """The gateway SIGKILLed while Redis is away and its spool holds acknowledged inputs: a new gateway
+    process replays the spool, and the broker redelivers what the dead one had not acknowledged."""
+    n, first = (300 if FAST else 500), 30_000
+    state = {}
+
+    def kill_gateway(r: Rig) -> None:
+        spooled0 = _stat(r, "spooled")
+        r.redis.stop()
+        assert wait_until(lambda: _stat(r, "spooled") > spooled0 + 20, 30), r.logs()
+        state["spooled_before_kill"] = _stat(r, "spooled") - spooled0
+        r.gateway.send_signal(signal.SIGKILL)
+        r.gateway.wait(10)
+        r.listener.stats = {}
+        r.redis.start()
+        r.gateway = r.start_gateway()
+
+    counts = rig.run(n, rate=150, fault=kill_gateway, at=0.2, first=first, timeout=180)
+    counts.update(state, replayed_by_new_gateway=_stat(rig, "replayed"))
+    _report("gateway SIGKILL", counts)
+    assert counts["replayed_by_new_gateway"] >= state["spooled_before_kill"] > 0, counts
+    _exactly_one_each(rig, n, first, counts)
+
+
+def test_overload_three_times_capacity(rig):
+    """Offered 3x what the deployment serves: queues and memory bounded, drops counted per device, and
+    it still answers afterwards."""
+    first, size = 40_000, (96, 96)
+    # Capacity: results per second end to end while a burst drains (the gateway holds it: backpressure).
+    n0 = 200 if FAST else 400
+    rig.listener.ids.clear()
+    burst = rig.publish(n0, rate=100_000, first=first, size=size)
+    assert wait_until(lambda: rig.listener.unique() >= 20, 60)
+    t0, c0 = time.monotonic(), rig.listener.unique()
+    assert wait_until(lambda: rig.listener.unique() >= n0, 120)
+    capacity = (n0 - c0) / (time.monotonic() - t0)
+    burst.join(30)
+    # Now a gateway that drops the oldest input of a full device queue.
+    rig.gateway.send_signal(signal.SIGTERM)
+    rig.gateway.wait(30)
+    rig.listener.stats = {}
+    rig.gateway = rig.start_gateway(PRIVEDGE_OVERFLOW="drop_oldest", PRIVEDGE_QUEUE_PER_DEVICE="16")
+    rig.wait_ready()
+    rss0 = peak_rss_mb(rig.gateway.pid)
+    seconds = 4 if FAST else 10
+    rate = 3 * capacity
+    n = int(rate * seconds)
+    rig.listener.ids.clear()
+    t0 = time.monotonic()
+    pub = rig.publish(n, rate, first=first + n0, size=size)
+    depth = 0
+    while pub.is_alive():
+        depth = max(depth, rig.stats().get("gauges", {}).get("image_queue", 0))
+        time.sleep(0.1)
+    offered = n / (time.monotonic() - t0)
+    assert wait_until(lambda: rig.stats().get("gauges", {}).get("image_queue", 1) == 0, 60)
+    time.sleep(2)
+    stats = rig.stats()
+    dropped = stats["dropped"]
+    counts = {"capacity_per_s": round(capacity, 1), "offered_per_s": round(offered, 1), "inputs": n,
+              "results": sum(rig.listener.ids.values()), "unique_results": len(rig.listener.ids),
+              "dropped": dropped, "max_queue_depth": depth, "gateway_peak_rss_mb_before": round(rss0, 1),
+              "gateway_peak_rss_mb": round(peak_rss_mb(rig.gateway.pid), 1)}
+    _report("overload x3", counts)
+    assert offered > 2 * capacity, counts
+    assert sum(dropped.values()) > 0 and set(dropped) <= {"cam0", "cam1"}, counts
+    # Every input has exactly one result or was dropped and counted.
+    assert counts["results"] == counts["unique_results"] == n - sum(dropped.values()), counts
+    assert depth <= 2 * 16, counts
+    assert counts["gateway_peak_rss_mb"] < rss0 + 150, counts
+    # Still answering.
+    counts = rig.run(20, rate=50, fault=lambda r: None, first=first + n0 + n)
+    assert counts["unique_results"] == 20
+
+
+# the spool on its own --------------------------------------------------------------------------------------
+def test_spool_keeps_order_across_reopen_and_cuts_a_torn_record(tmp_path):
+    from gateway.spool import Spool
+
+    spool = Spool(tmp_path, 1 << 20, fsync=False)
+    spool.append([("s", f"m{i}".encode()) for i in range(10)])
+    records, pos = spool.read(4)
+    assert [m for _, m in records] == [b"m0", b"m1", b"m2", b"m3"]
+    spool.commit(pos)
+    spool.close()
+    seg = max(tmp_path.glob("*.seg"))
+    with open(seg, "ab") as f:  # a crash in the middle of an append
+        f.write(b"\x40\x00\x00\x00\x01\x02\x03\x04half")
+    again = Spool(tmp_path, 1 << 20, fsync=False)
+    assert again.pending == 6
+    again.append([("s", b"m10")])
+    records, pos = again.read(100)
+    assert [m for _, m in records] == [f"m{i}".encode() for i in range(4, 11)]
+    again.commit(pos)
+    assert again.pending == 0 and not list(tmp_path.glob("*.seg"))
+
+
+def test_spool_is_bounded_and_counts_what_it_drops(tmp_path):
+    from gateway.spool import Spool
+
+    spool = Spool(tmp_path, 64 * 1024, fsync=False)
+    n = 3000
+    dropped = sum(spool.append([("s", i.to_bytes(4, "big") + b"x" * 96)]) for i in range(n))
+    on_disk = sum(p.stat().st_size for p in tmp_path.glob("*.seg"))
+    print(f"\n[spool bound] appended={n} kept={spool.pending} dropped={dropped} bytes_on_disk={on_disk}")
+    assert on_disk <= 64 * 1024 and dropped == spool.dropped > 0
+    assert spool.pending + dropped == n
+    firsts = []
+    while spool.pending:
+        records, pos = spool.read(1000)
+        firsts += [int.from_bytes(m[:4], "big") for _, m in records]
+        spool.commit(pos)
+    assert firsts == list(range(n - len(firsts), n))  # the newest are kept, in order
