@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-threads", type=int, default=1, help="torch threads of privedge train")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-only", action="store_true", help="train the bundles, audit nothing")
+    p.add_argument("--train-arg", action="append", default=[], metavar="SET:ARG",
+                   help="extra privedge train argument for one set's bundles, e.g. fsdd:--analyzer-epochs=5")
     args = p.parse_args(argv)
     root = args.out / "bundles"
     root.mkdir(parents=True, exist_ok=True)
@@ -114,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             found = find_bundle(name, set_name, [root, *args.reuse])
             out = found or root / f"{set_name}-{name}"
+            extra = extra + [a.split(":", 1)[1] for a in args.train_arg if a.startswith(f"{set_name}:")]
             t_train += train_bundle(out, modality, data, embedding, DEFAULT_CUT, size=args.size,
                                     threads=args.train_threads, extra=extra)
             commands[f"{set_name}/{name}"] = f"privedge train --embedding {embedding} {' '.join(extra)}".strip()

@@ -144,7 +144,7 @@ def test_private_is_the_default_and_its_settings():
     assert build_parser().parse_args(["--modality", "image", "--data", "x", "--out", "o"]).embedding == "private"
     cfg = EmbeddingConfig()
     assert cfg.embedding == "private" and cfg.projected
-    assert cfg.dims_for(10) == 9 and cfg.dims_for(2) == 1
+    assert cfg.dims_for(10) == 9 and cfg.dims_for(2) == 4  # classes - 1, at least 4
     assert cfg.setting("dtype") == "int8" and cfg.setting("noise_std") > 0 and cfg.losses().active
     paper = EmbeddingConfig(embedding="advanced")
     assert paper.dims_for(10) == 8 and paper.setting("noise_std") == 0 and not paper.losses().active
@@ -159,9 +159,9 @@ def test_tiny_private_training_learns_and_serves_int8(tmp_path, monkeypatch):
     monkeypatch.setenv("PRIVEDGE_CACHE", str(tmp_path / "cache"))
     torch.set_num_threads(1)
     proto = _protocol(_faces(8, 8, seed=0), _faces(4, 8, seed=1))
-    cfg = EmbeddingConfig(embedding="private", epochs=15, analyzer_epochs=8, noise_std=0.2, seed=3)
+    cfg = EmbeddingConfig(embedding="private", dims=1, epochs=15, analyzer_epochs=8, noise_std=0.2, seed=3)
     t = train_embedding(proto, cfg, use_cache=False)
-    assert t.pca is not None and t.pca.k == 1  # classes - 1
+    assert t.pca is not None and t.pca.k == 1
     assert t.feature["dtype"] == "int8" and len(t.feature["scale"]) == 1
     assert t.metrics["primary_accuracy"] >= 0.75  # chance is 0.5
     manifest = make_manifest(task="glasses", modality="image", labels=["no_glasses", "glasses"],
