@@ -25,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 from privedge import servers
@@ -100,6 +101,7 @@ class Demo:
         self.monitor: Monitor | None = None
         self.tap: RedisTap | None = None
         self.publish_s = 0.0
+        self._dead_shown: Counter = Counter()  # reason -> dead letters shown so far
 
     # the run ------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -133,8 +135,9 @@ class Demo:
             self.sensors.append(Child(device, python_cmd(
                 "sensor", kind, "--broker", broker.url, "--device", device, "--source", "synthetic",
                 "--rate", str(rate), "--loop"), self.workdir).start())
+        pids = ", ".join(str(c.pid) for c in self.children)
         self.view.line(f"running: gateway, {self.args.workers} workers, sensors "
-                       f"{', '.join(c.name for c in self.sensors)} (pids {', '.join(str(c.pid) for c in self.children)})")
+                       f"{', '.join(c.name for c in self.sensors)} (pids {pids})")
         self._publish_phase()
         self._drain_phase()
 
@@ -181,8 +184,10 @@ class Demo:
             self.view.line(result_line(self.monitor.new_results.popleft()))
         while self.tap.new_dead:
             reason, detail = self.tap.new_dead.popleft()
-            if self.tally.dead[reason] <= 1 or self.tally.dead[reason] % 100 == 0:  # not one line per input
-                self.view.line(f"a worker dead-lettered an input ({self.tally.dead[reason]} so far): {reason}: {detail}")
+            self._dead_shown[reason] += 1
+            n = self._dead_shown[reason]
+            if n == 1 or n % 100 == 0:  # the first of each reason, then now and then: not a line per input
+                self.view.line(f"a worker dead-lettered an input ({n} so far): {reason}: {detail}")
         self.view.status(status_text(self.tally, elapsed))
 
     def _publish_phase(self) -> None:

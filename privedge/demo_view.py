@@ -163,18 +163,19 @@ class LiveView:
 
 def summary_text(s: dict, seconds: float) -> str:
     """The closing summary, for people."""
-    ratio = s["bytes_raw"] / s["bytes_cloud"] if s["bytes_cloud"] else float("inf")
 
     def ms(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f} ms"
+    by_device = ", ".join(f"{d} {n}" for d, n in sorted(s["inputs_by_device"].items()))
+    lost = (f"  ({s['rejected']} rejected by the gateway)" if s["rejected"] else "") + (
+        f"  ({s['dead_lettered']} dead-lettered by workers: {s['dead_reasons']})" if s["dead_lettered"] else "")
     lines = [
         f"summary after {seconds:.0f} s",
-        f"  inputs            {s['inputs']}  ({', '.join(f'{d} {n}' for d, n in sorted(s['inputs_by_device'].items()))})",
-        f"  results           {s['results']}" + (f"  ({s['rejected']} rejected by the gateway)" if s["rejected"] else "")
-        + (f"  ({s['dead_lettered']} dead-lettered by workers: {s['dead_reasons']})" if s["dead_lettered"] else ""),
+        f"  inputs            {s['inputs']}  ({by_device})",
+        f"  results           {s['results']}{lost}",
         f"  raw bytes in      {s['bytes_raw']:,}  ({s['messages_raw']} sensor messages)",
-        f"  bytes to cloud    {s['bytes_cloud']:,}  ({s['messages_cloud']} feature messages, "
-        f"{ratio:.0f}x less than raw)",
+        f"  bytes to cloud    {s['bytes_cloud']:,}  ({s['messages_cloud']} feature messages"
+        + (f", {s['bytes_raw'] / s['bytes_cloud']:.0f}x less than raw)" if s["bytes_cloud"] else ")"),
         f"  latency p50 / p99 {ms(s['latency_p50_ms'])} / {ms(s['latency_p99_ms'])}",
     ]
     return "\n".join(lines)

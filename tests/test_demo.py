@@ -203,3 +203,7 @@ def test_tally_counts_each_result_once_and_percentiles_interpolate():
     s = t.summary()
     assert t.answered() and (s["inputs"], s["results"], s["bytes_raw"], s["messages_raw"]) == (2, 2, 200, 3)
     assert s["latency_p50_ms"] == pytest.approx(16.25)
+    t.add_raw("cam", 100, complete_input=True)
+    assert not t.answered()
+    t.add_dead("analysis failed")  # a dead-lettered input is answered too: the demo stops waiting for it
+    assert t.answered() and t.summary()["dead_reasons"] == {"analysis failed": 1}
