@@ -251,7 +251,10 @@ def _install_signals(demo_stop: threading.Event, hurry: threading.Event) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.workers < 1 or args.duration < 0 or args.drain_timeout < 0:
+        parser.error("--workers must be at least 1, --duration and --drain-timeout not negative")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="privedge-demo-"))
