@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--sets", nargs="+", choices=list(SETS), default=list(SETS))
-    p.add_argument("--only", nargs="+", default=None, help="bundle names to include (default: all)")
+    p.add_argument("--only", nargs="+", default=None, help="bundle names to include, in this order (default: all)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA)
     p.add_argument("--reuse", type=Path, action="append", default=[],
                    help="folder of already trained bundles to reuse (repeatable)")
@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
         modality, folder = SETS[set_name]
         data = args.data_dir / folder
         bundles, t_train = [], 0.0
-        for name, (embedding, extra) in configs(set_name).items():
-            if args.only and name not in args.only:
-                continue
+        table_order = configs(set_name)
+        for name in (args.only or table_order):  # --only also gives the order (train the most wanted first)
+            embedding, extra = table_order[name]
             found = find_bundle(name, set_name, [root, *args.reuse])
             out = found or root / f"{set_name}-{name}"
             extra = extra + [a.split(":", 1)[1] for a in args.train_arg if a.startswith(f"{set_name}:")]
