@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     result["settings"] = {"seconds": args.seconds, "window": args.window, "latency_fraction": args.latency_fraction,
                           "inputs": args.inputs, "chunk_ms": args.chunk_ms, "modes": list(modes),
                           "gateway_args": list(args.gateway_arg), "torch_threads": 1,
+                          # The services run with their own defaults unless --gateway-arg says otherwise.
+                          "service_runtime": "default (auto: ONNX Runtime when the bundle carries .onnx)",
                           "bundles": {m: str(b) for m, b in bundles.items()}}
     print("machine:", json.dumps(result["machine"]), file=sys.stderr)
     print("settings:", json.dumps(result["settings"]), file=sys.stderr)
