@@ -9,9 +9,11 @@ trimmed below it (XTRIM MINID), so the stream stays bounded by what is not yet r
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import redis
@@ -62,6 +64,9 @@ class ResultsRelay:
         self.metrics = metrics
         self.stream = names.results(settings.id)
         self.cursor_key = cursor_key(names, settings.id)
+        # With a spool directory the cursor is also kept on local disk, written before Redis: a gateway
+        # killed while Redis is away (the SET fails) does not publish its last relayed batch again.
+        self.local_cursor = Path(settings.spool_dir) / settings.id / "results.cursor" if settings.spool_dir else None
         self.seen = RecentIds(settings.dedupe_size)
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="gateway-results", daemon=True)
@@ -88,7 +93,7 @@ class ResultsRelay:
             try:
                 if last is None:
                     stored = self.redis.get(self.cursor_key)
-                    last = stored.decode() if stored else "0-0"
+                    last = max(stored.decode() if stored else "0-0", self._read_local_cursor(), key=_entry_key)
                     log.info("relaying results from %s after entry %s", self.stream, last)
                 resp = self.redis.xread({self.stream: last}, count=self.s.results_batch,
                                         block=self.s.results_block_ms)
@@ -136,8 +141,23 @@ class ResultsRelay:
         self.metrics.observe("relay", time.perf_counter() - t0, len(entries))
         return True
 
+    def _read_local_cursor(self) -> str:
+        try:
+            text = self.local_cursor.read_text().strip() if self.local_cursor is not None else ""
+            _entry_key(text)
+            return text
+        except (OSError, ValueError):
+            return "0-0"
+
     def _advance(self, last: str) -> None:
         """Persist the cursor and trim what is relayed; retried on the next batch if Redis fails now."""
+        if self.local_cursor is not None:
+            try:
+                tmp = self.local_cursor.with_suffix(".tmp")
+                tmp.write_text(last)
+                os.replace(tmp, self.local_cursor)
+            except OSError as e:
+                log.warning("could not store results cursor %s in %s: %s", last, self.local_cursor, e)
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(self.cursor_key, last)
@@ -155,3 +175,9 @@ def _queued(info: mqtt.MQTTMessageInfo) -> mqtt.MQTTMessageInfo:
     if info.rc == mqtt.MQTT_ERR_NO_CONN:
         info.rc = mqtt.MQTT_ERR_SUCCESS
     return info
+
+
+def _entry_key(entry_id: str) -> tuple[int, int]:
+    """A stream entry id ``MS-SEQ`` as a comparable pair."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
