@@ -45,6 +45,7 @@ class ResultListener:
     def __init__(self, port: int) -> None:
         self.ids: Counter[str] = Counter()
         self.redelivered = 0  # deliveries the broker marked DUP (resent after a lost acknowledgement)
+        self.last_result_at = 0.0  # monotonic time of the last result
         self.stats: dict = {}
         self.errors: list[dict] = []
         self._lock = threading.Lock()
@@ -62,6 +63,7 @@ class ResultListener:
         with self._lock:
             if msg.topic.endswith("/result"):
                 self.ids[json.loads(msg.payload)["id"]] += 1
+                self.last_result_at = time.monotonic()
                 self.redelivered += msg.dup
             elif msg.topic.endswith("/stats"):
                 self.stats = json.loads(msg.payload)
@@ -106,10 +108,10 @@ class Rig:
         self.procs.append(proc)
         return proc
 
-    def start_gateway(self, **env: str) -> subprocess.Popen:
+    def start_gateway(self, batch: int = 32, **env: str) -> subprocess.Popen:
         return self._spawn("gateway", [
             "gateway", "--broker", self.mqtt.url, "--redis", self.gw_user.url("127.0.0.1", self.redis.port),
-            "--bundle", str(self.bundle), "--id", GW, "--batch", "32", "--spool-dir", str(self.root / "spool")],
+            "--bundle", str(self.bundle), "--id", GW, "--batch", str(batch), "--spool-dir", str(self.root / "spool")],
             {**self.gateway_env, **env})
 
     def start_worker(self) -> subprocess.Popen:
