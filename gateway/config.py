@@ -121,7 +121,8 @@ class GatewaySettings:
     """On stop(): how long to keep draining held inputs upstream before giving up (seconds)."""
     spool_dir: str | None = None
     """Directory of the on-disk spool (the gateway uses ``spool_dir/{id}``): while Redis is unreachable,
-    feature messages are written there (and their MQTT inputs acknowledged), then replayed in order.
+    feature messages are written there (and their MQTT inputs acknowledged), then replayed in order; the
+    results cursor is kept there too.
     None: no spool; inputs are held unacknowledged (up to receive_maximum) until Redis answers."""
     spool_max_bytes: int = 256 * 1024 * 1024
     """Bound of the spool on disk (bytes); past it the oldest spooled messages are dropped and counted."""
