@@ -211,9 +211,11 @@ class Intake:
         self.epoch += 1
         log.info("MQTT connected to %s as %s (session present: %s, epoch %d)", self.s.broker,
                  self.s.client_id, flags.session_present, self.epoch)
-        client.publish(self.status_topic, b"online", qos=1, retain=True)
+        # Subscribe before announcing online: the broker handles our packets in order, so a sensor that
+        # waits for ``online`` never publishes before the subscription exists (first session).
         topics = [f"{self.names.prefix}/+/{k}" for k in self.kinds]
         client.subscribe([(t, 1) for t in topics])
+        client.publish(self.status_topic, b"online", qos=1, retain=True)
         self.connected.set()
         self._first_connack.set()
 
