@@ -178,7 +178,7 @@ def test_overload_three_times_capacity(rig):
         assert settled, {"unique": rig.listener.unique(), "dropped": drops(), "inputs": n}
         return offered, served, drops()
 
-    # Capacity: the rate at which results come while a flood keeps the gateway busy.
+    # A first estimate of capacity: the rate at which results come while a short flood keeps it busy.
     _, capacity, _ = flood(150 if FAST else 400, 100_000, first)
     seconds = 5 if FAST else 15
     n = int(3 * capacity * seconds)
@@ -190,9 +190,9 @@ def test_overload_three_times_capacity(rig):
               "inputs": n, "results": sum(ids.values()), "unique_results": len(ids), "dropped": dropped,
               "gateway_peak_rss_mb_before": round(rss0, 1), "gateway_peak_rss_mb": round(peak_rss_mb(rig.gateway.pid), 1)}
     _report("overload", counts)
-    # On a busy machine the publisher itself may fall short of 3x; what the gateway served meanwhile is
-    # its capacity under this load, and the offer must be well above both.
-    assert offered > 1.8 * capacity and offered > 2.5 * served, counts
+    # The capacity that counts is what the gateway serves while saturated (the short flood above only
+    # sets the offered rate; on a busy machine the publisher itself may fall short of 3x of it).
+    assert offered > 2.5 * served, counts
     assert sum(dropped.values()) > 0 and set(dropped) == {"cam0", "cam1"}, counts
     # Every input has exactly one result or was dropped and counted.
     assert counts["results"] == counts["unique_results"] == n - sum(dropped.values()), counts
