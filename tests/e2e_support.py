@@ -2,7 +2,7 @@
 every file it opens, what the sensors published as seen on the broker, and the scan of everything
 Redis holds for raw media.
 
-Run as ``python -m tests.e2e_helpers OPEN_LOG WATCHED_DIR -- privedge-args...``: the ``privedge`` command
+Run as ``python -m tests.e2e_support OPEN_LOG WATCHED_DIR -- privedge-args...``: the ``privedge`` command
 with an audit hook (installed before privedge is imported) that appends to OPEN_LOG the absolute path
 of every file opened under WATCHED_DIR.
 """
@@ -75,13 +75,13 @@ class WorkerProcesses:
 # a privedge process that records the files it opens -----------------------------------------------------
 def audited_command(open_log: Path, watched: Path, privedge_args: list[str]) -> list[str]:
     """The command line that runs ``privedge *privedge_args`` recording opens under ``watched``."""
-    return [sys.executable, "-m", "tests.e2e_helpers", str(open_log), str(watched), "--", *privedge_args]
+    return [sys.executable, "-m", "tests.e2e_support", str(open_log), str(watched), "--", *privedge_args]
 
 
 def _run_audited(argv: list[str]) -> int:
     open_log, watched, sep, *rest = argv
     if sep != "--":
-        raise SystemExit("usage: python -m tests.e2e_helpers OPEN_LOG WATCHED_DIR -- PRIVEDGE_ARGS...")
+        raise SystemExit("usage: python -m tests.e2e_support OPEN_LOG WATCHED_DIR -- PRIVEDGE_ARGS...")
     root = os.path.abspath(watched) + os.sep
     out = open(open_log, "a", buffering=1)
 
