@@ -1,7 +1,6 @@
 """Sensor clients against a real mosquitto: what they publish decodes back to what they read."""
 from __future__ import annotations
 
-import getpass
 import queue
 import threading
 import time
@@ -214,9 +213,9 @@ def test_synthetic_sources_publish_generated_data(mosquitto, monkeypatch):
 
 @pytest.fixture
 def persistent_broker(tmp_path):
-    """A broker that really persists when tests run as root (mosquitto would switch to its own user
-    and fail to write the test's directory)."""
-    server = servers.mosquitto(tmp_path / "pmosq", extra_conf=f"user {getpass.getuser()}\n")
+    """A broker with persistence in its own directory (servers.mosquitto runs it as the invoking user,
+    so it can write there also when the tests run as root)."""
+    server = servers.mosquitto(tmp_path / "pmosq")
     yield server
     server.stop()
 
