@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 from bench.pipeline import KEYS, MODES, PipelineSettings, Stack, run_modality
+from bench.report import header, machine, setup_lines, table_head
 
 log = logging.getLogger("bench")
 
@@ -33,18 +32,6 @@ NOTES = [
     "utime + stime of the `privedge gateway` process over the saturation window, per result. *peak RSS*: "
     "the gateway's VmHWM. The load generator and result listener run in the benchmark's own process on the "
     "same cores; other work on the machine lowers every figure (see the load average above).", ""]
-
-
-def machine() -> dict:
-    """Cores, CPU model, load and versions: what a reader needs to compare two bench.json files."""
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cores": len(os.sched_getaffinity(0)), "cpu_model": model, "platform": platform.platform(),
-            "python": platform.python_version(), "torch": torch.__version__,
-            "load_average_at_start": list(os.getloadavg()),
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def bundles_by_modality(dirs: list[str] | None, modalities: tuple[str, ...], work: Path) -> dict[str, Path]:
@@ -72,17 +59,13 @@ def _fmt(key: str, value: float) -> str:
 
 def markdown(result: dict) -> str:
     """bench.md: the machine, the settings and one table per modality."""
-    m, st = result["machine"], result["settings"]
-    lines = ["# privedge pipeline benchmark", "",
-             f"Machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}, torch {m['torch']}, "
-             f"load average at start {', '.join(f'{x:.2f}' for x in m['load_average_at_start'])} ({m['date_utc']}).",
-             f"Settings: {json.dumps(st, sort_keys=True)}", ""]
+    lines = header("privedge pipeline benchmark", result["machine"], result["settings"])
     for modality in MODALITIES:
         if modality not in result:
             continue
         r, d = result[modality], result["details"][modality]
         lines += [f"## {modality} ({result['settings']['bundles'][modality]})", "",
-                  "| mode | " + " | ".join(UNITS[k] for k in KEYS) + " |", "|---" * (len(KEYS) + 1) + "|"]
+                  *table_head("mode", *(UNITS[k] for k in KEYS))]
         for mode in MODES:
             if mode in r:
                 flag = "" if d[mode]["fixed_load_kept_up"] else " (fell behind the fixed load)"
@@ -149,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                           # The services run with their own defaults unless --gateway-arg says otherwise.
                           "service_runtime": "default (auto: ONNX Runtime when the bundle carries .onnx)",
                           "bundles": {m: str(b) for m, b in bundles.items()}}
-    print("machine:", json.dumps(result["machine"]), file=sys.stderr)
-    print("settings:", json.dumps(result["settings"]), file=sys.stderr)
+    print(setup_lines(result["machine"], result["settings"]), file=sys.stderr)
     result["details"] = {}
     t0 = time.monotonic()
     inputs = {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from bench.loadgen import Inputs
 from bench.pipeline import PipelineSettings, Stack, run_mode
+from bench.report import table_head
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +50,8 @@ def cut_points(stack: Stack, modality: str, inputs: Inputs, s: PipelineSettings,
 def cuts_markdown(cuts: dict) -> list[str]:
     """Markdown lines of the cut-point table."""
     lines = ["## Gateway cost per cut point (split, saturation) next to local_only", "",
-             "| modality | gateway runs | extractor MMACs | inferences/s | gateway CPU ms / inference | "
-             "gateway peak RSS MiB | bytes up / inference |", "|---|---|---|---|---|---|---|"]
+             *table_head("modality", "gateway runs", "extractor MMACs", "inferences/s", "gateway CPU ms / inference",
+                         "gateway peak RSS MiB", "bytes up / inference")]
     for modality, rows in cuts.items():
         for name, r in rows.items():
             macs = f"{r['extractor_macs'] / 1e6:.2f}" if "extractor_macs" in r else "whole network"

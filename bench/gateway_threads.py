@@ -18,7 +18,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import paho.mqtt.client as mqtt
 import psutil
 
@@ -121,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", default="jpeg", choices=("jpeg", "png", "raw"))
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data"))
     args = p.parse_args(argv)
-    from bench.runtime import machine
+    from bench.report import header, machine, setup_lines, table_head
     from gateway.config import GatewaySettings
     from models.onnx_runtime import limit_threads
 
@@ -130,10 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "out"}, "runs": {}}
-    print(f"machine: {json.dumps(result['machine'])}\nsettings: {json.dumps(result['settings'])}", flush=True)
-    lines = ["# privedge gateway CPU per inference, by thread", "",
-             f"Machine: {json.dumps(result['machine'])}", f"Settings: {json.dumps(result['settings'])}", "",
-             "| batch | wait ms | results | results/s (wall) | " + "gateway thread: CPU ms / inference |", "|---|---|---|---|---|"]
+    print(setup_lines(result["machine"], result["settings"]), flush=True)
+    lines = [*header("privedge gateway CPU per inference, by thread", result["machine"], result["settings"]),
+             *table_head("batch", "wait ms", "results", "results/s (wall)", "gateway thread: CPU ms / inference")]
     for batch in args.batch or [GatewaySettings().batch]:
         r = run(args.count, args.devices, batch, wait_ms, args.runtime, args.codec,
                 None if args.data == "none" else Path(args.data))

@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
+from bench.report import header, machine, setup_lines, table_head
 from models.data import load_protocol
 from models.data.probe import raw_identity, raw_primary
 
@@ -43,8 +43,8 @@ def measure(modality: str, data: str, *, seed: int, size: str) -> dict:
 
 def table(rows: list[dict]) -> str:
     """Markdown table of :func:`measure` results."""
-    lines = ["| protocol | modality | attack people | identity top-1 | chance | x chance | primary acc | primary chance |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = table_head("protocol", "modality", "attack people", "identity top-1", "chance", "x chance",
+                       "primary acc", "primary chance")
     for r in rows:
         lines.append(f"| {r['protocol']} | {r['modality']} | {r['attack_people']} | {r['identity_top1']:.3f} | "
                      f"{r['identity_chance']:.3f} | {r['identity_top1'] / r['identity_chance']:.1f} | "
@@ -64,8 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [("image", "synthetic"), ("speech", "synthetic")]
     if not args.skip_real:
         jobs += [("image", str(args.data_dir / "orl")), ("speech", str(args.data_dir / "fsdd"))]
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} CPUs, python {platform.python_version()}")
-    print(f"settings: size={args.size} seed={args.seed} data_dir={args.data_dir}")
+    info = machine()
+    settings = {"size": args.size, "seed": args.seed, "data_dir": str(args.data_dir), "skip_real": args.skip_real}
+    print(setup_lines(info, settings), flush=True)
     rows = []
     for modality, data in jobs:
         rows.append(measure(modality, data, seed=args.seed, size=args.size))
@@ -75,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     md = table(rows)
     print(md)
     args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"machine": platform.node(), "cpus": os.cpu_count(), "size": args.size, "seed": args.seed}
-    (args.out / "raw_identity.json").write_text(json.dumps({"settings": meta, "results": rows}, indent=2) + "\n")
-    (args.out / "raw_identity.md").write_text(md + "\n")
+    (args.out / "raw_identity.json").write_text(
+        json.dumps({"machine": info, "settings": settings, "results": rows}, indent=2) + "\n")
+    head = header("privedge raw-input baseline: identity and primary label", info, settings)
+    (args.out / "raw_identity.md").write_text("\n".join([*head, md]) + "\n")
     return 0
 
 

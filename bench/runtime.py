@@ -19,29 +19,17 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from bench.report import header, machine, setup_lines, table_head
+
 BATCHES = (1, 2, 4, 8, 16, 32, 64)
 RUNTIMES = ("torch", "onnx")
 ROUNDS = 5  # each rate is the best of this many rounds: the ceiling, least disturbed by other processes
-
-
-def machine() -> dict:
-    import onnxruntime
-    import torch
-
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor())
-    return {"cores": len(os.sched_getaffinity(0)), "cpu_model": model, "python": platform.python_version(),
-            "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def rate(step, items: int, seconds: float) -> float:
@@ -177,14 +165,10 @@ def speech_front_end(bundle: Path, utterances: list) -> dict:
 
 
 def markdown(result: dict) -> str:
-    m, st = result["machine"], result["settings"]
-    lines = ["# privedge runtime ceiling (one thread)", "",
-             f"Machine: {m['cores']} cores, {m['cpu_model']}, Python {m['python']}, torch {m['torch']}, "
-             f"onnxruntime {m['onnxruntime']}, load average at start {m['load_average_at_start']} ({m['date_utc']}).",
-             f"Settings: {json.dumps(st, sort_keys=True)}", ""]
+    lines = header("privedge runtime ceiling (one thread)", result["machine"], result["settings"])
     for modality, r in result["extractor"].items():
         lines += [f"## Extractor alone, {modality} ({r['bundle']}, {r['macs']:,} multiply-adds per input)", "",
-                  "| runtime | " + " | ".join(f"batch {b}" for b in BATCHES) + " |", "|---" * (len(BATCHES) + 1) + "|"]
+                  *table_head("runtime", *(f"batch {b}" for b in BATCHES))]
         for rt, row in r["inputs_per_s"].items():
             lines.append(f"| {rt} | " + " | ".join(f"{row[str(b)]:.0f}" for b in BATCHES) + " |")
         best = r["best"]
@@ -192,13 +176,13 @@ def markdown(result: dict) -> str:
                       f"ONNX Runtime / torch at their best batch: {r['onnx_over_torch']:.2f}x.", ""]
     for p in result["image_path"]:
         lines += [f"## Gateway image path in-process ({p['codec']}, batch {p['batch']}, {p['runtime']})", "",
-                  "| stage | µs per input |", "|---|---|"]
+                  *table_head("stage", "µs per input")]
         lines += [f"| {k} | {v:.1f} |" for k, v in p["us_per_input"].items()]
         lines += [f"| **total** | **{1e6 / p['path_per_s']:.1f}** ({p['path_per_s']:.0f} inputs/s; extractor "
                   f"{100 * p['extractor_share']:.0f}% of it) |", ""]
     s = result["speech"]
     lines += [f"## Speech front end ({s['utterances']} utterances, {s['mean_utterance_s']:.2f} s mean, "
-              f"{result['settings']['speech_source']})", "", "| stage | ms per utterance |", "|---|---|"]
+              f"{result['settings']['speech_source']})", "", *table_head("stage", "ms per utterance")]
     lines += [f"| {k} | {v:.2f} |" for k, v in s["ms_per_utterance"].items()]
     lines += ["", f"Real-time factor per core (resample + pitch shift + log-mel + best extractor): "
                   f"{s['rtf_per_core']:.4f} ({s['utterances_per_s_per_core']:.0f} utterances/s per core); "
@@ -235,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
                 "bundles": {m: str(b) for m, b in bundles.items()}, "image_source": image_source,
                 "speech_source": speech_source}
     result = {"machine": machine(), "settings": settings, "extractor": {}, "image_path": []}
-    print(f"machine: {json.dumps(result['machine'])}\nsettings: {json.dumps(settings)}", flush=True)
+    print(setup_lines(result["machine"], settings), flush=True)
     for modality, b in bundles.items():
         table = extractor_table(b, args.seconds)
         best = max(((v, rt, bs) for rt, row in table.items() for bs, v in row.items()))

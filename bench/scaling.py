@@ -17,6 +17,7 @@ import redis
 
 from bench.loadgen import Inputs, load_inputs
 from bench.procs import Service
+from bench.report import table_head
 from schemas.features import FeatureMessage
 from schemas.media import ImageFrame
 from schemas.names import Names
@@ -124,8 +125,8 @@ def worker_scaling(stack, bundles: dict[str, Path], seconds: float, inputs: dict
 def scaling_markdown(scaling: dict) -> list[str]:
     """Markdown lines of the worker-scaling table."""
     lines = ["## Worker scaling (pre-filled stream, cloud side the bottleneck)", "",
-             "| modality | mode | 1 worker /s | 2 workers /s | speedup | worker CPU ms / inference (1, 2) |",
-             "|---|---|---|---|---|---|"]
+             *table_head("modality", "mode", "1 worker /s", "2 workers /s", "speedup",
+                         "worker CPU ms / inference (1, 2)")]
     for modality, modes in scaling.items():
         for mode, r in modes.items():
             flag = "" if r["1"]["backlogged"] and r["2"]["backlogged"] else " (backlog ran out)"

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
 import torch
 
+from bench.report import header, machine, setup_lines, table_head
 from models import train
 
 SETS = {"fsdd": ("speech", "fsdd"), "orl": ("image", "orl")}
@@ -29,14 +29,9 @@ def default_data_root() -> Path:
     return Path(os.environ.get("PRIVEDGE_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
 
-def machine() -> dict:
-    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
-
-
 def table(rows: list[dict]) -> str:
-    lines = ["| set (protocol) | embedding | primary accuracy | target | feature bytes | extractor params | "
-             "extractor MACs | seconds* |", "|---|---|---|---|---|---|---|---|"]
+    lines = table_head("set (protocol)", "embedding", "primary accuracy", "target", "feature bytes",
+                       "extractor params", "extractor MACs", "seconds*")
     for r in rows:
         lines.append(f"| {r['set']} ({r['protocol']}) | {r['embedding']} | {r['primary_accuracy']:.4f} | "
                      f"{r['target']} | {r['feature_bytes']:,} | {r['extractor_params']:,} | "
@@ -76,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "threads": args.threads, "seed": args.seed}
-    print(f"machine: {info['machine']}, torch threads {args.threads}", file=sys.stderr)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    print(setup_lines(info["machine"], settings), file=sys.stderr)
     rows = []
     for name in args.only or list(SETS):
         modality, folder = SETS[name]
@@ -92,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     md = table(rows)
     notes = target_note(rows)
     (out / "train_all.json").write_text(json.dumps({**info, "runs": rows, "targets": notes}, indent=2) + "\n")
-    (out / "train_all.md").write_text(md + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
+    head = header("privedge embeddings trained on FSDD and ORL", info["machine"], settings)
+    (out / "train_all.md").write_text("\n".join([*head, md]) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n")
     print(md)
     print()
     for n in notes:
