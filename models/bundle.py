@@ -5,6 +5,7 @@ Weight files are plain state dicts, loaded with ``torch.load(..., weights_only=T
 ``model`` id (``{task}-{12 hex}``) over everything but ``model`` and ``metrics``, so two bundles with the
 same id hold the same weights and settings. Loading refuses a file whose hash does not match.
 A home receives the manifest and ``extractor.pt`` only: :func:`load_extractor` never opens the analyzer.
+The loaders return the served halves of :mod:`models.serving` (re-exported here).
 
 Each half may also travel as ONNX (``extractor.onnx``, ``analyzer.onnx``, see :mod:`models.onnx_runtime`),
 listed with their sha256 under the manifest's ``onnx`` key. That key is left out of the ``model`` id: the id
@@ -25,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.release import decode as decode_features, encode as encode_features
-from models.speech import SpeechConfig, SpeechFrontEnd
+from models.serving import Analyzer, Extractor, FullModel, TorchForward, softmax  # noqa: F401 (re-exported)
+from models.speech import SpeechConfig
 from models.split import arch_of, build_from_arch
 
 log = logging.getLogger(__name__)
@@ -167,26 +168,6 @@ def _load_into(module: nn.Module, state: dict, what: str, manifest: dict) -> nn.
     return module.eval()
 
 
-class TorchForward:
-    """The reference runtime: a torch module on float32 arrays, ``(B, ...) -> (B, ...)``."""
-
-    name = "torch"
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module.eval()
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.module(torch.from_numpy(x)).numpy()
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax of (B, C) logits, float32."""
-    z = np.asarray(logits, dtype=np.float32)
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def _forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str, threads: int | None):
     """What serves ``half`` ("extractor" / "analyzer") on ``runtime`` (torch, onnx, auto)."""
     if runtime == "torch":
@@ -194,129 +175,6 @@ def _forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str, th
     from models.onnx_runtime import onnx_forward  # onnxruntime is imported only where it is asked for
 
     return onnx_forward(dir, manifest, half, module, runtime, threads)
-
-
-class _Inputs:
-    """Preprocessing shared by the extractor and the full model: raw media -> network input."""
-
-    def __init__(self, manifest: dict, rng: np.random.Generator | None,
-                 shift_semitones: tuple[float, float] | None = None) -> None:
-        self.modality = manifest["modality"]
-        self.input_shape = tuple(manifest["arch"]["net"]["in_shape"])
-        self.front_end = None
-        if self.modality == "speech":
-            spec = {k: v for k, v in manifest["input"].items() if k not in ("kind", "shape")}
-            if shift_semitones is not None:  # a home's own secret range replaces the bundle's
-                spec["shift_semitones"] = list(shift_semitones)
-            self.front_end = SpeechFrontEnd.from_config(SpeechConfig.from_dict(spec))
-        # Fresh, unseeded by default: at the gateway the pitch shifts must not be predictable.
-        self.rng = rng if rng is not None else np.random.default_rng()
-
-    def preprocess(self, raw) -> np.ndarray:
-        """image: uint8 HxW[xC] -> (1, 64, 64); speech: (wave float32, rate Hz) -> (1, n_mels, frames)."""
-        if self.modality == "image":
-            from models.preprocess import image_to_input
-            return image_to_input(raw)
-        wave, rate = raw
-        return self.front_end(wave, int(rate), self.rng)
-
-    def stack(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """B preprocessed inputs -> one contiguous float32 (B, C, H, W) batch."""
-        if len(inputs) == 0:
-            return np.zeros((0, *self.input_shape), np.float32)
-        x = np.stack(inputs).astype(np.float32, copy=False)  # (B, C, H, W)
-        if x.shape[1:] != self.input_shape:
-            raise ValueError(f"inputs must have shape {self.input_shape}, got {x.shape[1:]}")
-        return x
-
-
-class Extractor:
-    """The gateway half: preprocessed inputs -> released features ``(B, *feature_shape)``.
-    ``forward`` runs the network, (B, C, H, W) float32 -> (B, F): the torch ``module`` by default, or an
-    ONNX Runtime session (``runtime`` names it)."""
-
-    def __init__(self, manifest: dict, module: nn.Module, rng: np.random.Generator | None = None,
-                 forward=None, shift_semitones: tuple[float, float] | None = None) -> None:
-        self.manifest = manifest
-        self.model_id: str = manifest["model"]
-        self.task: str = manifest["task"]
-        self.modality: str = manifest["modality"]
-        self.feature_dtype: str = manifest["feature"]["dtype"]
-        self.feature_shape: tuple[int, ...] = tuple(manifest["feature"]["shape"])
-        self.module = module.eval()
-        self.forward = forward if forward is not None else TorchForward(self.module)
-        self.runtime: str = self.forward.name
-        self._inputs = _Inputs(manifest, rng, shift_semitones)
-        self.input_shape = self._inputs.input_shape
-
-    def preprocess(self, raw) -> np.ndarray:
-        return self._inputs.preprocess(raw)
-
-    def extract_batch(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """list of B preprocessed inputs -> (B, *feature_shape) array of ``feature_dtype``. Noise, when the
-        bundle adds any, is drawn fresh on every call inside the module."""
-        z = self.forward(self._inputs.stack(inputs))  # (B, F)
-        z = encode_features(z, self.manifest["feature"])
-        return z.reshape((len(inputs), *self.feature_shape))
-
-    def extract_raw(self, raws: list) -> np.ndarray:
-        return self.extract_batch([self.preprocess(r) for r in raws])
-
-    def warm_up(self) -> None:
-        """Compile the speech front end and run the network once, so the first message is not slow."""
-        if self._inputs.front_end is not None:
-            self._inputs.front_end.warm_up()
-        self.extract_batch([np.zeros(self.input_shape, np.float32)])
-
-
-class Analyzer:
-    """The cloud half: features ``(B, *feature_shape)`` -> class probabilities ``(B, C)`` float32.
-    ``forward``: (B, F) float32 -> logits (B, C), as for :class:`Extractor`."""
-
-    def __init__(self, manifest: dict, module: nn.Module, forward=None) -> None:
-        self.manifest = manifest
-        self.model_id: str = manifest["model"]
-        self.task: str = manifest["task"]
-        self.labels: list[str] = list(manifest["labels"])
-        self.feature_shape: tuple[int, ...] = tuple(manifest["feature"]["shape"])
-        self.module = module.eval()
-        self.forward = forward if forward is not None else TorchForward(self.module)
-        self.runtime: str = self.forward.name
-
-    def analyze_batch(self, features: np.ndarray) -> np.ndarray:
-        f = np.asarray(features)
-        if f.shape[1:] != self.feature_shape:
-            raise ValueError(f"features must have shape (B, {self.feature_shape}), got {f.shape}")
-        f = decode_features(f.reshape(len(f), -1), self.manifest["feature"])  # int8 -> scaled float32
-        return softmax(self.forward(np.ascontiguousarray(f, dtype=np.float32)))  # (B, F) -> (B, C)
-
-
-class FullModel:
-    """The uncut network, for local-only (gateway) and cloud-only (worker) serving."""
-
-    def __init__(self, manifest: dict, extractor: nn.Module, analyzer: nn.Module,
-                 rng: np.random.Generator | None = None, forwards: tuple | None = None) -> None:
-        self.manifest = manifest
-        self.model_id: str = manifest["model"]
-        self.task: str = manifest["task"]
-        self.modality: str = manifest["modality"]
-        self.labels: list[str] = list(manifest["labels"])
-        self.module = nn.Sequential(extractor, analyzer).eval()
-        # (extractor, analyzer) runtimes; the released features are not quantised on this path
-        self.forwards = forwards if forwards is not None else (TorchForward(extractor), TorchForward(analyzer))
-        self.runtime: str = "/".join(dict.fromkeys(f.name for f in self.forwards))  # "onnx/torch" when mixed
-        self._inputs = _Inputs(manifest, rng)
-
-    def preprocess(self, raw) -> np.ndarray:
-        return self._inputs.preprocess(raw)
-
-    def predict_batch(self, inputs: list[np.ndarray]) -> np.ndarray:
-        """list of B preprocessed inputs -> probabilities (B, C) float32."""
-        ext, ana = self.forwards
-        return softmax(ana(ext(self._inputs.stack(inputs))))  # (B, C, H, W) -> (B, F) -> (B, C)
-
-    def predict_raw(self, raws: list) -> np.ndarray:
-        return self.predict_batch([self.preprocess(r) for r in raws])
 
 
 def load_extractor(dir, *, rng: np.random.Generator | None = None,

@@ -29,9 +29,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.bundle import (HashMismatchError, MissingFileError, TorchForward, _sha256, load_analyzer,
-                           load_extractor, verified_path, write_manifest)
+from models.bundle import (HashMismatchError, MissingFileError, _sha256, load_analyzer, load_extractor,
+                           verified_path, write_manifest)
 from models.pca import Project
+from models.serving import TorchForward
 
 log = logging.getLogger(__name__)
 
