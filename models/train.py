@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"extractor multiply-adds    {m['extractor_macs']:,} per input")
     print(f"feature bytes per message  {m['feature_bytes']}")
     print(f"seconds                    {m['seconds']:.0f}")
-    print(f"wrote {args.out}/manifest.json, extractor.pt, analyzer.pt, metrics.json")
+    written = sorted(f.name for f in Path(args.out).iterdir() if f.is_file())
+    print(f"wrote {args.out}/: {', '.join(written)}")
     return 0
 
 
