@@ -14,7 +14,7 @@ from models.private import (IdentityAdversary, PrivateLoss, agnostic_contrastive
                             fit_private)
 from models.release import decode, encode, feature_spec, fit_scale, round_trip
 from models.train import build_parser
-from tests.test_training import _faces, _protocol
+from tests.training_data import faces, isolated_training, protocol  # noqa: F401 (isolated_training is a fixture)
 
 
 def test_agnostic_loss_known_answer():
@@ -155,10 +155,8 @@ def test_private_is_the_default_and_its_settings():
         EmbeddingConfig(dtype="int4")
 
 
-def test_tiny_private_training_learns_and_serves_int8(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRIVEDGE_CACHE", str(tmp_path / "cache"))
-    torch.set_num_threads(1)
-    proto = _protocol(_faces(8, 8, seed=0), _faces(4, 8, seed=1))
+def test_tiny_private_training_learns_and_serves_int8(tmp_path, isolated_training):
+    proto = protocol(faces(8, 8, seed=0), faces(4, 8, seed=1))
     cfg = EmbeddingConfig(embedding="private", dims=1, epochs=15, analyzer_epochs=8, noise_std=0.2, seed=3)
     t = train_embedding(proto, cfg, use_cache=False)
     assert t.pca is not None and t.pca.k == 1
