@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from bench import report
 from models.nets import DEFAULT_CUT
 
 DEFAULT_DATA = Path(os.environ.get("PRIVEDGE_DATA",
@@ -103,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     root = args.bundles or args.out / "bundles"
     root.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
-          f"python {platform.python_version()}")
-    print(f"settings: {json.dumps(settings)}", flush=True)
+    machine_info = report.machine()
+    print(report.setup_lines(machine_info, settings), flush=True)
     results, timing = {}, {}
     for set_name in args.sets:
         modality, folder = SETS[set_name]
@@ -123,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     md = table(results)
     (args.out / "sweep.md").write_text(md + "\n")
     (args.out / "sweep.json").write_text(json.dumps(
-        {"settings": settings, "machine": platform.node(), "timing": timing, "results": results},
+        {"settings": settings, "machine": machine_info, "timing": timing, "results": results},
         indent=2) + "\n")
     print(md)
     print(f"timing: {json.dumps(timing)}")

@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+from bench import report
 from bench.audit_sweep import DEFAULT_DATA, SETS, audit_set, table, train_bundle
 from models.nets import DEFAULT_CUT
 
@@ -104,9 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     settings["reuse"] = [str(r) for r in args.reuse]
-    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, "
-          f"python {platform.python_version()}")
-    print(f"settings: {json.dumps(settings)}", flush=True)
+    machine_info = report.machine()
+    print(report.setup_lines(machine_info, settings), flush=True)
     results, timing, uncut, commands = {}, {}, {}, {}
     for set_name in args.sets:
         modality, folder = SETS[set_name]
@@ -136,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         ", ".join(f"{s} {_pct(a)}" for s, a in uncut.items()) + "\n\nTargets:\n\n" + targets_table(results, uncut)
     (args.out / "sweep.md").write_text(md + "\n")
     (args.out / "sweep.json").write_text(json.dumps(
-        {"settings": settings, "machine": platform.node(), "timing": timing, "uncut_accuracy": uncut,
+        {"settings": settings, "machine": machine_info, "timing": timing, "uncut_accuracy": uncut,
          "commands": commands, "targets": TARGETS,
          "met": {s: {n: targets(m, uncut.get(s)) for n, m in ms.items()} for s, ms in results.items()},
          "results": results}, indent=2) + "\n")
