@@ -54,8 +54,10 @@ MIN_PRIVATE_DIMS = 4
 # ... and what the others use: the paper's PCA-8, no identity terms, float32.
 PAPER_DEFAULTS = {"dims": 8, "agnostic_weight": 0.0, "adversary_weight": 0.0, "noise_std": 0.0,
                   "dtype": "float32"}
-# Bump when the training code changes what it produces for the same settings (invalidates cached networks).
-TRAINING_VERSION = 1
+# Bump when the training code changes what it produces for the same settings: PRIMARY_VERSION invalidates
+# the cached primary networks, TRAINING_VERSION the bundles built from them (the demo's cache).
+PRIMARY_VERSION = 1
+TRAINING_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,7 @@ def primary_network(net_cfg: NetConfig, train: InputSet, epochs: int, seed: int,
     digest.update(train.y.numpy().tobytes())
     key = cache_key("primary-net", {"inputs": digest.hexdigest(), "augment": train.augment, "net": net_cfg.to_dict(),
                                     "loop": asdict(loop), "seed": seed, "torch": torch.__version__,
-                                    "version": TRAINING_VERSION})
+                                    "version": PRIMARY_VERSION})
     path = cache_dir() / f"{key}.pt"
     net = build_net(net_cfg)
     if use_cache and path.is_file():
@@ -296,6 +298,8 @@ def _projected(net: nn.Sequential, net_cfg: NetConfig, cfg: EmbeddingConfig, mod
                           train_extractor=what == "both", progress=progress)
     for p in ext.parameters():
         p.requires_grad_(True)
+    if noise:  # the gateway's noise follows the released features' final spread, as in training
+        ext.project.calibrate(torch.from_numpy(features(ext[:-1], train.plain())))
     if history["adversary_accuracy"] and cfg.losses().adversary_weight > 0:
         metrics["adversary_train_accuracy"] = history["adversary_accuracy"][-1]
     dtype = cfg.setting("dtype")

@@ -62,6 +62,10 @@ class Project(nn.Module):
 
     noise_std is relative: the noise on dimension j has standard deviation ``noise_std * std[j]``, where
     ``std[j]`` is that dimension's spread on the training features. 0 disables it.
+
+    While training, the noise follows the batch's own spread instead of the fitted one: the layers before
+    the projection keep changing, and a fixed scale would let them outgrow the noise (scale the features
+    up) instead of making the classes stand out from it. ``calibrate`` sets ``std`` to the final spread.
     """
 
     def __init__(self, in_dim: int, k: int, noise_std: float = 0.0) -> None:
@@ -86,8 +90,16 @@ class Project(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = (x - self.mean) @ self.components  # (B, D) -> (B, k)
         if self.noise_std > 0:
-            z = z + torch.randn_like(z) * (self.noise_std * self.std)
+            spread = z.detach().std(dim=0) if self.training and len(z) > 1 else self.std
+            z = z + torch.randn_like(z) * (self.noise_std * spread)
         return z
+
+    @torch.no_grad()
+    def calibrate(self, x: torch.Tensor) -> None:
+        """Set ``std`` to the spread of the noiseless projection of ``x`` (N, D), N >= 2."""
+        if len(x) < 2:
+            raise ValueError("calibrating the noise scale needs at least 2 inputs")
+        self.std.copy_(((x - self.mean) @ self.components).std(dim=0).clamp_min(1e-12))
 
     def macs_per_input(self, in_numel: int) -> int:
         return int(self.components.numel())

@@ -53,6 +53,24 @@ def test_noise_is_relative_to_each_dimension_spread():
     np.testing.assert_allclose(diff.std(axis=0), 0.5 * fit.std, rtol=0.15)
 
 
+def test_training_noise_follows_the_batch_spread_and_calibrate_fixes_it():
+    x = _data(n=400)
+    layer = Project.from_fit(fit_pca(x, 4), noise_std=0.5)
+    big = torch.from_numpy(10 * (x - x.mean(axis=0)) + x.mean(axis=0))   # the features grew tenfold
+    clean = (big - layer.mean) @ layer.components
+    torch.manual_seed(0)
+    layer.train()
+    diff = (layer(big) - clean).numpy()
+    # in training the noise grows with them: scaling the features up cannot outrun it
+    np.testing.assert_allclose(diff.std(axis=0), 0.5 * clean.std(dim=0).numpy(), rtol=0.15)
+    layer.eval()
+    assert (layer(big) - clean).std(dim=0).max() < 0.2 * 0.5 * clean.std(dim=0).min()   # stale fitted scale
+    layer.calibrate(big)
+    np.testing.assert_allclose((layer(big) - clean).std(dim=0).numpy(), 0.5 * clean.std(dim=0).numpy(), rtol=0.15)
+    with pytest.raises(ValueError):
+        layer.calibrate(big[:1])
+
+
 @pytest.mark.parametrize("k", [0, 13])
 def test_invalid_k(k):
     with pytest.raises(ValueError, match="k must be"):
