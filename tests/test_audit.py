@@ -12,7 +12,7 @@ from models.audit import cli
 from models.audit.attackers import TrainSettings, validation_split
 from models.audit.inversion import DecoderSettings, train_inversion
 from models.audit.measures import (PSNR_CAP_DB, equal_error_rate, expected_log_rank, identity_measures,
-                                   normalised_log_rank, psnr, ssim, topk_accuracy, verification_eer)
+                                   label_floor, normalised_log_rank, psnr, ssim, topk_accuracy, verification_eer)
 from models.audit.report import GRID_PNG, METRICS, REPORT, TRADEOFF_PNG
 from models.bundle import make_untrained_bundle
 
@@ -101,6 +101,17 @@ def test_identity_labels_of_any_coding_and_unknown_test_identities():
 
 # --- verification -------------------------------------------------------------------------------------
 
+def test_label_floor_is_chance_for_balanced_labels_and_above_it_when_labels_follow_people():
+    people = np.repeat(np.arange(4), 10)
+    digits = np.tile(np.arange(10), 4)          # every person says every digit: the label says nothing
+    assert label_floor(people, digits, people, digits) == pytest.approx(0.25)
+    glasses = (people == 0).astype(int)         # only person 0 wears glasses: the label names them
+    # glasses -> person 0 (right every time); no glasses -> a tie among the other three (1/3 credit each)
+    assert label_floor(people, glasses, people, glasses) == pytest.approx(0.25 * 1 + 0.75 / 3)
+    with pytest.raises(ValueError):
+        label_floor(people, glasses[:-1], people, glasses)
+
+
 def test_eer_is_zero_for_separable_speakers_and_half_for_noise():
     rng = np.random.default_rng(2)
     ids = rng.integers(0, 6, size=300)
@@ -172,6 +183,9 @@ def test_audit_cli_writes_report_metrics_and_figures(tmp_path, capsys):
         assert entry["log_rank"] >= 0.0 and -1.0 <= entry["ssim"] <= 1.0
     assert metrics["raw input"]["primary_accuracy"] is None
     assert 0.0 <= metrics["untrained-image"]["primary_accuracy"] <= 1.0
+    floor = metrics["raw input"]["identity_label_floor"]
+    assert metrics["untrained-image"]["identity_label_floor"] == floor
+    assert metrics["raw input"]["identity_chance"] <= floor <= 1.0
     assert metrics["untrained-image"]["dims"] == 8 and metrics["untrained-image"]["feature_bytes"] == 32
     cost = metrics["untrained-image"]["cost"]
     assert cost["extractor"]["macs"] < cost["full"]["macs"]

@@ -34,6 +34,10 @@ def tradeoff_plot(metrics: dict[str, dict], path: str | Path, title: str = "") -
     if chances:
         ax.axvline(chances[0], color="grey", ls="--", lw=1, label=f"identity chance ({chances[0]:.3f})")
         ax.axvline(2 * chances[0], color="grey", ls=":", lw=0.8, label="2 x chance")
+    floors = [m["identity_label_floor"] for m in metrics.values() if m.get("identity_label_floor") is not None]
+    if floors and (not chances or abs(floors[0] - chances[0]) > 1e-9):
+        ax.axvline(floors[0], color="tab:green", ls="--", lw=1,
+                   label=f"primary-label floor ({floors[0]:.3f})")
     for name, m in metrics.items():
         if m.get("primary_accuracy") is None:
             ax.axvline(m["identity_top1"], color="tab:red", ls="-.", lw=1,

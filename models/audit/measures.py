@@ -131,6 +131,31 @@ def identity_measures(x_train: np.ndarray, id_train: np.ndarray, x_test: np.ndar
         nn_error=1.0 - nn_res.top1 if nn_res else float("nan"), attackers=results)
 
 
+def label_floor(id_train: np.ndarray, label_train: np.ndarray, id_test: np.ndarray,
+                label_test: np.ndarray) -> float:
+    """Identity top-1 of an attacker who knows only each sample's true primary label.
+
+    It guesses, for label l, the identity seen most often with l in the training set (ties share the
+    credit). Features that keep the primary task cannot leak less than this: where the primary label
+    goes with the person (glasses are mostly worn by the same people), it is above chance.
+    """
+    id_train, label_train = np.asarray(id_train), np.asarray(label_train)
+    id_test, label_test = np.asarray(id_test), np.asarray(label_test)
+    if len(id_train) != len(label_train) or len(id_test) != len(label_test) or len(id_test) == 0:
+        raise ValueError("identities and labels must pair up, and the test set must not be empty")
+    credit = 0.0
+    for who, label in zip(id_test, label_test):
+        seen = id_train[label_train == label]
+        if len(seen) == 0:      # a label the attacker never saw: a guess among everyone
+            ids = np.unique(id_train)
+            credit += float(who in ids) / len(ids)
+            continue
+        ids, counts = np.unique(seen, return_counts=True)
+        best = ids[counts == counts.max()]
+        credit += float(who in best) / len(best)
+    return credit / len(id_test)
+
+
 def equal_error_rate(same: np.ndarray, similarity: np.ndarray) -> float:
     """EER of a verifier that accepts a pair when ``similarity`` is high; same: bool (P,) ground truth.
 

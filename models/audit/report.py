@@ -52,7 +52,7 @@ def entry_metrics(e: BundleAudit) -> dict:
 
 def metrics(run: AuditRun) -> dict:
     """``{bundle name: entry}`` for every audited bundle, the raw input included."""
-    return {e.name: entry_metrics(e) for e in run.entries}
+    return {e.name: {**entry_metrics(e), "identity_label_floor": _finite(run.label_floor)} for e in run.entries}
 
 
 def _f(v, fmt: str = ".3f") -> str:
@@ -78,6 +78,8 @@ def report_markdown(run: AuditRun) -> str:
         "Log-rank: mean log rank of the true identity divided by its value under a random ranking "
         "(1 = chance, 0 = always first). EER: verification by cosine similarity of feature pairs "
         "(0.5 = chance). SSIM/PSNR: inversion decoder on held-out inputs (inputs scaled to [0, 1]).", "",
+        f"Primary-label floor: identity top-1 {_f(run.label_floor)} for an attacker who knows only each "
+        "sample's true primary label; features that keep the primary task cannot leak less.", "",
         "| bundle | embedding | cut | dims | bytes/msg | primary acc | identity top-1 (attacker) | chance "
         "| top-5 (chance) | 1-NN error | log-rank | EER | SSIM | PSNR dB | extractor params | extractor MMACs "
         "| latency ms | memory MB |",
