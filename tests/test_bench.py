@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import math
 
+import pytest
+
 from bench.cli import main
 from bench.pipeline import KEYS, MODES
 from tests.conftest import FAST
@@ -52,3 +54,25 @@ def test_worker_drain_rate_counts_results_of_a_prefilled_stream(tmp_path, redis_
     r = drain_rate(redis_server.url, tmp_path / "image", inputs, "split", 1, 1.0, tmp_path / "logs", backlog=3000)
     assert r["results"] > 0 and r["per_s"] > 0 and r["dead_letters"] == 0
     assert r["worker_cpu_s_per_inference"] > 0
+
+
+def test_pitch_secret_measures_every_home_range_against_three_attackers(tmp_path, capsys):
+    from bench import pitch_secret
+    from models.bundle import make_untrained_bundle
+
+    bundle = tmp_path / "speech"
+    make_untrained_bundle(bundle, "speech", dims=8)
+    out = tmp_path / "pitch"
+    assert pitch_secret.main(["--bundle", str(bundle), "--out", str(out), "--data", "synthetic",
+                              "--size", "small", "--quick", "--homes", "0,1", "6,9"]) == 0
+    result = json.loads((out / "pitch_secret.json").read_text())
+    assert [r["home"] for r in result["rows"]] == [[0.0, 1.0], [6.0, 9.0]]
+    for row in result["rows"]:
+        assert 0.0 <= row["primary_accuracy"] <= 1.0
+        for who in ("knows_secret", "bundle_range", "wide_range"):
+            assert 0.0 <= row[who]["top1"] <= 1.0 and row[who]["attacker"] in ("linear", "mlp", "1-nn")
+        assert row["secret_gain_top1"] == pytest.approx(
+            row["knows_secret"]["top1"] - max(row["bundle_range"]["top1"], row["wide_range"]["top1"]))
+    assert "| ±6-9 |" in (out / "pitch_secret.md").read_text() and "gain of the secret" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        pitch_secret.main(["--bundle", str(bundle), "--out", str(out), "--homes", "5,3"])
