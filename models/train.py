@@ -4,10 +4,10 @@
                    [--embedding private|simple|siamese|advanced] [--cut NAME] [--dims K] [--epochs N]
                    [--seed S] [--size full|small] [--margin M] [--contrastive-weight W] [--noise STD]
                    [--agnostic-weight W] [--adversary-weight W] [--dtype float32|float16|int8]
-                   [--threads T] --out DIR
+                   [--projection pca|lda] [--threads T] --out DIR
 
 ``private`` (the default) is privedge's own extractor; the privacy options (noise, identity terms, dtype,
-dims) also apply to ``advanced``, each alone or combined, and are recorded in the bundle's manifest.
+dims, projection) also apply to ``advanced``, each alone or combined, and are recorded in the bundle's manifest.
 
 Prints the held-out primary accuracy, the extractor's parameters and multiply-adds per input and the
 feature bytes per message, and writes them to ``DIR/metrics.json`` beside the bundle.
@@ -27,7 +27,8 @@ import numpy as np
 import torch
 
 from models.bundle import make_manifest, save_bundle
-from models.embeddings import DEFAULT_EMBEDDING, EMBEDDINGS, EmbeddingConfig, total_steps, train_embedding
+from models.embeddings import (DEFAULT_EMBEDDING, EMBEDDINGS, PROJECTIONS, EmbeddingConfig, total_steps,
+                               train_embedding)
 from models.release import RELEASE_DTYPES
 from models.nets import DEFAULT_CUT, count_cost
 
@@ -59,6 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="identity-agnostic contrastive loss on the released features (0 = off)")
     p.add_argument("--adversary-weight", type=float, default=None,
                    help="weight of the identity adversary's confusion term (0 = off)")
+    p.add_argument("--projection", default=None, choices=list(PROJECTIONS),
+                   help="frozen projection to k dims: pca (the paper's) or lda (the directions that separate "
+                        "the primary classes); default pca")
     p.add_argument("--dtype", default=None, choices=list(RELEASE_DTYPES),
                    help="feature dtype on the wire; int8 with a per-dimension scale in the manifest")
     # One thread by default: on a shared 2-core machine torch's OpenMP workers spin while they wait for a
@@ -78,8 +82,10 @@ def feature_bytes(manifest: dict) -> int:
 def privacy_settings(cfg: EmbeddingConfig) -> dict:
     """The identity-protection settings in effect, for the manifest and metrics.json."""
     if not cfg.projected:
-        return {"noise_std": 0.0, "agnostic_weight": 0.0, "adversary_weight": 0.0, "dtype": "float32"}
-    return {k: cfg.setting(k) for k in ("noise_std", "agnostic_weight", "adversary_weight", "dtype")}
+        return {"noise_std": 0.0, "agnostic_weight": 0.0, "adversary_weight": 0.0, "dtype": "float32",
+                "projection": None}
+    return {k: cfg.setting(k) for k in ("noise_std", "agnostic_weight", "adversary_weight", "dtype",
+                                        "projection")}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -92,6 +98,7 @@ def run(args: argparse.Namespace) -> dict:
                           margin=args.margin, contrastive_weight=args.contrastive_weight,
                           noise_std=args.noise, agnostic_weight=args.agnostic_weight,
                           adversary_weight=args.adversary_weight, dtype=args.dtype, seed=args.seed,
+                          projection=args.projection,
                           **({"pca_tune": args.pca_tune} if args.pca_tune else {}))
     t0 = time.perf_counter()
     protocol = load_protocol(args.modality, args.data, seed=args.seed, size=args.size)

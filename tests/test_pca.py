@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.pca import Project, Reconstruct, fit_pca
+from models.pca import Project, Reconstruct, fit_lda, fit_pca
 
 
 def _data(n=200, d=12, seed=0):
@@ -69,6 +69,32 @@ def test_training_noise_follows_the_batch_spread_and_calibrate_fixes_it():
     np.testing.assert_allclose((layer(big) - clean).std(dim=0).numpy(), 0.5 * clean.std(dim=0).numpy(), rtol=0.15)
     with pytest.raises(ValueError):
         layer.calibrate(big[:1])
+
+
+def test_lda_keeps_the_class_direction_that_pca_loses_to_the_people():
+    rng = np.random.default_rng(0)
+    n = 600
+    label, person = rng.integers(0, 3, n), rng.integers(0, 5, n)
+    x = rng.normal(size=(n, 40))
+    x[:, 0] += 2.0 * label                 # the primary task: a small spread along one axis
+    x[:, 1:6] += 15.0 * np.eye(5)[person]  # who it is: most of the variance
+    lda, pca = fit_lda(x, label, 2), fit_pca(x, 2)
+    assert abs(lda.components[0, 0]) > 0.9 and np.abs(lda.components[1:6, 0]).max() < 0.1
+    assert np.abs(pca.components[0]).max() < 0.1       # PCA keeps the people instead
+    np.testing.assert_allclose(lda.components.T @ lda.components, np.eye(2), atol=1e-5)
+    z = Project.from_fit(lda)(torch.from_numpy(x.astype(np.float32))).numpy()
+    np.testing.assert_allclose(z.std(axis=0, ddof=1), lda.std, rtol=1e-3)
+    # the first LDA coordinate separates the classes far better than the first PCA one
+    def fisher(v):
+        means = np.array([v[label == c].mean() for c in range(3)])
+        return means.var() / np.mean([v[label == c].var() for c in range(3)])
+    assert fisher(z[:, 0]) > 10 * fisher((x - pca.mean) @ pca.components[:, 0])
+    with pytest.raises(ValueError):
+        fit_lda(x, np.zeros(n), 1)          # one class
+    with pytest.raises(ValueError):
+        fit_lda(x, label[:-1], 1)
+    with pytest.raises(ValueError):
+        fit_lda(x, label, 0)
 
 
 @pytest.mark.parametrize("k", [0, 13])

@@ -153,11 +153,17 @@ def test_private_is_the_default_and_its_settings():
         EmbeddingConfig(embedding="siamese", dtype="int8")
     with pytest.raises(ValueError, match="dtype"):
         EmbeddingConfig(dtype="int4")
+    with pytest.raises(ValueError, match="projection"):
+        EmbeddingConfig(projection="ica")
+    with pytest.raises(ValueError, match="PCA projection"):
+        EmbeddingConfig(embedding="simple", projection="lda")
 
 
-def test_tiny_private_training_learns_and_serves_int8(tmp_path, isolated_training):
+@pytest.mark.parametrize("projection", ["pca", "lda"])
+def test_tiny_private_training_learns_and_serves_int8(tmp_path, isolated_training, projection):
     proto = protocol(faces(8, 8, seed=0), faces(4, 8, seed=1))
-    cfg = EmbeddingConfig(embedding="private", dims=1, epochs=15, analyzer_epochs=8, noise_std=0.2, seed=3)
+    cfg = EmbeddingConfig(embedding="private", dims=1, epochs=15, analyzer_epochs=8, noise_std=0.2, seed=3,
+                          projection=projection)
     t = train_embedding(proto, cfg, use_cache=False)
     assert t.pca is not None and t.pca.k == 1
     assert t.feature["dtype"] == "int8" and len(t.feature["scale"]) == 1
