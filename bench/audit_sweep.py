@@ -53,14 +53,17 @@ def train_bundle(out: Path, modality: str, data: Path, embedding: str, cut: str,
 
 
 def audit_set(set_name: str, bundles: list[Path], data: Path, out: Path, *, size: str, quick: bool,
-              threads: int, seed: int) -> dict:
-    """``privedge audit --raw`` over ``bundles``; returns its metrics.json."""
+              threads: int, seed: int, cost: bool = True) -> dict:
+    """``privedge audit --raw`` over ``bundles`` (``cost``: with latency and memory); returns its
+    metrics.json."""
     cmd = [sys.executable, "-m", "privedge.cli", "audit", "--raw", "--data", str(data), "--size", size,
            "--out", str(out), "--threads", str(threads), "--seed", str(seed)]
     for b in bundles:
         cmd += ["--bundle", str(b)]
     if quick:
         cmd.append("--quick")
+    if not cost:
+        cmd.append("--no-cost")
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads((out / "metrics.json").read_text())

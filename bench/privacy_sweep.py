@@ -71,14 +71,17 @@ def find_bundle(name: str, set_name: str, roots: list[Path]) -> Path | None:
 
 
 def targets_table(results: dict[str, dict], uncut: dict[str, float | None]) -> str:
-    lines = ["| set | bundle | acc within 1 pt of uncut | top-1 <= 1.5x chance | log-rank >= 0.9 | EER >= 40% "
-             "| <= 16 bytes |", "|" + "---|" * 7]
+    lines = ["| set | bundle | acc within 1 pt of uncut | top-1 <= 1.5x chance | top-1 / primary-label floor "
+             "| log-rank >= 0.9 | EER >= 40% | <= 16 bytes |", "|" + "---|" * 8]
     mark = {True: "yes", False: "no", None: "—"}
     for set_name, metrics in results.items():
         for name, m in metrics.items():
             t = targets(m, uncut.get(set_name))
-            lines.append(f"| {set_name} | {name} | " + " | ".join(mark[t[k]] for k in
-                                                                 ("accuracy", "identity_top1", "log_rank", "eer", "bytes")) + " |")
+            floor = m.get("identity_label_floor")
+            cells = [mark[t["accuracy"]], mark[t["identity_top1"]],
+                     "—" if not floor else f"{m['identity_top1']:.3f} / {floor:.3f}",
+                     *(mark[t[k]] for k in ("log_rank", "eer", "bytes"))]
+            lines.append(f"| {set_name} | {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="audit with short attacker/decoder training")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the audit")
     p.add_argument("--train-threads", type=int, default=1, help="torch threads of privedge train")
+    p.add_argument("--no-cost", action="store_true",
+                   help="skip the latency / memory figures (bench.audit_sweep has them for every cut)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-only", action="store_true", help="train the bundles, audit nothing")
     p.add_argument("--train-arg", action="append", default=[], metavar="SET:ARG",
@@ -126,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         t = time.perf_counter()
         results[set_name] = audit_set(set_name, bundles, data, args.out / set_name, size=args.size,
-                                      quick=args.quick, threads=args.threads, seed=args.seed)
+                                      quick=args.quick, threads=args.threads, seed=args.seed,
+                                      cost=not args.no_cost)
         timing[set_name] = {"train_s": round(t_train, 1), "audit_s": round(time.perf_counter() - t, 1)}
     if args.train_only:
         return 0
