@@ -134,7 +134,14 @@ class Project(nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = (x - self.mean) @ self.components  # (B, D) -> (B, k)
+        return self.add_noise(self.project(x))
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) -> (B, k), without noise."""
+        return (x - self.mean) @ self.components
+
+    def add_noise(self, z: torch.Tensor) -> torch.Tensor:
+        """The projected features (B, k) as released: with fresh noise when ``noise_std`` > 0."""
         if self.noise_std > 0:
             spread = z.detach().std(dim=0) if self.training and len(z) > 1 else self.std
             z = z + torch.randn_like(z) * (self.noise_std * spread)

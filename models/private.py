@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from models.inputs import InputSet
+from models.pca import Project
 from models.training import LoopConfig, recalibrate_batch_norm
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,10 @@ def fit_private(extractor: nn.Module, analyzer: nn.Module, data: InputSet, ident
         opt_adv = torch.optim.Adam(adversary.parameters(), lr=losses.adversary_lr)
     ce = nn.CrossEntropyLoss()
     whole = nn.Sequential(extractor, analyzer)
+    # An extractor ending with a noisy projection is run in two steps, to see its features before the noise.
+    last = list(extractor.children())[-1] if isinstance(extractor, nn.Sequential) and len(extractor) else None
+    project = last if isinstance(last, Project) else None
+    body = (lambda x: project.project(extractor[:-1](x))) if project is not None else None
     history: dict[str, list[float]] = {"primary": [], "adversary_accuracy": []}
     for _ in range(loop.epochs):
         whole.train()
@@ -130,11 +135,14 @@ def fit_private(extractor: nn.Module, analyzer: nn.Module, data: InputSet, ident
             if len(idx) < 2:
                 continue
             x, y, who = x_all[idx], data.y[idx], ident[idx]
-            z = extractor(x)  # (B, k) released features
+            clean = body(x) if project is not None else extractor(x)
+            z = project.add_noise(clean) if project is not None else clean  # (B, k) released features
             primary = ce(analyzer(z), y)
             loss = primary
             if losses.agnostic_weight > 0 and train_extractor:
-                loss = loss + losses.agnostic_weight * agnostic_contrastive_loss(z, y, who, losses.margin)
+                # on the features before the noise: the noise is a floor this loss could not lower, and
+                # what it should remove is the people's structure that the noise alone would leave
+                loss = loss + losses.agnostic_weight * agnostic_contrastive_loss(clean, y, who, losses.margin)
             if adversary is not None:
                 adversary.eval()  # the extractor plays against the adversary's current state
                 loss = loss + losses.adversary_weight * confusion_loss(adversary(z))
