@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default %(default)s")
     p.add_argument("--cut", default=DEFAULT_CUT, help="cut after this block (block1..block4); default %(default)s")
     p.add_argument("--dims", type=int, default=None,
-                   help="PCA dims (default: 8 for advanced, classes - 1 for private)")
+                   help="projected dims (default: 8 for advanced, classes - 1 for private)")
     p.add_argument("--epochs", type=int, default=None, help="primary training epochs (default: per modality)")
     p.add_argument("--siamese-epochs", type=int, default=None)
     p.add_argument("--analyzer-epochs", type=int, default=None)
@@ -55,14 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what trains behind the frozen PCA: the analyzer only, or the extractor too")
     p.add_argument("--noise", type=float, default=None,
                    help="Gaussian noise on the released features, relative to each dimension's spread, fresh "
-                        "for every message (default: off for advanced, the private preset for private)")
+                        "for every message (default: off for advanced; private: 0.35 for images, 0.5 for speech)")
     p.add_argument("--agnostic-weight", type=float, default=None,
-                   help="identity-agnostic contrastive loss on the released features (0 = off)")
+                   help="identity-agnostic contrastive loss on the projected features before the noise "
+                        "(0 = off; private: 0.5)")
     p.add_argument("--adversary-weight", type=float, default=None,
-                   help="weight of the identity adversary's confusion term (0 = off)")
+                   help="weight of the identity adversary's confusion term (0 = off; private: 0.3)")
     p.add_argument("--projection", default=None, choices=list(PROJECTIONS),
                    help="frozen projection to k dims: pca (the paper's) or lda (the directions that separate "
-                        "the primary classes); default pca")
+                        "the primary classes); default: lda for private, pca otherwise")
     p.add_argument("--dtype", default=None, choices=list(RELEASE_DTYPES),
                    help="feature dtype on the wire; int8 with a per-dimension scale in the manifest")
     # One thread by default: on a shared 2-core machine torch's OpenMP workers spin while they wait for a
@@ -79,13 +80,13 @@ def feature_bytes(manifest: dict) -> int:
     return int(math.prod(manifest["feature"]["shape"]) * np.dtype(manifest["feature"]["dtype"]).itemsize)
 
 
-def privacy_settings(cfg: EmbeddingConfig) -> dict:
+def privacy_settings(cfg: EmbeddingConfig, modality: str) -> dict:
     """The identity-protection settings in effect, for the manifest and metrics.json."""
     if not cfg.projected:
         return {"noise_std": 0.0, "agnostic_weight": 0.0, "adversary_weight": 0.0, "dtype": "float32",
                 "projection": None}
-    return {k: cfg.setting(k) for k in ("noise_std", "agnostic_weight", "adversary_weight", "dtype",
-                                        "projection")}
+    return {k: cfg.setting(k, modality) for k in ("noise_std", "agnostic_weight", "adversary_weight", "dtype",
+                                                  "projection")}
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -116,11 +117,12 @@ def run(args: argparse.Namespace) -> dict:
             bar.close()
     manifest = make_manifest(task=protocol.task, modality=args.modality, labels=protocol.train.primary_names,
                              net_cfg=trained.net_cfg, cut=trained.cut, embedding=args.embedding,
-                             pca=trained.pca, noise_std=cfg.setting("noise_std") if cfg.projected else 0.0,
+                             pca=trained.pca, noise_std=(cfg.setting("noise_std", args.modality)
+                                                                    if cfg.projected else 0.0),
                              speech=cfg.speech if args.modality == "speech" else None)
     if trained.feature is not None:
         manifest["feature"] = trained.feature  # dtype, shape and the int8 scale
-    manifest["privacy"] = privacy_settings(cfg)
+    manifest["privacy"] = privacy_settings(cfg, args.modality)
     ext_cost = count_cost(trained.extractor, trained.net_cfg.in_shape)
     ana_cost = count_cost(trained.analyzer, tuple(manifest["feature"]["shape"]))
     metrics = {
@@ -129,7 +131,7 @@ def run(args: argparse.Namespace) -> dict:
         "embedding": args.embedding,
         "cut": trained.cut,
         "dims": trained.pca.k if trained.pca is not None else None,
-        **privacy_settings(cfg),
+        **privacy_settings(cfg, args.modality),
         "pca_tune": cfg.pca_tuning_for(args.modality)[0] if trained.pca is not None else None,
         "margin": cfg.margin,
         "contrastive_weight": cfg.contrastive_weight,

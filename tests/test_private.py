@@ -144,8 +144,12 @@ def test_private_is_the_default_and_its_settings():
     assert build_parser().parse_args(["--modality", "image", "--data", "x", "--out", "o"]).embedding == "private"
     cfg = EmbeddingConfig()
     assert cfg.embedding == "private" and cfg.projected
-    assert cfg.dims_for(10) == 9 and cfg.dims_for(2) == 4  # classes - 1, at least 4
-    assert cfg.setting("dtype") == "int8" and cfg.setting("noise_std") > 0 and cfg.losses().active
+    assert cfg.dims_for(10) == 9 and cfg.dims_for(2) == 1  # classes - 1: the rank of Fisher's discriminant
+    assert cfg.setting("dtype") == "int8" and cfg.setting("projection") == "lda" and cfg.losses().active
+    assert cfg.setting("noise_std", "speech") > cfg.setting("noise_std", "image") > 0
+    with pytest.raises(ValueError, match="modality"):
+        cfg.setting("noise_std")
+    assert EmbeddingConfig(noise_std=0.2).setting("noise_std") == 0.2
     paper = EmbeddingConfig(embedding="advanced")
     assert paper.dims_for(10) == 8 and paper.setting("noise_std") == 0 and not paper.losses().active
     assert EmbeddingConfig(embedding="advanced", noise_std=0.3, dtype="float16").setting("dtype") == "float16"
