@@ -120,6 +120,10 @@ def test_eer_is_zero_for_separable_speakers_and_half_for_noise():
     noise = rng.normal(size=(300, 16))
     # 44,850 pairs, about 7,000 of them same-speaker: the EER's standard error is below 0.01.
     assert verification_eer(noise, noise, ids) == pytest.approx(0.5, abs=0.04)
+    # One number per person (plus a little noise): the cosine of 1-d vectors is only a sign, the
+    # distance still verifies.
+    one = (ids - 2.5)[:, None] + 0.01 * rng.normal(size=(300, 1))
+    assert verification_eer(one, one, ids) < 0.01
 
 
 def test_equal_error_rate_interpolates_where_the_error_rates_cross():

@@ -177,20 +177,24 @@ def equal_error_rate(same: np.ndarray, similarity: np.ndarray) -> float:
 
 def verification_eer(x_ref: np.ndarray, x: np.ndarray, identities: np.ndarray, *,
                      max_pairs: int = 200_000, seed: int = 0) -> float:
-    """Speaker/face verification EER from cosine similarity of feature pairs.
+    """Speaker/face verification EER of feature pairs: the lower of two verifiers, cosine similarity and
+    (negative) Euclidean distance, the attacker's most favourable reading. With one or two numbers per
+    message the cosine sees little more than signs, and the distance is what a verifier would use.
 
     x (N, ...) features with identities (N,); all pairs i < j are scored (a random ``max_pairs`` of them
     when there are more). Features are standardised with statistics of ``x_ref`` (the attacker's own
     training features) first, so that a shared offset does not make every pair look alike.
     """
     z = Standardiser(x_ref)(x).astype(np.float64)
-    z /= np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+    unit = z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
     i, j = np.triu_indices(len(z), k=1)
     if len(i) > max_pairs:
         keep = np.random.default_rng(seed).choice(len(i), size=max_pairs, replace=False)
         i, j = i[keep], j[keep]
-    ids = np.asarray(identities)
-    return equal_error_rate(ids[i] == ids[j], np.einsum("pd,pd->p", z[i], z[j]))
+    same = np.asarray(identities)[i] == np.asarray(identities)[j]
+    cosine = equal_error_rate(same, np.einsum("pd,pd->p", unit[i], unit[j]))
+    distance = equal_error_rate(same, -np.linalg.norm(z[i] - z[j], axis=1))
+    return min(cosine, distance)
 
 
 def _as_images(x: np.ndarray) -> np.ndarray:
