@@ -34,10 +34,14 @@ def pair_loss(z: torch.Tensor, pull: torch.Tensor, push: torch.Tensor, margin: f
     """Mean over the selected pairs of ``d^2`` (pull) and ``max(0, margin - d)^2`` (push).
 
     z: (B, F); pull, push: (B, B) boolean masks (the diagonal is ignored). With ``normalize`` the features
-    are rescaled so that their mean norm is ``margin`` (the loss no longer depends on their scale).
+    are rescaled so that their mean distance from the batch's mean is ``margin``: the loss depends neither
+    on their scale nor on a common offset. (Scaled by the plain norm, the extractor lowered the loss by
+    adding one offset to every feature, which made all pairs look closer without bringing a class's
+    members together: the within-class share of the spread stayed at 15% for weights from 0.5 to 8.)
     """
     if normalize:
-        z = z * (margin / z.norm(dim=1).mean().clamp_min(1e-8))
+        spread = (z - z.mean(dim=0, keepdim=True)).norm(dim=1).mean()
+        z = z * (margin / spread.clamp_min(1e-8))
     d2 = torch.cdist(z, z).pow(2)  # (B, B)
     d = d2.clamp_min(1e-12).sqrt()
     off = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
