@@ -12,7 +12,7 @@ from models.audit import cli
 from models.audit.attackers import TrainSettings, validation_split
 from models.audit.inversion import DecoderSettings, train_inversion
 from models.audit.measures import (PSNR_CAP_DB, equal_error_rate, expected_log_rank, identity_measures,
-                                   label_floor, normalised_log_rank, psnr, ssim, topk_accuracy, verification_eer)
+                                   label_floor, label_floors, normalised_log_rank, psnr, ssim, topk_accuracy, verification_eer)
 from models.audit.report import GRID_PNG, METRICS, REPORT, TRADEOFF_PNG
 from models.bundle import make_untrained_bundle
 
@@ -112,6 +112,21 @@ def test_label_floor_is_chance_for_balanced_labels_and_above_it_when_labels_foll
         label_floor(people, glasses[:-1], people, glasses)
 
 
+def test_label_floors_of_log_rank_and_eer():
+    people = np.repeat(np.arange(4), 10)
+    digits = np.tile(np.arange(10), 4)
+    balanced = label_floors(people, digits, people, digits)
+    assert balanced.top1 == pytest.approx(0.25) and 0.85 < balanced.log_rank < 1.15
+    glasses = (people == 0).astype(int)
+    f = label_floors(people, glasses, people, glasses)
+    assert f.top1 == pytest.approx(0.5)
+    # person 0 is always ranked first; the others tie three ways: E[log rank] = 0.75 * log(6) / 3
+    assert f.log_rank == pytest.approx(0.75 * math.log(6) / 3 / (math.log(24) / 4), abs=0.12)
+    # same person -> same label always; of the 600 other pairs the 300 among persons 1-3 agree too:
+    # the ROC runs from (FAR 0, FRR 1) to (FAR 0.5, FRR 0), crossing at 1/3
+    assert f.eer == pytest.approx(1 / 3, abs=1e-9)
+
+
 def test_eer_is_zero_for_separable_speakers_and_half_for_noise():
     rng = np.random.default_rng(2)
     ids = rng.integers(0, 6, size=300)
@@ -190,6 +205,8 @@ def test_audit_cli_writes_report_metrics_and_figures(tmp_path, capsys):
     floor = metrics["raw input"]["identity_label_floor"]
     assert metrics["untrained-image"]["identity_label_floor"] == floor
     assert metrics["raw input"]["identity_chance"] <= floor <= 1.0
+    assert 0.0 < metrics["raw input"]["log_rank_label_floor"] < 1.5
+    assert 0.0 <= metrics["raw input"]["eer_label_floor"] <= 1.0
     assert metrics["untrained-image"]["dims"] == 8 and metrics["untrained-image"]["feature_bytes"] == 32
     cost = metrics["untrained-image"]["cost"]
     assert cost["extractor"]["macs"] < cost["full"]["macs"]

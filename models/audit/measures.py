@@ -156,6 +156,36 @@ def label_floor(id_train: np.ndarray, label_train: np.ndarray, id_test: np.ndarr
     return credit / len(id_test)
 
 
+@dataclass(frozen=True)
+class LabelFloor:
+    """What an attacker who knows only each sample's true primary label gets: the most private reading
+    that features keeping the primary task perfectly can have. Where the label goes with the person
+    (glasses are mostly worn by the same people), it is above chance; where every person has every
+    label (digits), it is chance."""
+
+    top1: float         # label_floor
+    log_rank: float     # identities ranked by how often they had the sample's label in training
+    eer: float          # verifier: "same person" exactly when the two labels agree
+
+
+def label_floors(id_train: np.ndarray, label_train: np.ndarray, id_test: np.ndarray,
+                 label_test: np.ndarray, *, seed: int = 0) -> LabelFloor:
+    """Top-1, normalised log-rank and verification EER of the label-only attacker (see ``LabelFloor``).
+    Ties are broken at random for the log-rank; the EER of a constant verifier (one label) is 0.5."""
+    top1 = label_floor(id_train, label_train, id_test, label_test)
+    y_train, y_test, n = encode_identities(np.asarray(id_train), np.asarray(id_test))
+    label_train, label_test = np.asarray(label_train), np.asarray(label_test)
+    labels = np.unique(np.concatenate([label_train, label_test]))
+    counts = np.zeros((len(labels), n))
+    np.add.at(counts, (np.searchsorted(labels, label_train), y_train), 1.0)
+    log_rank = normalised_log_rank(counts[np.searchsorted(labels, label_test)], y_test, seed=seed)
+    i, j = np.triu_indices(len(y_test), k=1)
+    same = y_test[i] == y_test[j]
+    agree = (label_test[i] == label_test[j]).astype(np.float64)
+    eer = 0.5 if agree.min() == agree.max() or same.all() or not same.any() else equal_error_rate(same, agree)
+    return LabelFloor(top1=top1, log_rank=log_rank, eer=eer)
+
+
 def equal_error_rate(same: np.ndarray, similarity: np.ndarray) -> float:
     """EER of a verifier that accepts a pair when ``similarity`` is high; same: bool (P,) ground truth.
 

@@ -20,7 +20,7 @@ import torch
 from models.audit.attackers import TrainSettings
 from models.audit.cost import CostError, measure_cost
 from models.audit.inversion import DecoderSettings, train_inversion
-from models.audit.measures import (IdentityMeasures, identity_measures, label_floor, psnr, ssim,
+from models.audit.measures import (IdentityMeasures, LabelFloor, identity_measures, label_floors, psnr, ssim,
                                    verification_eer)
 from models.bundle import load_analyzer, load_extractor, read_manifest
 from models.data import load_protocol
@@ -87,7 +87,7 @@ class AuditRun:
     settings: AuditSettings
     originals: np.ndarray           # (K, 1, H, W): the first K attack_test inputs
     entries: list[BundleAudit]
-    label_floor: float | None = None  # identity top-1 from the true primary label alone (measures.label_floor)
+    floor: LabelFloor | None = None   # what the true primary label alone gives away (measures.label_floors)
 
 
 class InputCache:
@@ -257,7 +257,7 @@ def run_audit(bundle_dirs: list[str], data: str, *, raw: bool = False, modality:
     for d, name in zip(bundle_dirs, unique_names(bundle_dirs)):
         entries.append(audit_bundle(d, cache, settings, name, step))
     originals = cache.get("attack_test", front_end)[:settings.examples]
-    floor = label_floor(protocol.attack_train.identity, protocol.attack_train.primary,
-                        protocol.attack_test.identity, protocol.attack_test.primary)
+    floor = label_floors(protocol.attack_train.identity, protocol.attack_train.primary,
+                         protocol.attack_test.identity, protocol.attack_test.primary, seed=settings.seed)
     return AuditRun(protocol=protocol.name, task=protocol.task, modality=modality, data=str(data),
-                    settings=settings, originals=originals, entries=entries, label_floor=floor)
+                    settings=settings, originals=originals, entries=entries, floor=floor)

@@ -8,6 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from models.audit.figures import reconstruction_grid, tradeoff_plot
+from models.audit.measures import LabelFloor
 from models.audit.pipeline import AuditRun, BundleAudit
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,11 @@ def entry_metrics(e: BundleAudit) -> dict:
 
 def metrics(run: AuditRun) -> dict:
     """``{bundle name: entry}`` for every audited bundle, the raw input included."""
-    return {e.name: {**entry_metrics(e), "identity_label_floor": _finite(run.label_floor)} for e in run.entries}
+    f = run.floor
+    floors = {"identity_label_floor": None if f is None else _finite(f.top1),
+              "log_rank_label_floor": None if f is None else _finite(f.log_rank),
+              "eer_label_floor": None if f is None else _finite(f.eer)}
+    return {e.name: {**entry_metrics(e), **floors} for e in run.entries}
 
 
 def _f(v, fmt: str = ".3f") -> str:
@@ -67,6 +72,7 @@ def _cost(e: BundleAudit, part: str, key: str, scale: float = 1.0, fmt: str = ".
 def report_markdown(run: AuditRun) -> str:
     """The human-readable report: settings, the main table, attackers, cost, figures."""
     s = run.settings
+    floor = run.floor or LabelFloor(math.nan, math.nan, math.nan)
     lines = [
         f"# privedge privacy audit: {run.task} ({run.modality}), protocol `{run.protocol}`", "",
         f"Data: `{run.data}` (size {s.size}), seed {s.seed}. Threat model: the cloud holds the extractor "
@@ -78,8 +84,10 @@ def report_markdown(run: AuditRun) -> str:
         "Log-rank: mean log rank of the true identity divided by its value under a random ranking "
         "(1 = chance, 0 = always first). EER: verification by cosine similarity of feature pairs "
         "(0.5 = chance). SSIM/PSNR: inversion decoder on held-out inputs (inputs scaled to [0, 1]).", "",
-        f"Primary-label floor: identity top-1 {_f(run.label_floor)} for an attacker who knows only each "
-        "sample's true primary label; features that keep the primary task cannot leak less.", "",
+        f"Primary-label floor: identity top-1 {_f(floor.top1)}, log-rank {_f(floor.log_rank)}, EER "
+        f"{_f(floor.eer)} "
+        "for an attacker who knows only each sample's true primary label; features that keep the primary "
+        "task cannot leak less.", "",
         "| bundle | embedding | cut | dims | bytes/msg | primary acc | identity top-1 (attacker) | chance "
         "| top-5 (chance) | 1-NN error | log-rank | EER | SSIM | PSNR dB | extractor params | extractor MMACs "
         "| latency ms | memory MB |",
