@@ -37,15 +37,16 @@ def bundle_dir(root: Path, set_name: str, embedding: str, cut: str) -> Path:
     return root / f"{set_name}-{embedding}-{cut}"
 
 
-def train_bundle(out: Path, modality: str, data: Path, embedding: str, cut: str, *, size: str,
+def train_bundle(out: Path, modality: str, data: Path, embedding: str, cut: str | None, *, size: str,
                  threads: int, extra: list[str]) -> float:
-    """``privedge train`` into ``out`` unless it already holds a bundle; returns seconds spent."""
+    """``privedge train`` into ``out`` unless it already holds a bundle; returns seconds spent.
+    ``cut`` None: the embedding's own default cut."""
     if (out / "manifest.json").is_file():
         print(f"reusing {out}", flush=True)
         return 0.0
     cmd = [sys.executable, "-m", "privedge.cli", "train", "--modality", modality, "--data", str(data),
-           "--embedding", embedding, "--cut", cut, "--size", size, "--threads", str(threads),
-           "--no-progress", "--out", str(out), *extra]
+           "--embedding", embedding, *(["--cut", cut] if cut else []), "--size", size,
+           "--threads", str(threads), "--no-progress", "--out", str(out), *extra]
     print("+ " + " ".join(cmd), flush=True)
     t = time.perf_counter()
     subprocess.run(cmd, check=True)

@@ -41,26 +41,30 @@ log = logging.getLogger(__name__)
 EMBEDDINGS = ("private", "simple", "siamese", "advanced")
 DEFAULT_EMBEDDING = "private"
 # What ``--embedding private`` uses where a setting is not given (None): chosen by the privacy sweep
-# (bench/privacy_sweep.py). dims None = classes - 1 (the rank of Fisher's discriminant), at least
-# MIN_PRIVATE_DIMS. A per-modality entry is a dict. Probes (attackers of up to 100 epochs; FSDD uncut 0.987,
-# speaker chance 0.167; ORL unseen people uncut 0.96, identity chance 0.05, primary-label floor 0.097):
-# - FSDD, PCA-9, agnostic 0.01 on the noisy features, noise at the PCA fit's scale: 0.883 digits, top-1 0.53;
-#   noise following the training spread (what the gateway really adds): 0.767 / 0.453.
-# - LDA-9, agnostic 0.1: without noise 0.980 / 0.493; noise 0.5: 0.920 / 0.407.
-# - agnostic 0.5 before the noise: 0.937 / 0.323; 30 epochs 0.940 / 0.263 (45: 0.940 / 0.280; adversary
-#   weight 1 instead of 0.3: 0.943 / 0.277); noise 0.35: 0.967 / 0.367.
-# - ORL, LDA-1, agnostic 0.5, 60 epochs: noise 0.5 0.935 / 0.150; noise 0.35 0.970 / 0.167.
-PRIVATE_DEFAULTS = {"dims": None, "agnostic_weight": 0.5, "adversary_weight": 0.3,
-                    "noise_std": {"image": 0.35, "speech": 0.5}, "dtype": "int8", "projection": "lda"}
+# (bench/privacy_sweep.py, docs/results/privacy/). dims None = classes - 1 (the rank of Fisher's
+# discriminant), at least MIN_PRIVATE_DIMS. A per-modality entry is a dict. Full audits, 2-core Intel
+# machine (FSDD uncut 0.987, speaker chance 0.167; ORL unseen people uncut 0.915, identity chance 0.05,
+# primary-label floor 0.097; figures are digits or glasses accuracy / best attacker's identity top-1):
+# - FSDD at block3, LDA-9, noise 0.5: the within-class share of the projected spread stayed at 12-15%
+#   for agnostic weights 0.5 to 8 (0.957-0.967 / 0.33): block3's output is still a time-frequency map,
+#   and a linear projection of it keeps where in the window a digit was said, so the features cannot
+#   collapse to one point per digit. After block4 they do (2%): agnostic 1 gives 0.987 / 0.140,
+#   log-rank 1.05, EER 0.50 (seed 1: 1.000 / 0.177; agnostic 4: 0.990 / 0.187; no adversary:
+#   0.983 / 0.177).
+# - ORL at block3 (block4 overfits the 200 training faces: 0.875-0.890), LDA-1: agnostic 0.5 / 1 / 2
+#   with noise 0.35: 0.970 / 0.217, 0.167, 0.167; with noise 0.5: 0.920-0.925 / 0.117-0.133, at the
+#   primary-label floor of every measure (log-rank 0.71-0.76 against 0.72, EER 0.37 against 0.355).
+PRIVATE_DEFAULTS = {"cut": {"image": "block3", "speech": "block4"}, "dims": None, "agnostic_weight": 1.0,
+                    "adversary_weight": 0.3, "noise_std": 0.5, "dtype": "int8", "projection": "lda"}
 MIN_PRIVATE_DIMS = 1
 # ... and what the others use: the paper's PCA-8, no identity terms, float32.
-PAPER_DEFAULTS = {"dims": 8, "agnostic_weight": 0.0, "adversary_weight": 0.0, "noise_std": 0.0,
+PAPER_DEFAULTS = {"cut": DEFAULT_CUT, "dims": 8, "agnostic_weight": 0.0, "adversary_weight": 0.0, "noise_std": 0.0,
                   "dtype": "float32", "projection": "pca"}
 PROJECTIONS = ("pca", "lda")
 # Bump when the training code changes what it produces for the same settings: PRIMARY_VERSION invalidates
 # the cached primary networks, TRAINING_VERSION the bundles built from them (the demo's cache).
 PRIMARY_VERSION = 1
-TRAINING_VERSION = 2
+TRAINING_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,8 @@ class EmbeddingConfig:
     methods and ``PRIVATE_DEFAULTS``)."""
 
     embedding: str = DEFAULT_EMBEDDING
-    cut: str = DEFAULT_CUT
+    # Cut after this block; None = the embedding's default (``cut_for``): block3 for the paper's three.
+    cut: str | None = None
     # PCA components: 8 float32 = 32 bytes per message, the paper's setting; private: classes - 1.
     dims: int | None = None
     # Epochs of primary training; ORL has 200 training images (7 steps an epoch), FSDD 2700.
@@ -141,6 +146,12 @@ class EmbeddingConfig:
                 raise ValueError(f"the default {name} depends on the modality ({sorted(value)}), got {modality!r}")
             return value[modality]
         return value
+
+    def cut_for(self, modality: str) -> str:
+        """The cut layer: the explicit one, else ``PRIVATE_DEFAULTS['cut']`` (private) or ``DEFAULT_CUT``."""
+        if self.cut is not None:
+            return self.cut
+        return self.setting("cut", modality)
 
     def dims_for(self, n_classes: int) -> int:
         dims = self.setting("dims")
@@ -254,7 +265,8 @@ def train_embedding(protocol, cfg: EmbeddingConfig, *, progress: Callable[[int],
     test = prepare(protocol.test, modality, cfg, train=False, seed=cfg.seed + 1)
     t_inputs = time.perf_counter() - t0
     net_cfg = net_config_for(modality, len(protocol.train.primary_names), cfg)
-    cut_i = net_cfg.cut_index(cfg.cut)
+    cut = cfg.cut_for(modality)
+    cut_i = net_cfg.cut_index(cut)
     primary_epochs, siamese_epochs, analyzer_epochs = cfg.epochs_for(modality)
     rng = np.random.default_rng(cfg.seed)
     metrics: dict = {}
@@ -278,14 +290,14 @@ def train_embedding(protocol, cfg: EmbeddingConfig, *, progress: Callable[[int],
             ext, ana, feature = _projected(net, net_cfg, cfg, modality, train, protocol.train.identity, test,
                                            rng, metrics, progress)
         else:
-            ext, ana = assemble(net, net_cfg, cfg.cut)
+            ext, ana = assemble(net, net_cfg, cut)
         metrics["primary_accuracy"] = released_accuracy(ext, ana, test, feature, cfg.seed)
     metrics["input_seconds"] = round(t_inputs, 2)
     metrics["seconds"] = round(time.perf_counter() - t0, 2)
     log.info("%s embedding: held-out accuracy %.4f in %.0f s", cfg.embedding, metrics["primary_accuracy"],
              metrics["seconds"])
     pca = metrics.pop("_pca", None)
-    return Trained(net_cfg=net_cfg, extractor=ext.eval(), analyzer=ana.eval(), cut=cfg.cut, pca=pca,
+    return Trained(net_cfg=net_cfg, extractor=ext.eval(), analyzer=ana.eval(), cut=cut, pca=pca,
                    metrics=metrics, feature=feature)
 
 
@@ -294,7 +306,8 @@ def _projected(net: nn.Sequential, net_cfg: NetConfig, cfg: EmbeddingConfig, mod
                progress: Callable[[int], None] | None) -> tuple[nn.Sequential, nn.Sequential, dict]:
     """PCA to k dims at the cut (fitted on the training features), then training through the frozen
     projection with noise and the identity terms; returns (extractor, analyzer, manifest feature entry)."""
-    cut_i = net_cfg.cut_index(cfg.cut)
+    cut = cfg.cut_for(modality)
+    cut_i = net_cfg.cut_index(cut)
     cut_features = features(net[:cut_i + 1], train.plain())  # (N, C*H*W)
     k = min(cfg.dims_for(net_cfg.n_classes), *cut_features.shape)
     if cfg.setting("projection") == "lda":
@@ -304,7 +317,7 @@ def _projected(net: nn.Sequential, net_cfg: NetConfig, cfg: EmbeddingConfig, mod
     metrics["_pca"] = pca
     metrics["pca_explained_variance"] = pca.explained
     noise = cfg.setting("noise_std", modality)
-    ext, ana = assemble(net, net_cfg, cfg.cut, pca, noise)
+    ext, ana = assemble(net, net_cfg, cut, pca, noise)
     metrics["pca_accuracy_before_tuning"] = accuracy(nn.Sequential(ext, ana), test.plain(), test.y)
     _, _, epochs = cfg.epochs_for(modality)
     what, lr = cfg.pca_tuning_for(modality)

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from models.bundle import make_manifest, save_bundle
-from models.embeddings import (DEFAULT_EMBEDDING, EMBEDDINGS, PROJECTIONS, EmbeddingConfig, total_steps,
-                               train_embedding)
+from models.embeddings import (DEFAULT_EMBEDDING, EMBEDDINGS, PRIVATE_DEFAULTS, PROJECTIONS, EmbeddingConfig,
+                               total_steps, train_embedding)
 from models.release import RELEASE_DTYPES
 from models.nets import DEFAULT_CUT, count_cost
 
@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder (FSDD, ORL, labelled folder), CSV file, or 'synthetic'")
     p.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=list(EMBEDDINGS),
                    help="default %(default)s")
-    p.add_argument("--cut", default=DEFAULT_CUT, help="cut after this block (block1..block4); default %(default)s")
+    p.add_argument("--cut", default=None,
+                   help=f"cut after this block (block1..block4); default {DEFAULT_CUT}, and for private "
+                        f"{PRIVATE_DEFAULTS['cut']['image']} for images, {PRIVATE_DEFAULTS['cut']['speech']} for speech")
     p.add_argument("--dims", type=int, default=None,
                    help="projected dims (default: 8 for advanced, classes - 1 for private)")
     p.add_argument("--epochs", type=int, default=None, help="primary training epochs (default: per modality)")
@@ -55,12 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what trains behind the frozen PCA: the analyzer only, or the extractor too")
     p.add_argument("--noise", type=float, default=None,
                    help="Gaussian noise on the released features, relative to each dimension's spread, fresh "
-                        "for every message (default: off for advanced; private: 0.35 for images, 0.5 for speech)")
+                        f"for every message (default: off for advanced; private: {PRIVATE_DEFAULTS['noise_std']})")
     p.add_argument("--agnostic-weight", type=float, default=None,
                    help="identity-agnostic contrastive loss on the projected features before the noise "
-                        "(0 = off; private: 0.5)")
+                        f"(0 = off; private: {PRIVATE_DEFAULTS['agnostic_weight']})")
     p.add_argument("--adversary-weight", type=float, default=None,
-                   help="weight of the identity adversary's confusion term (0 = off; private: 0.3)")
+                   help="weight of the identity adversary's confusion term (0 = off; private: "
+                        f"{PRIVATE_DEFAULTS['adversary_weight']})")
     p.add_argument("--projection", default=None, choices=list(PROJECTIONS),
                    help="frozen projection to k dims: pca (the paper's) or lda (the directions that separate "
                         "the primary classes); default: lda for private, pca otherwise")
