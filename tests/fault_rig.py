@@ -45,6 +45,7 @@ class ResultListener:
     def __init__(self, port: int) -> None:
         self.ids: Counter[str] = Counter()
         self.redelivered = 0  # deliveries the broker marked DUP (resent after a lost acknowledgement)
+        self.first_result_at: float | None = None  # monotonic time of the first result since reset()
         self.last_result_at = 0.0  # monotonic time of the last result
         self.stats: dict = {}
         self.errors: list[dict] = []
@@ -64,11 +65,27 @@ class ResultListener:
             if msg.topic.endswith("/result"):
                 self.ids[json.loads(msg.payload)["id"]] += 1
                 self.last_result_at = time.monotonic()
+                if self.first_result_at is None:
+                    self.first_result_at = self.last_result_at
                 self.redelivered += msg.dup
             elif msg.topic.endswith("/stats"):
                 self.stats = json.loads(msg.payload)
             else:
                 self.errors.append(json.loads(msg.payload))
+
+    def reset(self) -> None:
+        """Forget the results seen so far (when the first came, and how many were redelivered)."""
+        with self._lock:
+            self.ids.clear()
+            self.redelivered = 0
+            self.first_result_at = None
+
+    def served_per_s(self) -> float:
+        """Results per second between the first and the last since reset(); 0 with fewer than two."""
+        with self._lock:
+            if self.first_result_at is None or len(self.ids) < 2:
+                return 0.0
+            return (len(self.ids) - 1) / max(1e-3, self.last_result_at - self.first_result_at)
 
     def unique(self) -> int:
         with self._lock:
@@ -187,9 +204,7 @@ class Rig:
             timeout: float = 120, size: tuple[int, int] = (32, 32)) -> dict:
         """Publish ``n`` inputs, call ``fault(self)`` once ``at`` of them have results, wait for every
         result; returns the counts (printed by the caller)."""
-        with self.listener._lock:
-            self.listener.ids.clear()
-            self.listener.redelivered = 0
+        self.listener.reset()
         pub = self.publish(n, rate, first=first, size=size)
         assert wait_until(lambda: self.listener.unique() >= at * n, timeout, 0.05), self.logs()
         fault(self)
