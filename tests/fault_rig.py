@@ -175,11 +175,13 @@ class Rig:
 
     # a run -------------------------------------------------------------------------------------------
     def publish(self, n: int, rate: float, devices: int = 2, first: int = 0,
-                size: tuple[int, int] = (32, 32)) -> threading.Thread:
-        """A thread publishing ``n`` raw frames at ``rate`` per second, round-robin over ``devices`` cameras
-        (seq = input number, so ids are ``home/cam{d}/{seq}``); ``self.published`` counts acknowledged ones."""
+                size: tuple[int, int] = (32, 32), photo: bool = False) -> threading.Thread:
+        """A thread publishing ``n`` frames at ``rate`` per second, round-robin over ``devices`` cameras
+        (seq = input number, so ids are ``home/cam{d}/{seq}``): raw noise, or with ``photo`` smooth JPEGs;
+        ``self.published`` counts acknowledged ones."""
         self.published = 0
-        frames = [image_frame(f"cam{i % devices}", first + i, "raw", size) for i in range(n)]
+        frames = [image_frame(f"cam{i % devices}", first + i, "jpeg" if photo else "raw", size, smooth=photo)
+                  for i in range(n)]
 
         def run() -> None:
             pubs = [SensorPublisher(PublisherSettings(broker=self.mqtt.url, device=f"cam{d}", first_seq=0,

@@ -2,6 +2,7 @@
 an in-process gateway against the real mosquitto and redis-server fixtures."""
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import time
@@ -15,7 +16,7 @@ import pytest
 from gateway.config import GatewaySettings
 from gateway.service import Gateway
 from models.bundle import make_untrained_bundle
-from schemas.media import AudioChunk, ImageFrame, float_to_pcm16
+from schemas.media import AudioChunk, ImageFrame, encode_image, float_to_pcm16
 
 
 @pytest.fixture(scope="session")
@@ -94,10 +95,20 @@ def wait_until(pred, timeout: float = 20.0, step: float = 0.05) -> bool:
     return bool(pred())
 
 
-def image_frame(device: str, seq: int, codec: str = "jpeg", size=(48, 40)) -> ImageFrame:
-    rng = np.random.default_rng(seq)
-    img = rng.integers(0, 255, (*size, 3), dtype=np.uint8)
+def image_frame(device: str, seq: int, codec: str = "jpeg", size=(48, 40), smooth: bool = False) -> ImageFrame:
+    """A frame of random pixels, or with ``smooth`` one of 8 gradient pictures (by seq): photo-like, so
+    that a large JPEG is small on the wire yet as costly to decode as any, and encoded once each."""
+    if smooth:
+        return ImageFrame(device=device, seq=seq, ts=time.time(), **_smooth_picture(codec, tuple(size), seq % 8))
+    img = np.random.default_rng(seq).integers(0, 255, (*size, 3), dtype=np.uint8)
     return ImageFrame.from_array(img, device=device, seq=seq, ts=time.time(), codec=codec)
+
+
+@functools.lru_cache(maxsize=64)
+def _smooth_picture(codec: str, size: tuple[int, int], k: int) -> dict:
+    y, x = np.mgrid[0:size[0], 0:size[1]]
+    img = np.stack([(x + 31 * k) % 256, (2 * y) % 256, ((x + y) // 2 + 17 * k) % 256], -1).astype(np.uint8)
+    return encode_image(img, codec)
 
 
 def utterance(device: str, seq0: int, utt: str, chunks: int = 3, rate: int = 8000,
