@@ -242,10 +242,11 @@ def make_manifest(*, task: str, modality: str, labels: list[str], net_cfg, cut: 
 
 
 def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | None = 8,
-                          cut: str = "block3") -> str:
+                          cut: str = "block3", noise_std: float = 0.0) -> str:
     """A valid bundle from randomly initialised networks, in well under a second (pipeline tests that
     need no accuracy, benchmarks of cost per cut point). ``dims`` PCA components with a random
-    orthonormal basis, or None for no PCA; ``cut``: the block the extractor ends with."""
+    orthonormal basis, or None for no PCA; ``cut``: the block the extractor ends with; ``noise_std``:
+    feature noise relative to a spread of 1 per component (needs ``dims``)."""
     from models.nets import build_net, image_config, speech_config
     from models.pca import PCAFit
     from models.split import assemble
@@ -268,7 +269,7 @@ def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | 
         basis, _ = torch.linalg.qr(torch.randn(c * h * w, dims, generator=gen))  # (D, k) orthonormal
         pca = PCAFit(mean=np.zeros(c * h * w, np.float32), components=basis.numpy().astype(np.float32),
                      std=np.ones(dims, np.float32), explained=0.0)
-    ext, ana = assemble(net, cfg, cut, pca)
+    ext, ana = assemble(net, cfg, cut, pca, noise_std)
     manifest = make_manifest(task=task, modality=modality, labels=labels, net_cfg=cfg, cut=cut,
-                             embedding="untrained", pca=pca, speech=speech)
+                             embedding="untrained", pca=pca, noise_std=noise_std, speech=speech)
     return save_bundle(out_dir, extractor=ext, analyzer=ana, manifest=manifest)

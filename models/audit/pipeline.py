@@ -181,7 +181,9 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
         w = wire(split)
         return decode(w.reshape(len(w), -1), manifest["feature"]).reshape(w.shape)
 
-    for split in {"test", "attack_train", "attack_test", *_inversion_sets(p)}:
+    # In a fixed order: the noise of a noisy extractor is drawn in it (a set's order changes from one
+    # process to the next with string hashing, and so did the figures of the same audit).
+    for split in dict.fromkeys(["test", "attack_train", "attack_test", *_inversion_sets(p)]):
         release(split)
     step(f"{name}: primary accuracy")
     probs = load_analyzer(bundle_dir).analyze_batch(wire("test"))
