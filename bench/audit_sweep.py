@@ -54,11 +54,11 @@ def train_bundle(out: Path, modality: str, data: Path, embedding: str, cut: str 
 
 
 def audit_set(set_name: str, bundles: list[Path], data: Path, out: Path, *, size: str, quick: bool,
-              threads: int, seed: int, cost: bool = True) -> dict:
-    """``privedge audit --raw`` over ``bundles`` (``cost``: with latency and memory); returns its
-    metrics.json."""
-    cmd = [sys.executable, "-m", "privedge.cli", "audit", "--raw", "--data", str(data), "--size", size,
-           "--out", str(out), "--threads", str(threads), "--seed", str(seed)]
+              threads: int, seed: int, cost: bool = True, raw: bool = True) -> dict:
+    """``privedge audit`` over ``bundles`` (``raw``: the raw input too; ``cost``: with latency and memory);
+    returns its metrics.json."""
+    cmd = [sys.executable, "-m", "privedge.cli", "audit", *(["--raw"] if raw else []), "--data", str(data),
+           "--size", size, "--out", str(out), "--threads", str(threads), "--seed", str(seed)]
     for b in bundles:
         cmd += ["--bundle", str(b)]
     if quick:

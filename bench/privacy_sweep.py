@@ -7,10 +7,13 @@ Trains each bundle it lacks with ``privedge train`` (reused when its directory a
 ``privedge audit --raw`` over the set's bundles, and checks the issue's targets.
 
     python -m bench.privacy_sweep --out runs/private [--sets fsdd orl] [--only NAME ...]
-                                  [--reuse DIR] [--quick] [--no-cost] [--size full|small] [--train-threads 1]
+                                  [--reuse DIR] [--quick] [--no-cost] [--repeat N] [--size full|small]
+                                  [--train-threads 1]
 
 Prints the machine, the settings and a markdown table; writes ``OUT/sweep.json``, ``OUT/sweep.md`` and per
-set ``OUT/<set>/report.md``, ``metrics.json``, ``tradeoff.png``, ``reconstructions.png``.
+set ``OUT/<set>/report.md``, ``metrics.json``, ``tradeoff.png``, ``reconstructions.png``. With ``--repeat N``
+the private bundles are audited N times (other noise draws and attacker initialisations), and the table
+of mean, min and max says how much of a figure is the luck of one draw.
 """
 from __future__ import annotations
 
@@ -25,10 +28,10 @@ from bench.audit_sweep import DEFAULT_DATA, SETS, audit_set, table, train_bundle
 from models.nets import DEFAULT_CUT
 
 CLASSES = {"fsdd": 10, "orl": 2}
-# The private embedding's other cut (its own default is block4 for speech, block3 for images) and a second
-# noise level: what each of the two contributes.
+# The private embedding's other cut (its own default is block4 for speech, block3 for images) and its
+# other noise level (0.5 for speech, 0.35 for images): what each of the two contributes.
 OTHER_CUT = {"fsdd": "block3", "orl": "block4"}
-OTHER_NOISE = "0.35"
+OTHER_NOISE = {"fsdd": "0.35", "orl": "0.5"}
 
 
 def configs(set_name: str) -> dict[str, tuple[str, list[str]]]:
@@ -48,7 +51,7 @@ def configs(set_name: str) -> dict[str, tuple[str, list[str]]]:
         "cut-block4": ("advanced", ["--cut", "block4"]),
         "private": ("private", []),
         f"private-{OTHER_CUT[set_name]}": ("private", ["--cut", OTHER_CUT[set_name]]),
-        f"private-noise{OTHER_NOISE}": ("private", ["--noise", OTHER_NOISE]),
+        f"private-noise{OTHER_NOISE[set_name]}": ("private", ["--noise", OTHER_NOISE[set_name]]),
     }
 
 
@@ -96,6 +99,39 @@ def targets_table(results: dict[str, dict], uncut: dict[str, float | None]) -> s
     return "\n".join(lines)
 
 
+REPEATED = ("primary_accuracy", "identity_top1", "log_rank", "verification_eer")
+
+
+def repeated_audits(set_name: str, bundles: list[Path], data: Path, out: Path, seeds: list[int],
+                    args: argparse.Namespace) -> dict[str, list[dict]]:
+    """``{bundle name: [metrics of each audit]}``: ``bundles`` audited once per seed, which draws the
+    feature noise and initialises the attackers and the decoder anew (the raw input and cost left out)."""
+    runs: dict[str, list[dict]] = {}
+    for seed in seeds:
+        metrics = audit_set(set_name, bundles, data, out / f"seed{seed}", size=args.size, quick=args.quick,
+                            threads=args.threads, seed=seed, cost=False, raw=False)
+        for name, m in metrics.items():
+            runs.setdefault(name, []).append(m)
+    return runs
+
+
+def repeat_table(repeats: dict[str, dict[str, list[dict]]], uncut: dict[str, float | None]) -> str:
+    """Mean [min, max] of each figure over the repeated audits, and the targets met in every one."""
+    lines = ["| set | bundle | audits | primary acc | identity top-1 | log-rank | EER | met in every audit |",
+             "|" + "---|" * 8]
+    for set_name, runs in repeats.items():
+        for name, ms in runs.items():
+            cells = []
+            for key in REPEATED:
+                v = [m[key] for m in ms if m.get(key) is not None]
+                cells.append("—" if not v else f"{sum(v) / len(v):.3f} [{min(v):.3f}, {max(v):.3f}]")
+            met = [targets(m, uncut.get(set_name)) for m in ms]
+            every = [k for k in met[0] if all(t[k] for t in met)]
+            cells.append(", ".join(every) if len(every) < len(met[0]) else "all five")
+            lines.append(f"| {set_name} | {name} | {len(ms)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", required=True, type=Path)
@@ -112,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="skip the latency / memory figures (bench.audit_sweep has them for every cut)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-only", action="store_true", help="train the bundles, audit nothing")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="audit the private bundles N times in all (seeds SEED..SEED+N-1: other noise draws, "
+                        "attackers and decoder) and report mean, min and max")
     p.add_argument("--train-arg", action="append", default=[], metavar="SET:ARG",
                    help="extra privedge train argument for one set's bundles, e.g. fsdd:--analyzer-epochs=5")
     args = p.parse_args(argv)
@@ -121,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     settings["reuse"] = [str(r) for r in args.reuse]
     machine_info = report.machine()
     print(report.setup_lines(machine_info, settings), flush=True)
-    results, timing, uncut, commands = {}, {}, {}, {}
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
+    results, timing, uncut, commands, repeats = {}, {}, {}, {}, {}
     for set_name in args.sets:
         modality, folder = SETS[set_name]
         data = args.data_dir / folder
@@ -145,16 +186,26 @@ def main(argv: list[str] | None = None) -> int:
                                       quick=args.quick, threads=args.threads, seed=args.seed,
                                       cost=not args.no_cost)
         timing[set_name] = {"train_s": round(t_train, 1), "audit_s": round(time.perf_counter() - t, 1)}
+        again = [b for b in bundles if b.name.startswith(f"{set_name}-private")]
+        if args.repeat > 1 and again:
+            t = time.perf_counter()
+            seeds = list(range(args.seed + 1, args.seed + args.repeat))
+            more = repeated_audits(set_name, again, data, args.out / set_name / "repeats", seeds, args)
+            repeats[set_name] = {n: [results[set_name][n], *ms] for n, ms in more.items()}
+            timing[set_name]["repeat_s"] = round(time.perf_counter() - t, 1)
     if args.train_only:
         return 0
     md = table(results) + "\n\nUncut network (held-out primary accuracy): " + \
         ", ".join(f"{s} {_pct(a)}" for s, a in uncut.items()) + "\n\nTargets:\n\n" + targets_table(results, uncut)
+    if repeats:
+        md += f"\n\nOver {args.repeat} audits (seeds {args.seed}-{args.seed + args.repeat - 1}: feature noise, " \
+              "attackers and decoder drawn anew each time), mean [min, max]:\n\n" + repeat_table(repeats, uncut)
     (args.out / "sweep.md").write_text(md + "\n")
     (args.out / "sweep.json").write_text(json.dumps(
         {"settings": settings, "machine": machine_info, "timing": timing, "uncut_accuracy": uncut,
          "commands": commands, "targets": TARGETS,
          "met": {s: {n: targets(m, uncut.get(s)) for n, m in ms.items()} for s, ms in results.items()},
-         "results": results}, indent=2) + "\n")
+         "results": results, "repeats": repeats}, indent=2) + "\n")
     print(md)
     print(f"timing: {json.dumps(timing)}")
     return 0

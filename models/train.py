@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what trains behind the frozen PCA: the analyzer only, or the extractor too")
     p.add_argument("--noise", type=float, default=None,
                    help="Gaussian noise on the released features, relative to each dimension's spread, fresh "
-                        f"for every message (default: off for advanced; private: {PRIVATE_DEFAULTS['noise_std']})")
+                        f"for every message (default: off for advanced; private: {PRIVATE_DEFAULTS['noise_std']['image']} "
+                        f"for images, {PRIVATE_DEFAULTS['noise_std']['speech']} for speech)")
     p.add_argument("--agnostic-weight", type=float, default=None,
                    help="identity-agnostic contrastive loss on the projected features before the noise "
                         f"(0 = off; private: {PRIVATE_DEFAULTS['agnostic_weight']})")

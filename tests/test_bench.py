@@ -76,3 +76,24 @@ def test_pitch_secret_measures_every_home_range_against_three_attackers(tmp_path
     assert "| ±6-9 |" in (out / "pitch_secret.md").read_text() and "gain of the secret" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         pitch_secret.main(["--bundle", str(bundle), "--out", str(out), "--homes", "5,3"])
+
+
+def _audited(acc, top1, log_rank, eer, nbytes=9):
+    return {"primary_accuracy": acc, "identity_top1": top1, "identity_chance": 0.2, "log_rank": log_rank,
+            "verification_eer": eer, "feature_bytes": nbytes}
+
+
+def test_privacy_sweep_checks_each_target_and_summarises_repeated_audits():
+    from bench.privacy_sweep import repeat_table, targets
+
+    assert targets(_audited(0.95, 0.30, 0.95, 0.45), uncut=0.955) == {
+        "accuracy": True, "identity_top1": True, "log_rank": True, "eer": True, "bytes": True}
+    assert targets(_audited(0.94, 0.31, 0.89, 0.39, 17), uncut=0.955) == {
+        "accuracy": False, "identity_top1": False, "log_rank": False, "eer": False, "bytes": False}
+    assert targets({**_audited(None, 0.5, 0.5, None)}, uncut=None)["accuracy"] is None
+    # two audits of one bundle: the second misses the identity target, so only four are met in both
+    runs = {"fsdd": {"b": [_audited(0.96, 0.25, 0.95, 0.5), _audited(0.98, 0.35, 1.05, 0.5)]}}
+    row = repeat_table(runs, {"fsdd": 0.97}).splitlines()[-1]
+    assert "| fsdd | b | 2 | 0.970 [0.960, 0.980] | 0.300 [0.250, 0.350] | 1.000 [0.950, 1.050] |" in row
+    assert row.endswith("| accuracy, log_rank, eer, bytes |")
+    assert repeat_table({"fsdd": {"b": runs["fsdd"]["b"][:1]}}, {"fsdd": 0.96}).endswith("| all five |")

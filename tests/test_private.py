@@ -149,7 +149,9 @@ def test_private_is_the_default_and_its_settings():
     assert cfg.embedding == "private" and cfg.projected
     assert cfg.dims_for(10) == 9 and cfg.dims_for(2) == 1  # classes - 1: the rank of Fisher's discriminant
     assert cfg.setting("dtype") == "int8" and cfg.setting("projection") == "lda" and cfg.losses().active
-    assert cfg.setting("noise_std") > 0
+    assert cfg.setting("noise_std", "speech") > cfg.setting("noise_std", "image") > 0
+    with pytest.raises(ValueError, match="modality"):
+        cfg.setting("noise_std")
     assert EmbeddingConfig(noise_std=0.2).setting("noise_std") == 0.2
     # speech is cut after block4 (block3's time-frequency map keeps where a digit was said, which a linear
     # projection cannot remove); faces after block3 (block4 overfits 200 training faces)
