@@ -195,20 +195,31 @@ def main(argv: list[str] | None = None) -> int:
             timing[set_name]["repeat_s"] = round(time.perf_counter() - t, 1)
     if args.train_only:
         return 0
-    md = table(results) + "\n\nUncut network (held-out primary accuracy): " + \
-        ", ".join(f"{s} {_pct(a)}" for s, a in uncut.items()) + "\n\nTargets:\n\n" + targets_table(results, uncut)
-    if repeats:
-        md += f"\n\nOver {args.repeat} audits (seeds {args.seed}-{args.seed + args.repeat - 1}: feature noise, " \
-              "attackers and decoder drawn anew each time), mean [min, max]:\n\n" + repeat_table(repeats, uncut)
+    summary = {"settings": settings, "machine": machine_info, "timing": timing, "uncut_accuracy": uncut,
+               "commands": commands, "targets": TARGETS,
+               "met": {s: {n: targets(m, uncut.get(s)) for n, m in ms.items()} for s, ms in results.items()},
+               "results": results, "repeats": repeats}
+    md = markdown(summary)
     (args.out / "sweep.md").write_text(md + "\n")
-    (args.out / "sweep.json").write_text(json.dumps(
-        {"settings": settings, "machine": machine_info, "timing": timing, "uncut_accuracy": uncut,
-         "commands": commands, "targets": TARGETS,
-         "met": {s: {n: targets(m, uncut.get(s)) for n, m in ms.items()} for s, ms in results.items()},
-         "results": results, "repeats": repeats}, indent=2) + "\n")
+    (args.out / "sweep.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(md)
     print(f"timing: {json.dumps(timing)}")
     return 0
+
+
+def markdown(summary: dict) -> str:
+    """sweep.md from the content of sweep.json: machine and settings, the audit table, the targets and,
+    with --repeat, the spread over the repeated audits."""
+    settings, results, uncut, repeats = (summary[k] for k in ("settings", "results", "uncut_accuracy", "repeats"))
+    lines = report.header("privedge privacy sweep: the paper's embeddings, each mechanism alone, private",
+                          summary["machine"], settings)
+    md = "\n".join(lines) + "\n" + table(results) + "\n\nUncut network (held-out primary accuracy): " + \
+        ", ".join(f"{s} {_pct(a)}" for s, a in uncut.items()) + "\n\nTargets:\n\n" + targets_table(results, uncut)
+    if repeats:
+        first, n = settings["seed"], settings["repeat"]
+        md += f"\n\nOver {n} audits (seeds {first}-{first + n - 1}: feature noise, attackers and decoder drawn " \
+              "anew each time), mean [min, max]:\n\n" + repeat_table(repeats, uncut)
+    return md
 
 
 def _pct(a: float | None) -> str:
