@@ -154,14 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-arg", action="append", default=[], metavar="SET:ARG",
                    help="extra privedge train argument for one set's bundles, e.g. fsdd:--analyzer-epochs=5")
     args = p.parse_args(argv)
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     root = args.out / "bundles"
     root.mkdir(parents=True, exist_ok=True)
     settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     settings["reuse"] = [str(r) for r in args.reuse]
     machine_info = report.machine()
     print(report.setup_lines(machine_info, settings), flush=True)
-    if args.repeat < 1:
-        p.error("--repeat must be at least 1")
     results, timing, uncut, commands, repeats = {}, {}, {}, {}, {}
     for set_name in args.sets:
         modality, folder = SETS[set_name]

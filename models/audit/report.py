@@ -83,11 +83,11 @@ def report_markdown(run: AuditRun) -> str:
         "regression, mlp, 1-nn), picked on the test set: the attacker's most favourable reading. "
         "Log-rank: mean log rank of the true identity divided by its value under a random ranking "
         "(1 = chance, 0 = always first). EER: verification of feature pairs by the better of cosine "
-        "similarity and Euclidean distance (0.5 = chance). SSIM/PSNR: inversion decoder on held-out inputs (inputs scaled to [0, 1]).", "",
+        "similarity and Euclidean distance (0.5 = chance). SSIM/PSNR: inversion decoder on held-out "
+        "inputs (inputs scaled to [0, 1]).", "",
         f"Primary-label floor: identity top-1 {_f(floor.top1)}, log-rank {_f(floor.log_rank)}, EER "
-        f"{_f(floor.eer)} "
-        "for an attacker who knows only each sample's true primary label; features that keep the primary "
-        "task cannot leak less.", "",
+        f"{_f(floor.eer)} for an attacker who knows only each sample's true primary label; features that "
+        "keep the primary task cannot leak less.", "",
         "| bundle | embedding | cut | dims | bytes/msg | primary acc | identity top-1 (attacker) | chance "
         "| top-5 (chance) | 1-NN error | log-rank | EER | SSIM | PSNR dB | extractor params | extractor MMACs "
         "| latency ms | memory MB |",
