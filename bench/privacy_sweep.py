@@ -210,15 +210,17 @@ def main(argv: list[str] | None = None) -> int:
 def markdown(summary: dict) -> str:
     """sweep.md from the content of sweep.json: machine and settings, the audit table, the targets and,
     with --repeat, the spread over the repeated audits."""
-    settings, results, uncut, repeats = (summary[k] for k in ("settings", "results", "uncut_accuracy", "repeats"))
+    settings, results = summary["settings"], summary["results"]
+    uncut, repeats = summary["uncut_accuracy"], summary["repeats"]
     lines = report.header("privedge privacy sweep: the paper's embeddings, each mechanism alone, private",
                           summary["machine"], settings)
     md = "\n".join(lines) + "\n" + table(results) + "\n\nUncut network (held-out primary accuracy): " + \
-        ", ".join(f"{s} {_pct(a)}" for s, a in uncut.items()) + "\n\nTargets:\n\n" + targets_table(results, uncut)
+        ", ".join(f"{s} {_pct(a)}" for s, a in uncut.items()) + "\n\nTargets:\n\n" + \
+        targets_table(results, uncut)
     if repeats:
         first, n = settings["seed"], settings["repeat"]
-        md += f"\n\nOver {n} audits (seeds {first}-{first + n - 1}: feature noise, attackers and decoder drawn " \
-              "anew each time), mean [min, max]:\n\n" + repeat_table(repeats, uncut)
+        md += f"\n\nOver {n} audits (seeds {first}-{first + n - 1}: feature noise, attackers and decoder " \
+              "drawn anew each time), mean [min, max]:\n\n" + repeat_table(repeats, uncut)
     return md
 
 

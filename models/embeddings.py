@@ -63,8 +63,8 @@ PRIVATE_DEFAULTS = {"cut": {"image": "block3", "speech": "block4"}, "dims": None
                     "projection": "lda"}
 MIN_PRIVATE_DIMS = 1
 # ... and what the others use: the paper's PCA-8, no identity terms, float32.
-PAPER_DEFAULTS = {"cut": DEFAULT_CUT, "dims": 8, "agnostic_weight": 0.0, "adversary_weight": 0.0, "noise_std": 0.0,
-                  "dtype": "float32", "projection": "pca"}
+PAPER_DEFAULTS = {"cut": DEFAULT_CUT, "dims": 8, "agnostic_weight": 0.0, "adversary_weight": 0.0,
+                  "noise_std": 0.0, "dtype": "float32", "projection": "pca"}
 PROJECTIONS = ("pca", "lda")
 # Bump when the training code changes what it produces for the same settings: PRIMARY_VERSION invalidates
 # the cached primary networks, TRAINING_VERSION the bundles built from them (the demo's cache).
@@ -292,8 +292,8 @@ def train_embedding(protocol, cfg: EmbeddingConfig, *, progress: Callable[[int],
             log.info("after Siamese fine-tuning: held-out accuracy %.4f", metrics["siamese_accuracy"])
         pca, feature = None, None
         if cfg.projected:
-            ext, ana, feature = _projected(net, net_cfg, cfg, modality, train, protocol.train.identity, test,
-                                           rng, metrics, progress)
+            ext, ana, feature = _projected(net, net_cfg, cut, cfg, modality, train, protocol.train.identity,
+                                           test, rng, metrics, progress)
         else:
             ext, ana = assemble(net, net_cfg, cut)
         metrics["primary_accuracy"] = released_accuracy(ext, ana, test, feature, cfg.seed)
@@ -306,12 +306,11 @@ def train_embedding(protocol, cfg: EmbeddingConfig, *, progress: Callable[[int],
                    metrics=metrics, feature=feature)
 
 
-def _projected(net: nn.Sequential, net_cfg: NetConfig, cfg: EmbeddingConfig, modality: str, train: InputSet,
-               identity: np.ndarray, test: InputSet, rng: np.random.Generator, metrics: dict,
+def _projected(net: nn.Sequential, net_cfg: NetConfig, cut: str, cfg: EmbeddingConfig, modality: str,
+               train: InputSet, identity: np.ndarray, test: InputSet, rng: np.random.Generator, metrics: dict,
                progress: Callable[[int], None] | None) -> tuple[nn.Sequential, nn.Sequential, dict]:
     """PCA to k dims at the cut (fitted on the training features), then training through the frozen
     projection with noise and the identity terms; returns (extractor, analyzer, manifest feature entry)."""
-    cut = cfg.cut_for(modality)
     cut_i = net_cfg.cut_index(cut)
     cut_features = features(net[:cut_i + 1], train.plain())  # (N, C*H*W)
     k = min(cfg.dims_for(net_cfg.n_classes), *cut_features.shape)

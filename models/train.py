@@ -43,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default %(default)s")
     p.add_argument("--cut", default=None,
                    help=f"cut after this block (block1..block4); default {DEFAULT_CUT}, and for private "
-                        f"{PRIVATE_DEFAULTS['cut']['image']} for images, {PRIVATE_DEFAULTS['cut']['speech']} for speech")
+                        f"{PRIVATE_DEFAULTS['cut']['image']} for images, "
+                        f"{PRIVATE_DEFAULTS['cut']['speech']} for speech")
     p.add_argument("--dims", type=int, default=None,
                    help="projected dims (default: 8 for advanced, classes - 1 for private)")
     p.add_argument("--epochs", type=int, default=None, help="primary training epochs (default: per modality)")
@@ -57,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what trains behind the frozen PCA: the analyzer only, or the extractor too")
     p.add_argument("--noise", type=float, default=None,
                    help="Gaussian noise on the released features, relative to each dimension's spread, fresh "
-                        f"for every message (default: off for advanced; private: {PRIVATE_DEFAULTS['noise_std']['image']} "
-                        f"for images, {PRIVATE_DEFAULTS['noise_std']['speech']} for speech)")
+                        "for every message (default: off for advanced; private: "
+                        f"{PRIVATE_DEFAULTS['noise_std']['image']} for images, "
+                        f"{PRIVATE_DEFAULTS['noise_std']['speech']} for speech)")
     p.add_argument("--agnostic-weight", type=float, default=None,
                    help="identity-agnostic contrastive loss on the projected features before the noise "
                         f"(0 = off; private: {PRIVATE_DEFAULTS['agnostic_weight']})")

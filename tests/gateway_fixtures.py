@@ -99,7 +99,8 @@ def image_frame(device: str, seq: int, codec: str = "jpeg", size=(48, 40), smoot
     """A frame of random pixels, or with ``smooth`` one of 8 gradient pictures (by seq): photo-like, so
     that a large JPEG is small on the wire yet as costly to decode as any, and encoded once each."""
     if smooth:
-        return ImageFrame(device=device, seq=seq, ts=time.time(), **_smooth_picture(codec, tuple(size), seq % 8))
+        picture = _smooth_picture(codec, tuple(size), seq % 8)
+        return ImageFrame(device=device, seq=seq, ts=time.time(), **picture)
     img = np.random.default_rng(seq).integers(0, 255, (*size, 3), dtype=np.uint8)
     return ImageFrame.from_array(img, device=device, seq=seq, ts=time.time(), codec=codec)
 
