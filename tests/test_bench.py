@@ -97,3 +97,13 @@ def test_privacy_sweep_checks_each_target_and_summarises_repeated_audits():
     assert "| fsdd | b | 2 | 0.970 [0.960, 0.980] | 0.300 [0.250, 0.350] | 1.000 [0.950, 1.050] |" in row
     assert row.endswith("| accuracy, log_rank, eer, bytes |")
     assert repeat_table({"fsdd": {"b": runs["fsdd"]["b"][:1]}}, {"fsdd": 0.96}).endswith("| all five |")
+
+
+def test_drill_counts_are_read_back_from_the_lines_the_drills_print():
+    from bench.drills import parse_counts
+
+    text = ("noise\n[worker SIGKILL] inputs=500 results=500 missing=0 dropped={'cam0': 3, 'cam1': 4} note=ok\n"
+            "[x] inputs=2\n")
+    assert parse_counts(text) == [("worker SIGKILL", {"inputs": 500, "results": 500, "missing": 0,
+                                                      "dropped": {"cam0": 3, "cam1": 4}, "note": "ok"}),
+                                  ("x", {"inputs": 2})]
