@@ -30,11 +30,12 @@ from models.data.cache import cache_dir, cache_key
 from models.inputs import InputSet, speech_variants
 from models.nets import DEFAULT_CUT, NetConfig, build_net, image_config, speech_config
 from models.pca import PCAFit, fit_lda, fit_pca
-from models.private import PrivateLoss, fit_private
+from models.losses import PrivateLoss, contrastive_loss
+from models.private import fit_private
 from models.release import RELEASE_DTYPES, feature_spec, fit_scale, round_trip
 from models.speech import SpeechConfig, SpeechFrontEnd
 from models.split import assemble
-from models.training import LoopConfig, accuracy, contrastive_loss, deterministic, features, fit
+from models.loops import LoopConfig, accuracy, deterministic, features, fit
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,8 @@
-"""Training against identity: the identity-agnostic contrastive loss and an adversarial identity classifier.
+"""Training against identity: the joint loop of the private embedding, with an adversarial identity classifier.
 
-Both act on the *released* features z (after PCA and noise, what leaves the gateway):
-- ``agnostic_contrastive_loss``: pairs with the same primary label and *different* identities are pulled
-  together, pairs with different primary labels pushed ``margin`` apart, and same-label same-person pairs
-  left alone (Osia et al.'s follow-up, Deep Private-Feature Extraction): every person's samples of a class
-  drift to the class's common point instead of to a person-specific one.
+Both identity terms act on the *released* features z (after PCA and noise, what leaves the gateway):
+- the identity-agnostic contrastive loss (:func:`models.losses.agnostic_contrastive_loss`): same label,
+  different people pulled together, so every person's samples of a class drift to the class's common point;
 - adversarial removal: an ``IdentityAdversary`` (an MLP) is trained to recognise the training people from z;
   the extractor, in alternating steps, is trained to make its prediction uniform (``confusion_loss``, a
   bounded form of gradient reversal: maximising the adversary's cross-entropy itself has no optimum).
@@ -15,7 +13,6 @@ weighted terms, with the adversary updated after every step on the detached feat
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -23,42 +20,11 @@ import torch
 from torch import nn
 
 from models.inputs import InputSet
+from models.loops import LoopConfig, recalibrate_batch_norm
+from models.losses import PrivateLoss, agnostic_contrastive_loss, confusion_loss
 from models.pca import Project
-from models.training import LoopConfig, recalibrate_batch_norm
 
 log = logging.getLogger(__name__)
-
-
-def pair_loss(z: torch.Tensor, pull: torch.Tensor, push: torch.Tensor, margin: float,
-              normalize: bool = True) -> torch.Tensor:
-    """Mean over the selected pairs of ``d^2`` (pull) and ``max(0, margin - d)^2`` (push).
-
-    z: (B, F); pull, push: (B, B) boolean masks (the diagonal is ignored). With ``normalize`` the features
-    are rescaled so that their mean distance from the batch's mean is ``margin``: the loss depends neither
-    on their scale nor on a common offset. (Scaled by the plain norm, the extractor lowered the loss by
-    adding one offset to every feature, which made all pairs look closer without bringing a class's
-    members together: the within-class share of the spread stayed at 15% for weights from 0.5 to 8.)
-    """
-    if normalize:
-        spread = (z - z.mean(dim=0, keepdim=True)).norm(dim=1).mean()
-        z = z * (margin / spread.clamp_min(1e-8))
-    d2 = torch.cdist(z, z).pow(2)  # (B, B)
-    d = d2.clamp_min(1e-12).sqrt()
-    off = ~torch.eye(len(z), dtype=torch.bool, device=z.device)
-    pull, push = pull & off, push & off
-    n = pull.sum() + push.sum()
-    if n == 0:
-        return z.sum() * 0.0
-    return (d2[pull].sum() + (margin - d[push]).clamp_min(0).pow(2).sum()) / n
-
-
-def agnostic_contrastive_loss(z: torch.Tensor, label: torch.Tensor, identity: torch.Tensor, margin: float,
-                              normalize: bool = True) -> torch.Tensor:
-    """Same label, different people: pulled together; different labels: pushed apart; same person and
-    label: not a pair. z: (B, F); label, identity: (B,)."""
-    same_label = label[:, None] == label[None, :]
-    same_person = identity[:, None] == identity[None, :]
-    return pair_loss(z, same_label & ~same_person, ~same_label, margin, normalize)
 
 
 class IdentityAdversary(nn.Module):
@@ -74,30 +40,6 @@ class IdentityAdversary(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(self.norm(z))
-
-
-def confusion_loss(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of ``logits`` (B, C) against the uniform distribution: minimal (= log C) when the
-    adversary cannot tell anyone apart."""
-    return -torch.log_softmax(logits, dim=1).mean()
-
-
-@dataclass(frozen=True)
-class PrivateLoss:
-    """Weights of the identity terms added to the primary cross-entropy (0 = off)."""
-
-    agnostic_weight: float = 0.0
-    adversary_weight: float = 0.0
-    margin: float = 10.0
-    adversary_lr: float = 2e-3
-
-    def __post_init__(self) -> None:
-        if self.agnostic_weight < 0 or self.adversary_weight < 0 or self.margin <= 0 or self.adversary_lr <= 0:
-            raise ValueError(f"invalid private loss settings {self}")
-
-    @property
-    def active(self) -> bool:
-        return self.agnostic_weight > 0 or self.adversary_weight > 0
 
 
 def fit_private(extractor: nn.Module, analyzer: nn.Module, data: InputSet, identity: np.ndarray,

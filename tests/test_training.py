@@ -9,7 +9,7 @@ import torch
 
 from models.bundle import load_analyzer, load_extractor, read_manifest
 from models.embeddings import EmbeddingConfig, train_embedding
-from models.training import contrastive_loss
+from models.losses import contrastive_loss
 from tests.training_data import beeps, faces, isolated_training, protocol  # noqa: F401 (isolated_training is a fixture)
 
 

@@ -1,4 +1,5 @@
-"""Training loops: classification, the Siamese contrastive loss on the cut layer, analyzer fine-tuning.
+"""Training loops: classification, Siamese fine-tuning with an extra loss (from :mod:`models.losses`),
+analyzer fine-tuning, and the helpers that run a trained module (predict, accuracy, features).
 
 Everything is deterministic on CPU for a fixed seed: batches and augmentation come from a
 ``numpy.random.Generator``, dropout and initialisation from ``torch.manual_seed``, and deterministic
@@ -46,28 +47,6 @@ def deterministic(seed: int) -> Iterator[None]:
         yield
     finally:
         torch.use_deterministic_algorithms(was)
-
-
-def contrastive_loss(features: torch.Tensor, labels: torch.Tensor, margin: float,
-                     normalize: bool = True) -> torch.Tensor:
-    """Contrastive loss over all pairs of a batch: similar pairs (same label) pulled together
-    (``d^2``), dissimilar pairs pushed at least ``margin`` apart (``max(0, margin - d)^2``).
-
-    features: (B, F) flattened cut-layer outputs; labels: (B,) primary labels.
-    With ``normalize`` the features are first rescaled so that their mean norm is ``margin``: the loss no
-    longer depends on the layer's arbitrary scale (a 4096-dim ReLU layer has distances in the tens, a PCA
-    output in the units), and the margin means "dissimilar pairs at least as far apart as a typical feature
-    is long" (cosine below 0.5 for equal norms). Its magnitude is then of order ``margin**2``.
-    """
-    if normalize:
-        features = features * (margin / features.norm(dim=1).mean().clamp_min(1e-8))
-    d2 = torch.cdist(features, features).pow(2)  # (B, B)
-    same = labels[:, None] == labels[None, :]
-    d = d2.clamp_min(1e-12).sqrt()
-    per_pair = torch.where(same, d2, (margin - d).clamp_min(0).pow(2))
-    off_diag = ~torch.eye(len(labels), dtype=torch.bool)
-    return per_pair[off_diag].mean()
-
 
 
 def fit(model: nn.Module, data: InputSet, loop: LoopConfig, rng: np.random.Generator, *,
