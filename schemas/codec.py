@@ -29,6 +29,7 @@ import msgpack
 
 from schemas.errors import Malformed, MissingField, SchemaError, TooLarge, UnknownVersion, WrongType
 from schemas.limits import DEFAULT_LIMITS, Limits
+from schemas.structure import check_structure
 
 WIRE_VERSION = 1
 """The only wire version this code speaks; decoders refuse any other."""
@@ -145,11 +146,17 @@ def _check(f: _Field, value: Any, limits: Limits) -> Any:
 
 
 def unpack_map(data: bytes, payload_limit: int, limits: Limits) -> dict:
-    """Bytes -> msgpack map, refusing oversize input before any parsing; only SchemaErrors escape."""
+    """Bytes -> msgpack map; only SchemaErrors escape.
+
+    Oversize input is refused before any parsing, and input nested deeper than ``limits.max_depth`` or
+    holding more than ``limits.max_objects`` objects before msgpack allocates anything
+    (:func:`schemas.structure.check_structure`); msgpack's own per-container limits apply after that.
+    """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WrongType(f"payload must be bytes, got {type(data).__name__}")
     if len(data) > payload_limit:
         raise TooLarge(f"payload of {len(data)} bytes > {payload_limit}")
+    check_structure(data, limits.max_depth, limits.max_objects)
     try:
         obj = msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,

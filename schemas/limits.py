@@ -36,6 +36,12 @@ class Limits:
     """Entries of any map, the top-level message included (extra fields count)."""
     max_array: int = 256
     """Items of any array (shapes, top-k scores)."""
+    max_depth: int = 4
+    """Containers nested in one message (the top-level map is 1; a shape or a scores map inside it, 2),
+    checked on the bytes before msgpack unpacks anything (schemas.structure)."""
+    max_objects: int = 2048
+    """msgpack objects in one message (every scalar, string, container, map key and value counts one):
+    with ``max_depth``, bounds what unpacking allocates whatever the per-container limits allow."""
 
     def __post_init__(self) -> None:
         for name, value in vars(self).items():

@@ -302,3 +302,67 @@ def test_fuzz_structurally_wrong_maps(data):
 @given(_value)
 def test_fuzz_arbitrary_msgpack_values(value):
     _decode_all(msgpack.packb(value, use_bin_type=True))
+
+
+# msgpack structure bound (depth and total objects, before unpacking) ---------------------------------------
+def _nested_empty_maps(payload_limit: int) -> bytes:
+    """A map {"x": [[[{} x 60] x 256] x 256]} just under ``payload_limit``: about 3.9 million empty maps,
+    each container within msgpack's per-container limits (256 items)."""
+    inner = b"\xdc" + (60).to_bytes(2, "big") + b"\x80" * 60        # array16 of 60 empty fixmaps
+    middle = b"\xdc" + (256).to_bytes(2, "big") + inner * 256
+    data = b"\x81\xa1x" + b"\xdc" + (256).to_bytes(2, "big") + middle * 256
+    assert len(data) <= payload_limit
+    return data
+
+
+def test_nested_arrays_of_empty_maps_are_refused_before_anything_is_allocated():
+    """The 4 MiB payload of nested arrays of empty maps (issue finding 3) is refused with a clear reason,
+    and decoding it allocates a bounded amount: peak traced memory well under the payload's own size
+    (unpacked, it would take hundreds of MiB of dicts)."""
+    import tracemalloc
+
+    data = _nested_empty_maps(Limits().max_image_payload)
+    tracemalloc.start()
+    try:
+        with pytest.raises(TooLarge, match="more than .* objects|deeper than") as e:
+            ImageFrame.decode(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert e.value.reason == "too large"
+    assert peak < 256 * 1024, f"peak traced memory {peak} bytes"
+
+
+def test_deep_nesting_is_refused():
+    deep = msgpack.packb({"v": 1, "device": [[[[[[["x"]]]]]]]}, use_bin_type=True)
+    with pytest.raises(TooLarge, match="deeper than 4"):
+        ImageFrame.decode(deep)
+    very_deep = b"\x81\xa1x" + b"\x91" * 100_000 + b"\xc0"  # deeper than msgpack's own stack limit
+    with pytest.raises(TooLarge, match="deeper than"):
+        ImageFrame.decode(very_deep)
+
+
+def test_the_structure_bound_counts_every_object_and_keeps_valid_messages():
+    from schemas.structure import check_structure
+
+    frame = ImageFrame(device="cam1", seq=1, ts=1.0, codec="raw", w=2, h=2, ch=1,
+                       data=b"\x00" * 4).encode()
+    assert ImageFrame.decode(frame).seq == 1
+    n = len(msgpack.unpackb(frame)) * 2 + 1  # the top-level map, its keys and its values
+    check_structure(frame, max_depth=1, max_objects=n)
+    with pytest.raises(TooLarge, match=f"more than {n - 1} objects"):
+        check_structure(frame, max_depth=1, max_objects=n - 1)
+    with pytest.raises(Malformed, match="truncated"):
+        check_structure(frame[:-1], 4, 100)
+    with pytest.raises(Malformed, match="trailing"):
+        check_structure(frame + b"\x00", 4, 100)
+    with pytest.raises(Malformed, match="truncated"):
+        check_structure(b"\xdd\xff\xff\xff\xff", 4, 100)  # array32 of 4 billion items, 0 bytes given
+    # every wire type the walker skips: the same verdict as msgpack
+    value = {"i": [0, -1, 127, -33, 255, 65535, 2**32, -2**40, 2**63], "f": [1.5, float("inf")], "n": None,
+             "b": [True, False], "s": ["", "a" * 31, "b" * 300, "c" * 70_000], "bin": [b"", b"x" * 300],
+             "m": {"k": {}}}
+    packed = msgpack.packb(value, use_bin_type=True)
+    check_structure(packed, 4, 100)
+    ext = msgpack.packb(msgpack.ExtType(5, b"abc"))
+    check_structure(ext, 1, 1)
