@@ -2,17 +2,31 @@
 
 Layout: a directory of numbered segment files (``0000000001.seg``...) plus ``head`` (the segment and
 byte offset of the first record not yet handed on). A record is ``length (u32 LE), crc32 (u32 LE),
-msgpack [stream, message]``. Appends go to the last segment and are flushed and fsync'd before
+msgpack [stream, message]``. Appends go to the last segment and are fsync'd before
 :meth:`Spool.append` returns, so an input acknowledged to the broker after an append survives a crash of
 the gateway (and of the machine, with ``fsync``). A record torn by a crash is cut off when the spool is
 opened again. Records are read from the head and the head is advanced only once they are in Redis, so a
 crash between the two replays a few records twice (harmless: ids are stable, results de-duplicated).
+
+Crash consistency: a new segment file and a rewritten ``head`` (written to ``head.tmp``, fsync'd, renamed)
+are made durable by an fsync of the directory, since a file's own fsync does not make its directory
+entry survive a power cut. Writes go through ``os.write`` on a raw descriptor (no buffered file object),
+so the spool knows exactly which bytes reached the file.
+
+A failing write (a full disk, EIO) takes the whole batch back: every segment is truncated to the last
+whole record it held before the batch (segments the batch created are removed), the failure is counted in
+``write_errors`` and the OSError reaches the caller, which then holds the batch's inputs unacknowledged
+(gateway/upstream.py). All or nothing per batch, so a batch is never both spooled in part and sent again
+whole. If even the truncation fails, the damaged segment is sealed: later appends go to a fresh segment
+and reads stop at the last whole record, which is also where the next open cuts it. A ``head`` that cannot
+be written is kept in memory only: a crash then replays some records again, it never loses one.
 
 The bound is on bytes: when an append would take the spool past ``max_bytes``, whole segments are dropped
 from the oldest end (stale inputs go first, as in the device queues) and their records are counted.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import struct
@@ -41,6 +55,7 @@ class _Segment:
     path: Path
     size: int = 0       # bytes in the file (valid records only)
     records: int = 0    # records in the file not yet handed on
+    sealed: bool = False  # bytes past ``size`` could not be cut off: append nothing more here
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,8 @@ class Spool:
         self.fsync = fsync
         self.dropped = 0
         """Records dropped (oldest first) to stay under max_bytes since this process opened the spool."""
+        self.write_errors = 0
+        """Appends that failed (full disk, I/O error) and were taken back since the spool was opened."""
         self._lock = threading.Lock()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +86,7 @@ class Spool:
             raise SpoolError(f"cannot create spool directory {self.dir}: {e}") from e
         self._segments: list[_Segment] = []
         self._head_offset = 0
-        self._tail = None  # open file object of the last segment
+        self._tail: int | None = None  # raw descriptor of the last segment, opened for appending
         self._load()
 
     # state -----------------------------------------------------------------------------------------
@@ -87,33 +104,82 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
-            if self._tail is not None:
-                self._tail.close()
-                self._tail = None
+            self._close_tail()
+
+    def _close_tail(self) -> None:
+        if self._tail is not None:
+            try:
+                os.close(self._tail)
+            except OSError as e:
+                log.warning("closing spool segment in %s: %s", self.dir, e)
+            self._tail = None
 
     # writing ---------------------------------------------------------------------------------------
     def append(self, entries: list[tuple[str, bytes]]) -> int:
-        """Write ``entries`` durably at the tail; returns how many older records were dropped for room."""
+        """Write ``entries`` durably at the tail; returns how many older records were dropped for room.
+
+        Raises OSError (the disk's own: ENOSPC, EIO...) when the batch could not be written; none of it
+        is then in the spool, and the failure is counted in ``write_errors``.
+        """
         records = [self._pack(stream, message) for stream, message in entries]
         dropped = 0
         with self._lock:
-            for rec in records:
-                if len(rec) > self.max_bytes:
-                    dropped += 1  # can never fit: counted like any other drop
-                    continue
-                dropped += self._make_room(len(rec))
-                tail = self._tail_segment(len(rec))
-                self._tail.write(rec)
-                tail.size += len(rec)
-                tail.records += 1
-            if self._tail is not None:
-                self._tail.flush()
-                if self.fsync:
-                    os.fsync(self._tail.fileno())
+            # Where each segment stood before this batch, to take the batch back on a failed write.
+            marks = {s.number: (s.size, s.records) for s in self._segments}
+            try:
+                for rec in records:
+                    if len(rec) > self.max_bytes:
+                        dropped += 1  # can never fit: counted like any other drop
+                        continue
+                    dropped += self._make_room(len(rec))
+                    tail = self._tail_segment(len(rec))
+                    _write_all(self._tail, rec)
+                    tail.size += len(rec)
+                    tail.records += 1
+                if self._tail is not None and self.fsync:
+                    os.fsync(self._tail)
+            except OSError as e:
+                self.write_errors += 1
+                self._take_back(marks)
+                self.dropped += dropped
+                log.error("spool %s: write failed (%s); %d records taken back", self.dir, e, len(records))
+                raise
             self.dropped += dropped
         if dropped:
             log.warning("spool %s full (%d bytes): dropped the %d oldest records", self.dir, self.max_bytes, dropped)
         return dropped
+
+    def _take_back(self, marks: dict[int, tuple[int, int]]) -> None:
+        """Cut every segment back to ``marks`` (number -> (size, records)); remove segments made since."""
+        for seg in list(self._segments):
+            if seg.number not in marks:
+                if self._tail is not None and seg is self._segments[-1]:
+                    self._close_tail()
+                self._segments.remove(seg)
+                try:
+                    seg.path.unlink(missing_ok=True)
+                except OSError as e:
+                    log.error("spool %s: cannot remove %s (%s); it is cut when the spool is opened again",
+                              self.dir, seg.path, e)
+                continue
+            seg.size, seg.records = marks[seg.number]
+            try:
+                os.truncate(seg.path, seg.size)
+            except OSError as e:
+                seg.sealed = True
+                log.error("spool %s: cannot cut %s back to %d bytes (%s); sealed", self.dir, seg.path,
+                          seg.size, e)
+        if self._segments and self._tail is None and not self._segments[-1].sealed:
+            try:
+                self._tail = _open_append(self._segments[-1].path)
+            except OSError as e:
+                self._segments[-1].sealed = True
+                log.error("spool %s: cannot reopen %s (%s); sealed", self.dir, self._segments[-1].path, e)
+        if not self._segments:
+            self._head_offset = 0
+            self._write_head()
+        elif self._segments[-1].sealed:
+            self._close_tail()
 
     @staticmethod
     def _pack(stream: str, message: bytes) -> bytes:
@@ -136,13 +202,15 @@ class Spool:
         return dropped
 
     def _tail_segment(self, need: int) -> _Segment:
-        if not self._segments or self._segments[-1].size + need > self.segment_bytes and self._segments[-1].size:
-            number = self._segments[-1].number + 1 if self._segments else 1
-            if self._tail is not None:
-                self._tail.close()
+        last = self._segments[-1] if self._segments else None
+        if last is None or last.sealed or (last.size + need > self.segment_bytes and last.size):
+            number = last.number + 1 if last is not None else 1
+            self._close_tail()
             seg = _Segment(number, self.dir / f"{number:010d}{_SUFFIX}")
-            self._tail = open(seg.path, "ab")
+            self._tail = _open_append(seg.path)
             self._segments.append(seg)
+            if self.fsync:
+                _fsync_dir(self.dir)  # the new file's name survives a power cut
             if len(self._segments) == 1:
                 self._head_offset = 0
                 self._write_head()
@@ -150,9 +218,8 @@ class Spool:
 
     def _drop_segment(self, index: int) -> None:
         seg = self._segments.pop(index)
-        if not self._segments and self._tail is not None:
-            self._tail.close()
-            self._tail = None
+        if not self._segments:
+            self._close_tail()
         seg.path.unlink(missing_ok=True)
 
     # reading ---------------------------------------------------------------------------------------
@@ -190,10 +257,23 @@ class Spool:
 
     # persistence -----------------------------------------------------------------------------------
     def _write_head(self) -> None:
+        """Persist the head; on failure (a full disk) keep it in memory: a crash then replays, not loses."""
         number = self._segments[0].number if self._segments else 0
         tmp = self.dir / "head.tmp"
-        tmp.write_text(f"{number} {self._head_offset}\n")
-        os.replace(tmp, self.dir / "head")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                _write_all(fd, f"{number} {self._head_offset}\n".encode())
+                if self.fsync:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.dir / "head")
+            if self.fsync:
+                _fsync_dir(self.dir)
+        except OSError as e:
+            log.error("spool %s: cannot write the head (%s); kept in memory, records after %d:%d may be "
+                      "handed on again after a crash", self.dir, e, number, self._head_offset)
 
     def _load(self) -> None:
         try:
@@ -215,9 +295,31 @@ class Spool:
                 self._head_offset = start
             self._segments.append(seg)
         if self._segments:
-            self._tail = open(self._segments[-1].path, "ab")
+            self._tail = _open_append(self._segments[-1].path)
             log.info("spool %s: %d records from an earlier run to hand on", self.dir, sum(s.records for s in self._segments))
         self._write_head()
+
+
+def _open_append(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a write may be short); raises the disk's OSError."""
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n <= 0:  # not expected from a regular file; never loop forever on it
+            raise OSError(errno.EIO, "short write of 0 bytes")
+        view = view[n:]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _read_record(f) -> tuple[tuple[str, bytes], int] | None:
