@@ -113,7 +113,8 @@ class Upstream:
             return True
         try:
             dropped = self.spool.append(entries)
-        except OSError as e:
+        except OSError as e:  # the spool took the batch back whole (gateway/spool.py)
+            self.metrics.inc("spool_write_errors")
             log.error("cannot write the spool (%s): holding %d messages until Redis takes them", e, len(entries))
             return self._send_retrying(entries, give_up)
         self.metrics.inc("spooled", len(entries))
