@@ -27,6 +27,7 @@ COUNTERS = {
     "spooled": "messages written to the on-disk spool while Redis was unreachable",
     "replayed": "spooled messages handed on to Redis once it was back",
     "spool_dropped": "spooled messages dropped (oldest first) because the spool was full",
+    "spool_write_errors": "spool appends that failed (full disk, I/O error): the batch was held instead",
 }
 LABELLED = {
     "rejected": ("reason", "inputs rejected, by reason"),
