@@ -47,6 +47,15 @@ class GatewaySettings:
     bundles: tuple[str, ...] = ()
     """Bundle directories, at most one per modality (image, speech). Only manifest.json and extractor.pt
     are read in split mode, only manifest.json in cloud_only mode, the whole model in local_only mode."""
+    bundle_key: str | None = field(default_factory=lambda: os.environ.get("PRIVEDGE_BUNDLE_KEY") or None)
+    """The provider's public key file (``privedge bundle keygen`` writes it as KEY.pub): every bundle must
+    carry the provider's signature over all its files, checked at start (see models/signing.py). Default
+    ``PRIVEDGE_BUNDLE_KEY``, also for settings built in code, so that one variable pins the key for every
+    service a home runs. None and not allow_unsigned: the gateway refuses to start."""
+    allow_unsigned: bool = False
+    """Load bundles that are unsigned, wrongly signed, or unverifiable for want of bundle_key, with a
+    warning instead of refusing to start. Gives up the provider's authentication of the models (see
+    README "Security"); for development only."""
     id: str = "home"
     """Gateway name: MQTT client id ``privedge-gateway-{id}``, results stream, status/errors topics."""
     mode: str = "split"

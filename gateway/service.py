@@ -41,11 +41,15 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
     """kind -> (model, manifest) for each bundle; the model is an Extractor (split), FullModel
     (local_only) or None (cloud_only: only the manifest is read). analyzer.pt is read in local_only only."""
     from models.bundle import BundleError, load_extractor, load_full, read_manifest
+    from models.signing import SignatureError, check_bundle
 
     out: dict[str, tuple[object, dict]] = {}
     serve = {"runtime": settings.runtime, "threads": settings.torch_threads}
+    part = "full" if settings.mode == "local_only" else "home"  # a home never reads analyzer.*
     for d in settings.bundles:
         try:
+            # The provider's signature first: nothing is unpickled or run from an unauthenticated bundle.
+            check_bundle(d, key=settings.bundle_key, allow_unsigned=settings.allow_unsigned, part=part)
             if settings.mode == "split":
                 model = load_extractor(d, **serve, shift_semitones=settings.pitch_shift_range)
                 manifest = model.manifest
@@ -54,7 +58,7 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
                 manifest = model.manifest
             else:
                 model, manifest = None, read_manifest(d)
-        except (BundleError, OSError, ValueError, KeyError) as e:
+        except (BundleError, SignatureError, OSError, ValueError, KeyError) as e:
             raise GatewayError(f"cannot load bundle {d}: {e}") from e
         kind = KIND_OF_MODALITY.get(manifest.get("modality"))
         if kind is None:
@@ -237,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--redis", help="Redis, redis://[USER:PASSWORD@]HOST:PORT[/DB]")
     p.add_argument("--bundle", dest="bundles", action="append", help="bundle directory (repeat per modality)")
     p.add_argument("--id", help="gateway name (MQTT client id privedge-gateway-ID)")
+    p.add_argument("--bundle-key", help="the provider's public key file; bundles must be signed with it")
+    p.add_argument("--allow-unsigned", action="store_const", const=True,
+                   help="load unsigned or wrongly signed bundles with a warning (development only)")
     p.add_argument("--config", help="YAML or TOML settings file (flat keys named like the settings)")
     p.add_argument("--mode", choices=("split", "cloud_only", "local_only"))
     p.add_argument("--prefix", help="topic and key prefix (default privedge)")

@@ -13,6 +13,13 @@ names the weights and settings, whichever runtime serves them, so a gateway on O
 agree. An ONNX file is bound to the id instead by its hash and by agreeing with the torch weights on a
 probe batch when it is loaded. The loaders take ``runtime``: ``torch`` (the reference, the default here),
 ``onnx``, or ``auto`` (ONNX when the bundle has it).
+
+The hashes bind files to a manifest, not to whoever wrote it: anyone who can write a bundle can rewrite
+its manifest too. What authenticates a bundle is the provider's signature over every file
+(:mod:`models.signing`): :func:`save_bundle` signs what it wrote with the provider key it is given (or
+the one ``PRIVEDGE_SIGNING_KEY`` names), and the services verify it against the pinned public key
+before they call any loader here. The loaders themselves do not check signatures: the audit, the
+benchmarks and the tests load bundles they made themselves.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import signing
 from models.serving import Analyzer, Extractor, FullModel, TorchForward, softmax  # noqa: F401 (re-exported)
 from models.speech import SpeechConfig
 from models.split import arch_of, build_from_arch
@@ -69,9 +77,11 @@ def model_id(manifest: dict) -> str:
     return f"{manifest['task']}-{digest[:12]}"
 
 
-def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest: dict, onnx: bool = True) -> str:
+def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest: dict, onnx: bool = True,
+                sign_key=None) -> str:
     """Write both state dicts and the completed manifest into ``out_dir``, then (``onnx``) both halves
-    exported to ONNX; returns the model id."""
+    exported to ONNX, then sign the bundle with the provider's private ``sign_key`` file (default:
+    ``PRIVEDGE_SIGNING_KEY``; neither: the bundle is left unsigned). Returns the model id."""
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ValueError(f"manifest lacks {missing}")
@@ -81,6 +91,7 @@ def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest:
         raise ValueError(f"feature dtype must be one of {FEATURE_DTYPES}, got {manifest['feature']}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    signing.unsign(out)  # a bundle rewritten in place is unsigned until it is signed again
     files = {}
     for name, module in ((EXTRACTOR_FILE, extractor), (ANALYZER_FILE, analyzer)):
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
@@ -96,6 +107,9 @@ def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest:
         from models.onnx_runtime import export_bundle
 
         export_bundle(out)
+    sign_key = sign_key if sign_key is not None else signing.signing_key_from_env()
+    if sign_key is not None:
+        signing.sign_bundle(out, sign_key)
     return full["model"]
 
 
@@ -242,11 +256,12 @@ def make_manifest(*, task: str, modality: str, labels: list[str], net_cfg, cut: 
 
 
 def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | None = 8,
-                          cut: str = "block3", noise_std: float = 0.0) -> str:
+                          cut: str = "block3", noise_std: float = 0.0, sign_key=None) -> str:
     """A valid bundle from randomly initialised networks, in well under a second (pipeline tests that
     need no accuracy, benchmarks of cost per cut point). ``dims`` PCA components with a random
     orthonormal basis, or None for no PCA; ``cut``: the block the extractor ends with; ``noise_std``:
-    feature noise relative to a spread of 1 per component (needs ``dims``)."""
+    feature noise relative to a spread of 1 per component (needs ``dims``); ``sign_key``: as for
+    :func:`save_bundle`."""
     from models.nets import build_net, image_config, speech_config
     from models.pca import PCAFit
     from models.split import assemble
@@ -272,4 +287,4 @@ def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | 
     ext, ana = assemble(net, cfg, cut, pca, noise_std)
     manifest = make_manifest(task=task, modality=modality, labels=labels, net_cfg=cfg, cut=cut,
                              embedding="untrained", pca=pca, noise_std=noise_std, speech=speech)
-    return save_bundle(out_dir, extractor=ext, analyzer=ana, manifest=manifest)
+    return save_bundle(out_dir, extractor=ext, analyzer=ana, manifest=manifest, sign_key=sign_key)

@@ -12,7 +12,11 @@ noise, ``noise_std * std`` per dimension, is drawn by :class:`OrtForward` after 
 
 Add ONNX to existing bundles::
 
-    python -m models.onnx_runtime export DIR [DIR ...]
+    python -m models.onnx_runtime export [--sign-key KEY] DIR [DIR ...]
+
+Exporting rewrites the manifest and adds files, so it voids a bundle's signature (:mod:`models.signing`):
+the old ``signature.json`` is removed, and the bundle is signed again with ``--sign-key`` (default
+``PRIVEDGE_SIGNING_KEY``) or left unsigned, which the command says.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models import signing
 from models.bundle import (HashMismatchError, MissingFileError, _sha256, load_analyzer, load_extractor,
                            verified_path, write_manifest)
 from models.pca import Project
@@ -84,8 +89,11 @@ def export_module(module: nn.Module, in_shape: tuple[int, ...], path: Path) -> s
 def export_bundle(dir) -> dict:
     """Export the halves whose torch weights ``dir`` holds to ONNX and record them in the manifest.
 
-    The model id does not change. Returns the manifest's new ``onnx`` entry."""
+    The model id does not change; a signature the bundle had is removed (it no longer covers the files).
+    Returns the manifest's new ``onnx`` entry."""
     dir = Path(dir)
+    if signing.unsign(dir):
+        log.warning("%s: exporting ONNX voids the bundle's signature; it must be signed again", dir)
     halves = [("extractor", load_extractor(dir))]
     if (dir / "analyzer.pt").is_file():
         halves.append(("analyzer", load_analyzer(dir)))
@@ -200,10 +208,17 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="command", required=True)
     exp = sub.add_parser("export", help="add extractor.onnx (and analyzer.onnx) to existing bundles")
     exp.add_argument("dirs", nargs="+", help="bundle directories")
+    exp.add_argument("--sign-key", default=os.environ.get(signing.ENV_SIGNING_KEY),
+                     help="provider private key to sign the bundles again with (default: PRIVEDGE_SIGNING_KEY)")
     args = p.parse_args(argv)
     for d in args.dirs:
         entry = export_bundle(d)
         print(f"{d}: {', '.join(f'{n} sha256 {h[:16]}...' for n, h in entry['files'].items())}")
+        if args.sign_key:
+            doc = signing.sign_bundle(d, args.sign_key)
+            print(f"{d}: signed again with key {doc['key'][:16]}...")
+        else:
+            print(f"{d}: unsigned now; sign it again with privedge bundle sign --key KEY {d}")
     return 0
 
 

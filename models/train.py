@@ -4,13 +4,15 @@
                    [--embedding private|simple|siamese|advanced] [--cut NAME] [--dims K] [--epochs N]
                    [--seed S] [--size full|small] [--margin M] [--contrastive-weight W] [--noise STD]
                    [--agnostic-weight W] [--adversary-weight W] [--dtype float32|float16|int8]
-                   [--projection pca|lda] [--threads T] --out DIR
+                   [--projection pca|lda] [--threads T] [--sign-key KEY] --out DIR
 
 ``private`` (the default) is privedge's own extractor; the privacy options (noise, identity terms, dtype,
 dims, projection) also apply to ``advanced``, each alone or combined, and are recorded in the bundle's manifest.
 
 Prints the held-out primary accuracy, the extractor's parameters and multiply-adds per input and the
-feature bytes per message, and writes them to ``DIR/metrics.json`` beside the bundle.
+feature bytes per message, and writes them to ``DIR/metrics.json`` beside the bundle. With the provider's
+private key (``--sign-key`` or ``PRIVEDGE_SIGNING_KEY``) the bundle, metrics.json included, is signed last
+(:mod:`models.signing`); without one it is written unsigned, and the services refuse it until it is signed.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models import signing
 from models.bundle import make_manifest, save_bundle
 from models.embeddings import (DEFAULT_EMBEDDING, EMBEDDINGS, PRIVATE_DEFAULTS, PROJECTIONS, EmbeddingConfig,
                                total_steps, train_embedding)
@@ -77,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=int(os.environ.get("PRIVEDGE_TORCH_THREADS", "1")),
                    help="torch threads (default %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--sign-key", default=None,
+                   help="provider private key (privedge bundle keygen) to sign the bundle with "
+                        "(default: PRIVEDGE_SIGNING_KEY; neither: unsigned)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     return p
 
@@ -99,6 +105,9 @@ def run(args: argparse.Namespace) -> dict:
     """Train, save the bundle and metrics.json; returns the metrics."""
     from models.data import load_protocol  # the dataset layer pulls in generators; only load it here
 
+    key = args.sign_key or signing.signing_key_from_env()
+    if key is not None:
+        signing.load_private_key(key)  # a bad key fails now, not after the training it would sign
     torch.set_num_threads(max(1, args.threads))
     cfg = EmbeddingConfig(embedding=args.embedding, cut=args.cut, dims=args.dims, epochs=args.epochs,
                           siamese_epochs=args.siamese_epochs, analyzer_epochs=args.analyzer_epochs,
@@ -157,8 +166,10 @@ def run(args: argparse.Namespace) -> dict:
     manifest["metrics"] = {k: metrics[k] for k in ("protocol", "primary_accuracy", "feature_bytes",
                                                    "extractor_params", "extractor_macs")}
     out = Path(args.out)
-    metrics["model"] = save_bundle(out, extractor=trained.extractor, analyzer=trained.analyzer, manifest=manifest)
+    metrics["model"] = save_bundle(out, extractor=trained.extractor, analyzer=trained.analyzer, manifest=manifest,
+                                   sign_key=key)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    metrics["signed_by"] = signing.sign_bundle(out, key)["key"] if key is not None else None
     return metrics
 
 
@@ -167,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         m = run(args)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, signing.SignatureError) as e:
         print(f"privedge train: {e}", file=sys.stderr)
         return 2
     print(f"model {m['model']} ({m['protocol']}, {m['embedding']}, cut {m['cut']}, dims {m['dims']})")
@@ -176,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"extractor multiply-adds    {m['extractor_macs']:,} per input")
     print(f"feature bytes per message  {m['feature_bytes']}")
     print(f"seconds                    {m['seconds']:.0f}")
+    print(f"signed by key              {m['signed_by'][:16]}..." if m["signed_by"] else
+          f"unsigned: sign it with privedge bundle sign --key KEY {args.out}")
     written = sorted(f.name for f in Path(args.out).iterdir() if f.is_file())
     print(f"wrote {args.out}/: {', '.join(written)}")
     return 0

@@ -1,10 +1,12 @@
 """The ``privedge`` console script.
 
 It only picks the subcommand and hands the remaining arguments to the module that owns it, so that
-``privedge sensor`` never imports torch and each package keeps its own argument parser.
+``privedge sensor`` never imports torch and each package keeps its own argument parser. ``privedge
+bundle`` (keygen, sign, verify) is parsed here and calls :mod:`models.signing`, which imports no torch.
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 
@@ -18,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sensor": ("sensors.cli", "run a camera or microphone sensor client"),
     "broker": ("broker.tool", "start a local mosquitto broker, enrol devices"),
     "bench": ("bench.cli", "benchmark split vs cloud-only vs local-only"),
+    "bundle": ("privedge.cli:bundle_main", "make a provider key, sign a bundle, verify a bundle's signature"),
 }
 
 
@@ -26,6 +29,53 @@ def _usage() -> str:
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "privedge COMMAND --help shows the options of one command."]
     return "\n".join(lines)
+
+
+def bundle_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="privedge bundle", description="provider keys and bundle signatures")
+    sub = p.add_subparsers(dest="action", required=True)
+    keygen = sub.add_parser("keygen", help="new Ed25519 provider key: KEY (mode 600) and KEY.pub")
+    keygen.add_argument("--out", required=True, help="private key file to write; the public key goes to OUT.pub")
+    sign = sub.add_parser("sign", help="sign every file of a bundle with the provider's private key")
+    sign.add_argument("--key", required=True, help="provider private key file")
+    sign.add_argument("dirs", nargs="+", metavar="DIR", help="bundle directories")
+    verify = sub.add_parser("verify", help="check a bundle against the provider's public key (exit 0 or 1)")
+    verify.add_argument("--key", required=True, help="provider public key file (KEY.pub)")
+    verify.add_argument("--part", choices=("auto", "full", "home"), default="auto",
+                        help="full: every signed file; home: all but analyzer.*; auto (default): home when "
+                             "the bundle holds no analyzer file")
+    verify.add_argument("dirs", nargs="+", metavar="DIR", help="bundle directories")
+    return p
+
+
+def bundle_main(argv: list[str]) -> int:
+    """``privedge bundle keygen|sign|verify``; 0 on success, 1 when a key or a bundle fails."""
+    from models import signing
+
+    args = bundle_parser().parse_args(argv)
+    try:
+        if args.action == "keygen":
+            key, pub = signing.generate_key(args.out)
+            print(f"private key {key} (keep it with the provider; mode 600)\npublic key  {pub} (pin it as "
+                  f"bundle_key on gateways and workers)\nfingerprint {signing.fingerprint(signing.load_public_key(pub))}")
+            return 0
+        key = signing.load_private_key(args.key) if args.action == "sign" else signing.load_public_key(args.key)
+    except signing.SignatureError as e:
+        print(f"privedge bundle {args.action}: {e}", file=sys.stderr)
+        return 1
+    failed = 0
+    for d in args.dirs:
+        try:
+            if args.action == "sign":
+                doc = signing.sign_bundle(d, key)
+                print(f"{d}: signed model {doc['model']} ({len(doc['files'])} files) with key {doc['key'][:16]}...")
+            else:
+                v = signing.verify_bundle(d, key, args.part)
+                print(f"{d}: OK, model {v.model} signed by {v.key[:16]}... ({v.part} part, {len(v.files)} files)")
+        except (signing.SignatureError, OSError) as e:
+            print(f"{d}: FAILED: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,8 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"privedge: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    module_name, _, function = COMMANDS[name][0].partition(":")
+    module = importlib.import_module(module_name)
+    return int(getattr(module, function or "main")(rest) or 0)
 
 
 if __name__ == "__main__":

@@ -231,10 +231,12 @@ def raw_media_findings(entries, probes: list[bytes], bound: int) -> list[str]:
 
 # bundles ------------------------------------------------------------------------------------------------
 def without_pitch_shift(bundle: Path) -> str:
-    """Turn a speech bundle's random pitch shift off (manifest edited, model id recomputed), so that two
-    runs of its front end on one utterance give the same input; returns the new model id."""
+    """Turn a speech bundle's random pitch shift off (manifest edited, model id recomputed, signed again
+    with the session's provider key), so that two runs of its front end on one utterance give the same
+    input; returns the new model id."""
     import json
 
+    from models import signing
     from models.bundle import MANIFEST, model_id
 
     path = Path(bundle) / MANIFEST
@@ -242,6 +244,7 @@ def without_pitch_shift(bundle: Path) -> str:
     manifest["input"]["shift_semitones"] = [0.0, 0.0]
     manifest["model"] = model_id(manifest)
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    signing.sign_bundle(bundle, signing.signing_key_from_env())
     return manifest["model"]
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from models import bundle as bundles
+from models.signing import check_bundle
 from schemas.errors import SchemaError
 from schemas.features import FeatureMessage
 from schemas.media import ImageFrame, decode_image
@@ -49,11 +50,16 @@ class Served:
 
 
 def load_served(bundle_dirs: tuple[Path, ...], mode: str, runtime: str = "torch",
-                threads: int = 1) -> dict[str, Served]:
+                threads: int = 1, *, bundle_key: str | None = None,
+                allow_unsigned: bool = False) -> dict[str, Served]:
     """Load every bundle for ``mode`` on ``runtime`` (torch, onnx, auto) with ``threads`` ONNX Runtime
-    threads; returns {model id: Served}. Raises BundleError on a bad bundle."""
+    threads, each once its signature verifies with the provider's public ``bundle_key`` file (see
+    models.signing.check_bundle); returns {model id: Served}. Raises BundleError on a bad bundle,
+    models.signing.SignatureError on an unsigned or wrongly signed one (unless ``allow_unsigned``)."""
     served: dict[str, Served] = {}
     for d in bundle_dirs:
+        # The provider's signature first: nothing is unpickled or run from an unauthenticated bundle.
+        check_bundle(d, key=bundle_key, allow_unsigned=allow_unsigned, part="full")
         manifest = bundles.read_manifest(d)
         load = bundles.load_analyzer if mode == "split" else bundles.load_full
         net = load(d, runtime=runtime, threads=threads)

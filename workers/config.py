@@ -77,6 +77,10 @@ class WorkerSettings:
     claim_every_s: float = 5.0             # how often to look for such entries, seconds
     max_deliveries: int = 5                # delivered more often than this -> dead-letter
     stats_every_s: float = 5.0             # stats hash refresh period, seconds
+    # The provider's public key file; every bundle must carry its signature (models/signing.py). Default
+    # PRIVEDGE_BUNDLE_KEY, also for settings built in code. None and not allow_unsigned: refuse to start.
+    bundle_key: str | None = field(default_factory=lambda: os.environ.get("PRIVEDGE_BUNDLE_KEY") or None)
+    allow_unsigned: bool = False           # load unsigned/wrongly signed bundles with a warning (development)
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

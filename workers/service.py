@@ -19,6 +19,7 @@ from collections import defaultdict
 
 import redis
 
+from models.signing import SignatureError
 from schemas.errors import SchemaError
 from schemas.limits import DEFAULT_LIMITS
 from schemas.names import GROUP, Names
@@ -42,7 +43,8 @@ class Worker:
         self.settings = settings
         self.names = Names(settings.prefix)
         self.name = settings.name or default_name()
-        self.served = load_served(settings.bundles, settings.mode, settings.runtime, settings.threads)
+        self.served = load_served(settings.bundles, settings.mode, settings.runtime, settings.threads,
+                                  bundle_key=settings.bundle_key, allow_unsigned=settings.allow_unsigned)
         stream_of = self.names.features if settings.mode == "split" else self.names.media
         self.streams = {stream_of(s.task): s.task for s in self.served.values()}  # stream -> task
         self.stats = WorkerStats()
@@ -203,12 +205,18 @@ def parse_args(argv: list[str]) -> WorkerSettings:
                    help="network runtime (default auto: ONNX Runtime when the bundle carries the .onnx files)")
     p.add_argument("--claim-idle-ms", type=int, default=30_000)
     p.add_argument("--max-deliveries", type=int, default=5)
+    p.add_argument("--bundle-key", default=env_default("bundle_key"),
+                   help="the provider's public key file; bundles must be signed with it (PRIVEDGE_BUNDLE_KEY)")
+    p.add_argument("--allow-unsigned", action="store_true",
+                   default=env_default("allow_unsigned", "").lower() in ("1", "true", "yes"),
+                   help="load unsigned or wrongly signed bundles with a warning (development only)")
     a = p.parse_args(argv)
     redis_settings = RedisSettings.from_dsn(a.redis, env_default("redis_password"))
     return WorkerSettings(redis=redis_settings, bundles=tuple(a.bundle), name=a.name,
                           mode=a.mode, prefix=a.prefix, batch=a.batch, block_ms=a.block_ms,
                           threads=a.threads, runtime=a.runtime, claim_idle_ms=a.claim_idle_ms,
-                          max_deliveries=a.max_deliveries)
+                          max_deliveries=a.max_deliveries, bundle_key=a.bundle_key,
+                          allow_unsigned=a.allow_unsigned)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,7 +229,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except redis.RedisError as e:
         log.warning("Redis not reachable yet (%s); the worker retries", e)
-    worker = Worker(settings)
+    try:
+        worker = Worker(settings)
+    except SignatureError as e:
+        log.error("refusing to serve: %s", e)
+        return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
