@@ -39,6 +39,7 @@ class Utterance:
     items: list[Inbound] = field(default_factory=list)
     frames: int = 0
     last_seen: float = field(default_factory=time.monotonic)       # monotonic seconds
+    boot: int | None = None                                        # the sensor's boot id (part of the key)
 
     @property
     def seq(self) -> int:
@@ -52,7 +53,7 @@ class Utterance:
         """One final AudioChunk holding the whole utterance (chunks in seq order)."""
         first = self.first
         data = b"".join(self.chunks[s].data for s in sorted(self.chunks))
-        return AudioChunk(device=self.device, seq=first.seq, ts=first.ts, utt=self.utt, rate=self.rate,
+        return AudioChunk(device=self.device, seq=first.seq, boot=self.boot, ts=first.ts, utt=self.utt, rate=self.rate,
                           width=first.width, channels=self.channels, codec=first.codec, final=True, data=data)
 
     def wave(self) -> tuple[np.ndarray, int]:
@@ -87,7 +88,7 @@ class UtteranceAssembler:
 
     def add(self, chunk: AudioChunk, item: Inbound) -> tuple[Utterance | None, list[Rejected]]:
         """Feed one chunk; returns (the utterance if this chunk completed it, rejections caused)."""
-        key = (chunk.device, chunk.utt)
+        key = (chunk.device, chunk.boot, chunk.utt)  # a rebooted sensor may use its utt ids again
         if key in self._rejected:
             return None, [Rejected(chunk.device, chunk.seq, self._rejected[key],
                                    f"chunk of utterance {chunk.utt!r} already rejected", [item])]
@@ -98,7 +99,7 @@ class UtteranceAssembler:
                 _, oldest = self._open.popitem(last=False)
                 rejected.append(self._reject(oldest, REASON_TOO_MANY,
                                              f"more than {self.max_open} utterances open"))
-            u = self._open[key] = Utterance(chunk.device, chunk.utt, chunk.rate, chunk.channels)
+            u = self._open[key] = Utterance(chunk.device, chunk.utt, chunk.rate, chunk.channels, boot=chunk.boot)
         else:
             self._open.move_to_end(key)
         if (chunk.rate, chunk.channels) != (u.rate, u.channels):
@@ -131,7 +132,7 @@ class UtteranceAssembler:
         return out
 
     def _reject(self, u: Utterance, reason: str, detail: str) -> Rejected:
-        self._rejected[(u.device, u.utt)] = reason
+        self._rejected[(u.device, u.boot, u.utt)] = reason
         while len(self._rejected) > 4 * self.max_open:
             self._rejected.popitem(last=False)
         return Rejected(u.device, u.seq if u.chunks else None, reason, detail, u.items)

@@ -27,7 +27,7 @@ from gateway.config import GatewaySettings
 from gateway.intake import DeviceQueues, Inbound, Intake
 from gateway.metrics import Metrics
 from gateway.upstream import Upstream
-from schemas import FeatureMessage, Names, Result, SchemaError
+from schemas import FeatureMessage, Names, Result, SchemaError, make_id
 from schemas.media import AudioChunk, ImageFrame, decode_image
 from schemas.upload import MediaMessage
 
@@ -135,7 +135,7 @@ class ExtractionLoop:
         else:
             now = time.time()
             msgs = [FeatureMessage.from_array(z, gateway=self.s.id, device=r.device, seq=r.seq, ts=r.ts,
-                                              ts_sent=now, task=self.task, model=self.model_id,
+                                              boot=r.media.boot, ts_sent=now, task=self.task, model=self.model_id,
                                               reply=self.reply).encode() for r, z in zip(ready, outputs)]
             self._hand_on(ready, msgs)
 
@@ -221,7 +221,7 @@ class ExtractionLoop:
         t0 = time.perf_counter()
         for r, p in zip(ready, probs):  # p: (C,) probabilities
             order = np.argsort(p)[::-1][:TOP_K]
-            result = Result(id=f"{self.s.id}/{r.device}/{r.seq}", task=self.task, model=self.model_id,
+            result = Result(id=make_id(self.s.id, r.device, r.seq, r.media.boot), task=self.task, model=self.model_id,
                             label=self.labels[order[0]], score=float(p[order[0]]),
                             scores={self.labels[i]: float(p[i]) for i in order}, ts=r.ts,
                             ts_done=time.time(), worker=self.s.id)

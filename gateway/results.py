@@ -2,9 +2,18 @@
 
 It blocks on XREAD of ``{p}:results:{gateway}`` from the last relayed entry id, which it keeps in Redis
 (``{p}:results:{gateway}:cursor``, a string) so that a restarted gateway goes on where it stopped. Results
-whose id was already relayed (a worker that redid a reclaimed message) are dropped, using a bounded LRU of
-ids. Once a batch is published to MQTT (QoS 1, PUBACK received) the cursor advances and the stream is
-trimmed below it (XTRIM MINID), so the stream stays bounded by what is not yet relayed.
+whose id was already relayed (a worker that redid a reclaimed message) are dropped, using a bounded window
+of ids (``dedupe_size``). Once a batch is published to MQTT (QoS 1, PUBACK received) the cursor advances
+and the stream is trimmed below it (XTRIM MINID), so the stream stays bounded by what is not yet relayed.
+
+The dedup window persists with the cursor, so a restarted gateway still drops what it relayed before:
+in Redis, ``{p}:results:{gateway}:seen`` is a sorted set of the relayed ids scored by their stream entry
+id (newest kept, trimmed to ``dedupe_size`` by rank), written in the same pipeline as the cursor and
+before it; with a spool directory, the ids are also appended to ``results.seen`` there (compacted once it
+holds twice the window) before the local cursor is written. Both are loaded at start. The order (ids,
+then cursor) means a crash between the two can only make the relay read entries again and drop them, never
+skip one. A crash after the broker acknowledged a batch and before the pipeline ran (milliseconds)
+publishes that batch once more: QoS 1 is at-least-once, and an app sees the same ``id`` twice.
 """
 from __future__ import annotations
 
@@ -32,6 +41,11 @@ def cursor_key(names: Names, gateway: str) -> str:
     return names.results(gateway) + ":cursor"
 
 
+def seen_key(names: Names, gateway: str) -> str:
+    """Redis sorted set of the result ids relayed lately (the dedup window), scored by stream entry."""
+    return names.results(gateway) + ":seen"
+
+
 class RecentIds:
     """A bounded set of ids, forgetting the least recently added past ``size``."""
 
@@ -51,6 +65,10 @@ class RecentIds:
     def __len__(self) -> int:
         return len(self._ids)
 
+    def newest(self) -> list[str]:
+        """The ids, oldest first."""
+        return list(self._ids)
+
 
 class ResultsRelay:
     """Reads this gateway's results stream and publishes each new result to ``{p}/{device}/result``."""
@@ -67,6 +85,10 @@ class ResultsRelay:
         # With a spool directory the cursor is also kept on local disk, written before Redis: a gateway
         # killed while Redis is away (the SET fails) does not publish its last relayed batch again.
         self.local_cursor = Path(settings.spool_dir) / settings.id / "results.cursor" if settings.spool_dir else None
+        self.seen_key = seen_key(names, settings.id)
+        self.local_seen = self.local_cursor.with_name("results.seen") if self.local_cursor is not None else None
+        self._local_seen_lines = 0
+        self._unsaved: list[tuple[str, str]] = []  # relayed ids not yet in Redis (a failed pipeline)
         self.seen = RecentIds(settings.dedupe_size)
         self.stop_event = threading.Event()
         self.thread = threading.Thread(target=self._run, name="gateway-results", daemon=True)
@@ -94,7 +116,9 @@ class ResultsRelay:
                 if last is None:
                     stored = self.redis.get(self.cursor_key)
                     last = max(stored.decode() if stored else "0-0", self._read_local_cursor(), key=_entry_key)
-                    log.info("relaying results from %s after entry %s", self.stream, last)
+                    self._load_seen()
+                    log.info("relaying results from %s after entry %s (%d ids in the dedup window)",
+                             self.stream, last, len(self.seen))
                 resp = self.redis.xread({self.stream: last}, count=self.s.results_batch,
                                         block=self.s.results_block_ms)
                 delay = self.s.retry_initial_s
@@ -108,12 +132,14 @@ class ResultsRelay:
             if not resp:
                 continue
             entries = resp[0][1]
-            if self._relay(entries):
+            relayed = []
+            if self._relay(entries, relayed):
                 last = entries[-1][0].decode()
-                self._advance(last)
+                self._advance(last, relayed)
 
-    def _relay(self, entries: list) -> bool:
-        """Publish the new results among ``entries``; True once the broker has acknowledged them all."""
+    def _relay(self, entries: list, relayed: list[tuple[str, str]]) -> bool:
+        """Publish the new results among ``entries``; True once the broker has acknowledged them all.
+        ``relayed`` receives ``(result id, entry id)`` of each one published."""
         t0 = time.perf_counter()
         infos = []
         for entry_id, fields in entries:
@@ -129,6 +155,7 @@ class ResultsRelay:
                 log.debug("duplicate result %s dropped", result.id)
                 continue
             self.seen.add(result.id)
+            relayed.append((result.id, entry_id.decode()))
             infos.append(_queued(self.intake.publish(self.names.result(device), result.to_json(), qos=1)))
             log.debug("relayed result %s (%s %.3f)", result.id, result.label, result.score)
         while not all(i.is_published() for i in infos):
@@ -149,20 +176,57 @@ class ResultsRelay:
         except (OSError, ValueError):
             return "0-0"
 
-    def _advance(self, last: str) -> None:
-        """Persist the cursor and trim what is relayed; retried on the next batch if Redis fails now."""
+    def _load_seen(self) -> None:
+        """Fill the dedup window from the spool directory's file, then from Redis (raises RedisError)."""
+        ids: list[str] = []
+        if self.local_seen is not None:
+            try:
+                ids = self.local_seen.read_text().split()
+            except FileNotFoundError:
+                pass
+            except (OSError, UnicodeDecodeError) as e:
+                log.warning("cannot read the dedup window %s (%s); using Redis's only", self.local_seen, e)
+            self._local_seen_lines = len(ids)
+        size = self.s.dedupe_size
+        ids += [i.decode() for i in self.redis.zrange(self.seen_key, -size, -1)] if size else []
+        for i in ids[-2 * size:]:
+            self.seen.add(i)
+
+    def _store_seen_locally(self, relayed: list[tuple[str, str]]) -> None:
+        text = "".join(f"{rid}\n" for rid, _ in relayed)
+        if self._local_seen_lines + len(relayed) > 2 * self.s.dedupe_size:
+            # Compact: rewrite the window (whole) instead of growing the file without end.
+            tmp = self.local_seen.with_suffix(".tmp")
+            tmp.write_text("".join(f"{rid}\n" for rid in self.seen.newest()))
+            os.replace(tmp, self.local_seen)
+            self._local_seen_lines = len(self.seen)
+            return
+        with open(self.local_seen, "a") as f:
+            f.write(text)
+        self._local_seen_lines += len(relayed)
+
+    def _advance(self, last: str, relayed: list[tuple[str, str]]) -> None:
+        """Persist the dedup window and then the cursor, trim what is relayed; retried on the next batch
+        if Redis fails now."""
         if self.local_cursor is not None:
             try:
+                if relayed:
+                    self._store_seen_locally(relayed)
                 tmp = self.local_cursor.with_suffix(".tmp")
                 tmp.write_text(last)
                 os.replace(tmp, self.local_cursor)
             except OSError as e:
                 log.warning("could not store results cursor %s in %s: %s", last, self.local_cursor, e)
+        self._unsaved = (self._unsaved + relayed)[-self.s.dedupe_size:] if self.s.dedupe_size else []
         try:
             pipe = self.redis.pipeline(transaction=False)
+            if self._unsaved:
+                pipe.zadd(self.seen_key, {rid: _entry_score(eid) for rid, eid in self._unsaved})
+                pipe.zremrangebyrank(self.seen_key, 0, -self.s.dedupe_size - 1)
             pipe.set(self.cursor_key, last)
             pipe.xtrim(self.stream, minid=last, approximate=False)
             pipe.execute()
+            self._unsaved = []
         except redis.RedisError as e:
             self.metrics.inc("results_errors")
             log.warning("could not store results cursor %s (%s); kept in memory", last, e)
@@ -175,6 +239,13 @@ def _queued(info: mqtt.MQTTMessageInfo) -> mqtt.MQTTMessageInfo:
     if info.rc == mqtt.MQTT_ERR_NO_CONN:
         info.rc = mqtt.MQTT_ERR_SUCCESS
     return info
+
+
+def _entry_score(entry_id: str) -> float:
+    """A stream entry id as a sorted-set score that keeps entry order (ms, then up to 1000 per ms; a
+    double holds it exactly up to 2**53, i.e. for ms timestamps until the year 2255)."""
+    ms, seq = _entry_key(entry_id)
+    return ms * 1000.0 + min(seq, 999)
 
 
 def _entry_key(entry_id: str) -> tuple[int, int]:

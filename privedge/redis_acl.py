@@ -59,7 +59,9 @@ def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> Ac
     gw = check_name(gateway_id, "gateway id")
     results = f"{k}:results:{gw}"
     rules = (f"+xadd ~{k}:features:* ~{k}:media:* "
-             f"(+xread +xtrim +get +set ~{results} ~{results}:cursor)")
+             f"(+xread +xtrim +get +set ~{results} ~{results}:cursor) "
+             # The results relay's dedup window (gateway/results.py), written with the cursor.
+             f"(+zadd +zrange +zremrangebyrank ~{results}:seen)")
     return AclUser(f"gateway-{gw}", password, rules)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -19,17 +20,37 @@ TENSOR_DTYPES = ("float32", "float16", "int8", "uint8")
 """Feature dtypes a decoder accepts."""
 
 
-def make_id(gateway: str, device: str, seq: int) -> str:
-    """The inference id ``{gateway}/{device}/{seq}``: stable across retries, used to drop duplicates."""
-    return f"{check_name(gateway, 'gateway id')}/{check_device(device)}/{int(seq)}"
+BOOT_DOC = "boot id of the sensor, chosen afresh at each sensor start (its seqs may restart at 0)"
+"""Field doc shared by every message that carries ``boot``."""
 
 
-def split_id(inference_id: str) -> tuple[str, str, int]:
-    """``{gateway}/{device}/{seq}`` -> ``(gateway, device, seq)``; raises BadName otherwise."""
+class InferenceId(NamedTuple):
+    """The parts of an inference id; ``boot`` is None for a sensor that sends none."""
+
+    gateway: str
+    device: str
+    seq: int
+    boot: int | None = None
+
+
+def make_id(gateway: str, device: str, seq: int, boot: int | None = None) -> str:
+    """The inference id: ``{gateway}/{device}/{boot}-{seq}``, or ``{gateway}/{device}/{seq}`` without a
+    boot id. Stable across retries (duplicates are dropped by it); the boot id keeps the ids of a sensor
+    whose seqs restart after a reboot apart from those it sent before. Only this function and
+    :func:`split_id` know the format."""
+    head = f"{check_name(gateway, 'gateway id')}/{check_device(device)}/"
+    return head + (f"{int(seq)}" if boot is None else f"{int(boot)}-{int(seq)}")
+
+
+def split_id(inference_id: str) -> InferenceId:
+    """An id made by :func:`make_id` -> ``InferenceId(gateway, device, seq, boot)``; raises BadName otherwise."""
     parts = inference_id.split("/") if isinstance(inference_id, str) else []
-    if len(parts) != 3 or not parts[2].isdigit():
-        raise BadName(f"bad inference id {inference_id!r}: want GATEWAY/DEVICE/SEQ")
-    return check_name(parts[0], "gateway id"), check_device(parts[1]), int(parts[2])
+    if len(parts) == 3:
+        boot, dash, seq = parts[2].rpartition("-")
+        if seq.isascii() and seq.isdigit() and (not dash or (boot.isascii() and boot.isdigit())):
+            return InferenceId(check_name(parts[0], "gateway id"), check_device(parts[1]), int(seq),
+                               int(boot) if dash else None)
+    raise BadName(f"bad inference id {inference_id!r}: want GATEWAY/DEVICE/SEQ or GATEWAY/DEVICE/BOOT-SEQ")
 
 
 def check_tensor(dtype: str, shape: tuple[int, ...], data: bytes, limits: Limits,
@@ -67,10 +88,12 @@ class FeatureMessage(Message):
     """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``)."""
 
     PAYLOAD_LIMIT = "max_feature_payload"
-    id: str = spec("inference id {gateway}/{device}/{seq}, stable across retries")
+    id: str = spec("inference id {gateway}/{device}/{boot}-{seq} (or .../{seq} without boot), stable "
+                   "across retries")
     gateway: str = spec("gateway id")
     device: str = spec("sensor device id")
     seq: int = spec("sequence number of the (last) sensor message of this input", lo=0, hi=2**63 - 1)
+    boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
     ts: float = spec("capture time of the input, Unix seconds", lo=0)
     ts_sent: float = spec("time the gateway sent the features, Unix seconds", lo=0)
     task: str = spec("task name, e.g. glasses or digit")
@@ -85,11 +108,12 @@ class FeatureMessage(Message):
 
     @classmethod
     def from_array(cls, features: np.ndarray, *, gateway: str, device: str, seq: int, ts: float,
-                   ts_sent: float, task: str, model: str, reply: str) -> "FeatureMessage":
+                   ts_sent: float, task: str, model: str, reply: str,
+                   boot: int | None = None) -> "FeatureMessage":
         """Build from a feature array (one input, e.g. shape (8,)); ``id`` is derived."""
         dtype, shape, data = tensor_bytes(features)
-        return cls(id=make_id(gateway, device, seq), gateway=gateway, device=device, seq=seq, ts=ts,
-                   ts_sent=ts_sent, task=task, model=model, dtype=dtype, shape=shape, data=data,
+        return cls(id=make_id(gateway, device, seq, boot), gateway=gateway, device=device, seq=seq,
+                   boot=boot, ts=ts, ts_sent=ts_sent, task=task, model=model, dtype=dtype, shape=shape, data=data,
                    reply=reply)
 
     def array(self, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:

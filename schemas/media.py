@@ -2,6 +2,11 @@
 
 Framing follows the Wyoming protocol: a microphone sends one utterance as several AudioChunks sharing
 ``utt`` and marks the last one ``final``; the gateway joins them.
+
+``boot`` (optional) is chosen afresh by the sensor at each start. The gateway puts it in the inference id
+(``{gateway}/{device}/{boot}-{seq}``), so a sensor whose seqs restart at 0 after a reboot cannot have new
+inputs dropped as duplicates of the ones it sent before; a sensor without it keeps ``.../{seq}`` ids and
+must then keep its seqs increasing across restarts itself.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from PIL import Image
 
 from schemas.codec import Message, spec
 from schemas.errors import TooLarge, UndecodableMedia, WrongType
+from schemas.features import BOOT_DOC
 from schemas.limits import DEFAULT_LIMITS, Limits
 
 IMAGE_CODECS = ("jpeg", "png", "raw")
@@ -29,6 +35,7 @@ class ImageFrame(Message):
     PAYLOAD_LIMIT = "max_image_payload"
     device: str = spec("sensor device id")
     seq: int = spec("message sequence number, increasing per device", lo=0, hi=2**63 - 1)
+    boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
     ts: float = spec("capture time, Unix seconds", lo=0)
     codec: str = spec("encoding of data", choices=IMAGE_CODECS)
     w: int = spec("width, pixels", lo=1, hi=65535)
@@ -46,9 +53,9 @@ class ImageFrame(Message):
 
     @classmethod
     def from_array(cls, img: np.ndarray, *, device: str, seq: int, ts: float,
-                   codec: str = "png", quality: int = 90) -> "ImageFrame":
+                   codec: str = "png", quality: int = 90, boot: int | None = None) -> "ImageFrame":
         """Encode a uint8 HxW / HxWx3 / HxWx4 array as a frame (see :func:`encode_image`)."""
-        return cls(device=device, seq=seq, ts=ts, **encode_image(img, codec, quality=quality))
+        return cls(device=device, seq=seq, boot=boot, ts=ts, **encode_image(img, codec, quality=quality))
 
     def pixels(self, limits: Limits = DEFAULT_LIMITS) -> np.ndarray:
         """The decoded frame (see :func:`decode_image`)."""
@@ -122,6 +129,7 @@ class AudioChunk(Message):
     PAYLOAD_LIMIT = "max_audio_payload"
     device: str = spec("sensor device id")
     seq: int = spec("message sequence number, increasing per device", lo=0, hi=2**63 - 1)
+    boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
     ts: float = spec("capture time of the chunk's first sample, Unix seconds", lo=0)
     utt: str = spec("utterance id, shared by all chunks of one utterance")
     rate: int = spec("sample rate, Hertz", lo=1000, hi=192000)

@@ -14,7 +14,7 @@ class Result(Message):
     """One inference's outcome, written by a worker to ``{p}:results:{gateway}`` (field ``m``)."""
 
     PAYLOAD_LIMIT = "max_result_payload"
-    id: str = spec("inference id {gateway}/{device}/{seq}, copied from the FeatureMessage")
+    id: str = spec("inference id (schemas.features.make_id), copied from the FeatureMessage")
     task: str = spec("task name")
     model: str = spec("bundle id of the analyzer")
     label: str = spec("top-1 label")
@@ -37,7 +37,12 @@ class Result(Message):
     @property
     def seq(self) -> int:
         """Sensor sequence number taken from ``id``."""
-        return split_id(self.id)[2]
+        return split_id(self.id).seq
+
+    @property
+    def boot(self) -> int | None:
+        """Sensor boot id taken from ``id`` (None when the sensor sent none)."""
+        return split_id(self.id).boot
 
     def to_json(self, now: float | None = None) -> bytes:
         """The MQTT result for home apps (UTF-8 JSON).
@@ -45,10 +50,10 @@ class Result(Message):
         ``latency_ms`` is capture-to-``now`` in milliseconds (``now`` defaults to the current time:
         the gateway calls this just before publishing, so it is the end-to-end latency).
         """
-        gateway, device, seq = split_id(self.id)
+        gateway, device, seq, boot = split_id(self.id)
         now = time.time() if now is None else now
-        body = {"id": self.id, "gateway": gateway, "device": device, "seq": seq, "task": self.task,
-                "model": self.model, "label": self.label, "score": self.score,
+        body = {"id": self.id, "gateway": gateway, "device": device, "seq": seq, "boot": boot,
+                "task": self.task, "model": self.model, "label": self.label, "score": self.score,
                 "scores": self.scores or {}, "ts": self.ts, "ts_done": self.ts_done,
                 "latency_ms": round((now - self.ts) * 1000.0, 3), "worker": self.worker}
         return json.dumps(body, separators=(",", ":")).encode()

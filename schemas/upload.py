@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from schemas.codec import Message, spec
-from schemas.features import make_id
+from schemas.features import BOOT_DOC, make_id
 from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.media import AudioChunk, ImageFrame
 
@@ -30,10 +30,11 @@ class MediaMessage(Message):
     """One input's raw media, sent by a gateway in cloud_only mode to ``{p}:media:{task}``."""
 
     PAYLOAD_LIMIT = "max_image_payload"
-    id: str = spec("inference id {gateway}/{device}/{seq}, stable across retries")
+    id: str = spec("inference id (schemas.features.make_id), stable across retries")
     gateway: str = spec("gateway id")
     device: str = spec("sensor device id")
     seq: int = spec("sequence number of the input (audio: the utterance's first chunk)", lo=0, hi=2**63 - 1)
+    boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
     ts: float = spec("capture time of the input, Unix seconds", lo=0)
     ts_sent: float = spec("time the gateway sent the media, Unix seconds", lo=0)
     task: str = spec("task name, e.g. glasses or digit")
@@ -51,9 +52,9 @@ class MediaMessage(Message):
         seq = media.seq if seq is None else seq
         if payload is None:
             payload = media.encode(inner_limits(limits))
-        return cls(id=make_id(gateway, media.device, seq), gateway=gateway, device=media.device, seq=seq,
-                   ts=media.ts, ts_sent=ts_sent, task=task, model=model, reply=reply, kind=kind,
-                   payload=payload)
+        return cls(id=make_id(gateway, media.device, seq, media.boot), gateway=gateway, device=media.device,
+                   seq=seq, boot=media.boot, ts=media.ts, ts_sent=ts_sent, task=task, model=model,
+                   reply=reply, kind=kind, payload=payload)
 
     def media(self, limits: Limits = DEFAULT_LIMITS) -> ImageFrame | AudioChunk:
         """Decode ``payload`` (a SchemaError subclass when it is invalid)."""

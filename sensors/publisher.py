@@ -6,6 +6,10 @@ broker slows the sensor down instead of growing a queue or losing frames; paho k
 across reconnects (with backoff) and resends them, and :meth:`SensorPublisher.flush` waits for all of
 them. Availability: ``online`` retained on ``{p}/{device}/status`` after connect, ``offline`` as the
 last will and on a clean close.
+
+Identity: each start picks a fresh random ``boot`` id and numbers its messages from ``first_seq`` (0);
+the gateway makes inference ids ``{gateway}/{device}/{boot}-{seq}``. A sensor keeps no state across
+reboots, so a counter that survives them (or a clock) is not needed for ids to stay unique.
 """
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import collections
 import itertools
 import logging
 import os
+import secrets
 import threading
 import time
 import uuid
@@ -68,8 +73,11 @@ class PublisherSettings:
     ca_file: str | None = None
     """CA certificate for ``mqtts://`` brokers."""
     first_seq: int | None = None
-    """First sequence number; None = microseconds since the epoch, so that ids stay unique when a
-    sensor restarts (the gateway drops results whose id it has already seen)."""
+    """First sequence number; None = 0 (every start has a fresh ``boot``, so seqs may restart)."""
+    boot: int | None = None
+    """Boot id sent in every message; None = a fresh random one at each start. It goes into the
+    inference id (``{gateway}/{device}/{boot}-{seq}``), so seqs that restart after a reboot cannot be
+    taken for duplicates of what the sensor sent before (the gateway drops ids it has already seen)."""
 
     def __post_init__(self) -> None:
         check_device(self.device)
@@ -78,6 +86,8 @@ class PublisherSettings:
             raise ValueError(f"qos must be 0, 1 or 2, got {self.qos}")
         if self.max_inflight < 1:
             raise ValueError("max_inflight must be >= 1")
+        if self.boot is not None and not 0 <= self.boot < 2**63:
+            raise ValueError(f"boot must be in [0, 2**63), got {self.boot}")
         host_port(self.broker)
 
     @property
@@ -105,8 +115,10 @@ class SensorPublisher:
     def __init__(self, settings: PublisherSettings) -> None:
         self.settings = settings
         self.names = Names(settings.prefix)
-        self._seq = itertools.count(settings.first_seq if settings.first_seq is not None
-                                    else time.time_ns() // 1000)
+        self._seq = itertools.count(settings.first_seq or 0)
+        # 48 random bits: two boots of one device collide with odds of about n**2 / 2**49.
+        self.boot = settings.boot if settings.boot is not None else secrets.randbits(48)
+        """This start's boot id, in every frame and chunk published."""
         self._utt = itertools.count(1)
         self._session = uuid.uuid4().hex[:8]
         self._cond = threading.Condition()
@@ -252,7 +264,7 @@ class SensorPublisher:
         if isinstance(image, ImageFrame):
             frame = image
         else:
-            frame = ImageFrame(device=self.settings.device, seq=self.next_seq(),
+            frame = ImageFrame(device=self.settings.device, seq=self.next_seq(), boot=self.boot,
                                ts=time.time() if ts is None else ts, **encode_image(image, codec))
         self.publish(self.names.image(self.settings.device), frame.encode())
         return frame
@@ -274,7 +286,8 @@ class SensorPublisher:
             offset = i * chunk_ms / 1000.0
             if pace:
                 time.sleep(max(0.0, start + offset - time.time()))
-            chunk = AudioChunk(device=self.settings.device, seq=self.next_seq(), ts=start + offset, utt=utt,
+            chunk = AudioChunk(device=self.settings.device, seq=self.next_seq(), boot=self.boot,
+                               ts=start + offset, utt=utt,
                                rate=int(rate), width=2, channels=channels, codec="pcm_s16le",
                                final=i == len(pieces) - 1, data=piece)
             self.publish(self.names.audio(self.settings.device), chunk.encode())

@@ -80,7 +80,7 @@ def test_features_array_and_dtypes():
         msg = FeatureMessage.decode(_features(dtype).encode())
         assert msg.array().dtype == np.dtype(dtype) and msg.array().shape == (8,)
         assert np.array_equal(msg.array(), np.linspace(-2, 2, 8).astype(dtype))
-    assert _features().id == "gw/cam1/7" and split_id("gw/cam1/7") == ("gw", "cam1", 7)
+    assert _features().id == "gw/cam1/7" and split_id("gw/cam1/7") == ("gw", "cam1", 7, None)
 
 
 def test_audio_samples_and_chunking():
