@@ -173,7 +173,7 @@ def render_conf(directory: Path, port: int, *, tls_port: int | None = None, bind
             raise BrokerToolError(f"no certificates in {certs}: run `privedge broker make-certs` first")
         tls = (f"# TLS listener: for devices on the home network.\nlistener {tls_port} {tls_bind}\n"
                f"cafile {certs}/ca.crt\ncertfile {certs}/server.crt\nkeyfile {certs}/server.key\n"
-               "tls_version tlsv1.2\n")
+               "tls_version tlsv1.2\nuse_username_as_clientid true\n")
     text = TEMPLATE.read_text().format(dir=directory, port=int(port), bind=bind, tls_listener=tls,
                                        user=getpass.getuser())
     conf = directory / "mosquitto.conf"

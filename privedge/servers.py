@@ -1,7 +1,9 @@
 """Start and stop local mosquitto and redis-server processes on free loopback ports.
 
 Used by ``privedge demo``, the integration tests and the benchmarks: each gets its own broker and Redis
-with their data in a private directory, so that nothing touches a system-wide service.
+with their data in a private directory, so that nothing touches a system-wide service. Both run with the
+persistence settings privedge ships (broker/mosquitto.dev.conf, docker-compose.yml), so that the crash
+drills (``LocalServer.kill``: SIGKILL) measure what a deployment would lose.
 """
 from __future__ import annotations
 
@@ -110,9 +112,12 @@ def mosquitto(workdir: Path, port: int | None = None, *, persistence: bool = Tru
         "allow_anonymous true",
         f"persistence {'true' if persistence else 'false'}",
         f"persistence_location {workdir}/",
+        # The settings we ship (broker/mosquitto.dev.conf explains them): a snapshot every second, and a
+        # backlog held by the broker far above mosquitto's default of 1000 queued messages.
+        "autosave_on_changes false",
         "autosave_interval 1",
-        # The gateway's persistent session may hold thousands of unacknowledged QoS 1 messages.
-        "max_queued_messages 100000",
+        "max_queued_messages 1000000",
+        "max_queued_bytes 1073741824",
         "max_inflight_messages 1000",
         "log_dest stdout",
         "log_type error",
@@ -125,7 +130,8 @@ def mosquitto(workdir: Path, port: int | None = None, *, persistence: bool = Tru
 def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
           password: str | None = None, acl_users: list | None = None,
           extra: list[str] | None = None) -> LocalServer:
-    """A redis-server on 127.0.0.1:port with its data in ``workdir``.
+    """A redis-server on 127.0.0.1:port with its data in ``workdir`` (``appendonly``: the AOF settings we
+    ship, appendfsync everysec).
 
     ``acl_users`` (:class:`privedge.redis_acl.AclUser`, e.g. ``gateway_user`` and ``worker_user``): write
     them to ``workdir/users.acl`` and start with ``--aclfile``; the anonymous default user is then off.
@@ -135,6 +141,10 @@ def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
     port = port or free_port()
     argv = [_find("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
             "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
+    if appendonly:
+        # As shipped (docker-compose.yml): everysec loses nothing written before a kill of the process,
+        # up to about a second on an OS crash or power cut (README, "Security").
+        argv += ["--appendfsync", "everysec"]
     if password:
         argv += ["--requirepass", password]
     if acl_users:

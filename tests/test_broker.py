@@ -197,3 +197,81 @@ def test_acl_file_and_enrolment_rules(tmp_path):
     acl = secure.render_acl({"gw": "gateway"}, "home")
     assert "pattern write home/%u/image" in acl and "topic write home/+/result" in acl
     assert "pattern read home/%u/result" in acl and "readwrite home/+" not in acl
+
+
+class GatewayLike:
+    """A client connecting as the gateway does (gateway/intake.py): its fixed client id, MQTT 5,
+    clean_start False with a session expiry, QoS 1 subscriptions; counts its disconnections."""
+
+    def __init__(self, port: int, user: str, password: str, client_id: str) -> None:
+        from paho.mqtt.packettypes import PacketTypes
+        from paho.mqtt.properties import Properties
+
+        self.disconnects = 0
+        self.connected = threading.Event()
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.c.username_pw_set(user, password)
+        self.c.on_connect = lambda c, u, f, rc, p: (not rc.is_failure) and (
+            c.subscribe([(t, 1) for t in NAMES.sensor_wildcards()]), self.connected.set())
+        self.c.on_disconnect = self._on_disconnect
+        self.c.on_message = lambda c, u, m: self.messages.put(m)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.c.connect("127.0.0.1", port, clean_start=False, properties=props)
+        self.c.loop_start()
+        assert self.connected.wait(10)
+
+    def _on_disconnect(self, *args) -> None:
+        self.disconnects += 1
+        self.connected.clear()
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def test_a_device_using_the_gateways_client_id_does_not_disconnect_it(hardened):
+    """Finding: any device could connect with the gateway's client id and take its session over, again
+    and again. The hardened broker binds client ids to user names, so the device gets a session of its
+    own and the gateway stays connected, still receiving."""
+    from gateway.config import GatewaySettings
+
+    server, pw, ca = hardened
+    gw_id = GatewaySettings(id="gw").client_id
+    gw = GatewayLike(server.port, "gw", pw["gw"], gw_id)
+    try:
+        time.sleep(0.3)
+        # On the plain listener and on the TLS one (where devices connect).
+        for port, tls_ca in ((server.port, None), (server.tls_port, ca), (server.port, None)):
+            intruder = Client(port, "camA", pw["camA"], ca=tls_ca, client_id=gw_id)
+            assert not intruder.rc.is_failure
+            time.sleep(0.3)
+            intruder.close()
+        assert gw.disconnects == 0 and gw.connected.is_set()
+        b = Client(server.port, "camB", pw["camB"], client_id="privedge-sensor-camB")
+        b.publish(NAMES.image("camB"), b"still-served")
+        assert gw.messages.get(timeout=10).payload == b"still-served"
+        b.close()
+    finally:
+        gw.close()
+
+
+def test_the_gateways_persistent_session_survives_with_client_ids_bound_to_users(hardened):
+    """The broker keeps the gateway's session (subscriptions and queued QoS 1 messages) while it is away,
+    with client ids bound to user names: what a device publishes meanwhile is delivered at reconnect."""
+    from gateway.config import GatewaySettings
+
+    server, pw, _ = hardened
+    gw_id = GatewaySettings(id="gw").client_id
+    GatewayLike(server.port, "gw", pw["gw"], gw_id).close()
+    a = Client(server.port, "camA", pw["camA"], client_id="privedge-sensor-camA")
+    for i in range(3):
+        a.publish(NAMES.image("camA"), b"while-away-%d" % i)
+    a.close()
+    gw = GatewayLike(server.port, "gw", pw["gw"], gw_id)
+    try:
+        got = [gw.messages.get(timeout=10).payload for _ in range(3)]
+        assert got == [b"while-away-%d" % i for i in range(3)]
+    finally:
+        gw.close()
