@@ -35,7 +35,9 @@ NOTES = [
 
 
 def bundles_by_modality(dirs: list[str] | None, modalities: tuple[str, ...], work: Path) -> dict[str, Path]:
-    """Given bundles by their manifest's modality; untrained default ones for the rest."""
+    """Given bundles by their manifest's modality; untrained default ones for the rest, signed with a
+    provider key of this run (``models.signing.local_provider``: the services started later pin it)."""
+    from models import signing
     from models.bundle import make_untrained_bundle, read_manifest
 
     out: dict[str, Path] = {}
@@ -46,6 +48,7 @@ def bundles_by_modality(dirs: list[str] | None, modalities: tuple[str, ...], wor
         out[modality] = Path(d)
     for modality in modalities:
         if modality not in out:
+            signing.local_provider(work)
             out[modality] = work / f"untrained-{modality}"
             make_untrained_bundle(out[modality], modality)
     return {m: out[m] for m in modalities}

@@ -48,6 +48,7 @@ def run(count: int, devices: int, batch: int, wait_ms: float, runtime: str, code
     from bench.runtime import real_or_random
     from gateway.config import GatewaySettings
     from gateway.service import Gateway
+    from models import signing
     from models.bundle import make_untrained_bundle
     from privedge import servers
     from schemas.media import ImageFrame
@@ -55,6 +56,7 @@ def run(count: int, devices: int, batch: int, wait_ms: float, runtime: str, code
     from workers.service import Worker
 
     tmp = Path(tempfile.mkdtemp(prefix="privedge-threads-"))
+    signing.local_provider(tmp)  # sign the bundle below; the gateway and worker settings pin the key
     make_untrained_bundle(tmp / "bundle", "image")
     images, source = real_or_random("image", 64, data)
     payloads = [ImageFrame.from_array(images[i % len(images)], device=f"cam{i % devices}", seq=i // devices,

@@ -57,7 +57,8 @@ def bundle_main(argv: list[str]) -> int:
         if args.action == "keygen":
             key, pub = signing.generate_key(args.out)
             print(f"private key {key} (keep it with the provider; mode 600)\npublic key  {pub} (pin it as "
-                  f"bundle_key on gateways and workers)\nfingerprint {signing.fingerprint(signing.load_public_key(pub))}")
+                  f"bundle_key on gateways and workers)\n"
+                  f"fingerprint {signing.fingerprint(signing.load_public_key(pub))}")
             return 0
         key = signing.load_private_key(args.key) if args.action == "sign" else signing.load_public_key(args.key)
     except signing.SignatureError as e:

@@ -31,7 +31,7 @@ from pathlib import Path
 from privedge import servers
 from privedge.children import Child
 from privedge.demo_bundles import (MODALITIES, BundleCacheError, DemoBundle, TrainingInterrupted, default_cache_dir,
-                                   ensure_bundles, train_argv)
+                                   ensure_bundles, key_args, train_argv)
 from privedge.demo_view import LiveView, Tally, result_line, status_text, summary_text
 from privedge.demo_watch import Monitor, RedisTap
 from schemas import Names
@@ -116,7 +116,7 @@ class Demo:
         tasks = sorted({b.manifest["task"] for b in self.bundles})
         self.tap = RedisTap(redis.url, [self.names.features(t) for t in tasks], [self.names.dead(t) for t in tasks],
                             self.tally).start()
-        bundle_args = [a for b in self.bundles for a in ("--bundle", str(b.path))]
+        bundle_args = [*(a for b in self.bundles for a in ("--bundle", str(b.path))), *key_args(self.bundles)]
         self.services.append(Child("gateway", python_cmd(
             "gateway", "--broker", broker.url, "--redis", redis.url, *bundle_args, "--id", GATEWAY_ID,
             "--stats-interval-s", "1"), self.workdir).start())

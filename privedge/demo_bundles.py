@@ -5,6 +5,14 @@ train`` would use (its parser's defaults included, so a new default embedding ge
 training-code version and the torch version. Training runs ``privedge train`` in child processes, one per
 modality and one torch thread each, writing to a temporary folder that is renamed into place only when
 complete, so an interrupted run never leaves a half-written bundle in the cache.
+
+The demo is its own provider: it signs what it trains with the provider key ``PRIVEDGE_SIGNING_KEY``
+names or, without one, with an Ed25519 key it makes in the cache on first use (``{cache}/provider.key``,
+mode 600, and ``provider.key.pub``), and pins the public half in the gateway and workers it starts
+(``--bundle-key``), as a real provider and a real home would. A cached bundle that does not verify
+with that key (made before bundles were signed, or by another key) is trained again rather than
+trusted. Bundles given on the command line are not the demo's: the services pin
+``PRIVEDGE_BUNDLE_KEY`` for them.
 """
 from __future__ import annotations
 
@@ -21,13 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from models import signing
 from privedge.children import Child
 
 log = logging.getLogger(__name__)
 
 MODALITIES = ("image", "speech")
 # Settings that change how training runs, not what it produces: left out of the cache key.
-_NOT_IN_KEY = ("out", "no_progress", "threads")
+_NOT_IN_KEY = ("out", "no_progress", "threads", "sign_key")
+PROVIDER_KEY = "provider.key"
 _PERCENT = re.compile(r"(\d+)%\|")
 
 
@@ -79,10 +89,39 @@ def bundle_key(argv: list[str]) -> str:
     return f"{settings['modality']}-{settings['embedding']}-{digest}"
 
 
-def cached_bundle(cache: Path, key: str) -> Path | None:
-    """The complete bundle stored under ``key``, or None."""
+def provider_key(cache: Path, *, create: bool = True) -> tuple[Path, Path]:
+    """(private, public) files of the key the demo signs with: ``PRIVEDGE_SIGNING_KEY`` (its public half
+    beside it as ``KEY.pub``), else the demo's own in ``cache``, made on first use (``create``)."""
+    key = signing.signing_key_from_env()
+    if key is not None:
+        pub = signing.public_path(key)
+        if not pub.is_file():
+            raise signing.KeyFileError(f"{pub}: the public half of {signing.ENV_SIGNING_KEY} is missing")
+        return key, pub
+    key = Path(cache) / PROVIDER_KEY
+    if not create:
+        return key, signing.public_path(key)
+    try:
+        signing.generate_key(key)
+    except signing.KeyFileError:
+        if not (key.is_file() and signing.public_path(key).is_file()):
+            raise
+    return key, signing.public_path(key)
+
+
+def cached_bundle(cache: Path, key: str, pub: Path | None = None) -> Path | None:
+    """The complete bundle stored under ``key``, signed by the provider key whose public half is ``pub``
+    (default: that of :func:`provider_key`); or None."""
     d = Path(cache) / key
-    return d if (d / "manifest.json").is_file() and (d / "extractor.pt").is_file() else None
+    pub = pub or provider_key(cache, create=False)[1]
+    if not ((d / "manifest.json").is_file() and (d / "extractor.pt").is_file() and pub.is_file()):
+        return None
+    try:
+        signing.verify_bundle(d, pub, "full")
+    except signing.SignatureError as e:
+        log.info("cached bundle %s does not verify (%s): training it again", d, e)
+        return None
+    return d
 
 
 @dataclass
@@ -93,6 +132,8 @@ class DemoBundle:
     path: Path
     key: str | None = None
     train_s: float | None = None
+    public_key: Path | None = None
+    """The provider key the bundle is signed with, when the demo signed it (None: given by the user)."""
 
     @property
     def manifest(self) -> dict:
@@ -122,20 +163,22 @@ def ensure_bundles(cache: Path, argvs: dict[str, list[str]], stop: threading.Eve
     cache = Path(cache)
     out: list[DemoBundle] = []
     jobs: list[tuple[DemoBundle, Child, Path]] = []
+    cache.mkdir(parents=True, exist_ok=True)
+    sign_key, pub = provider_key(cache)
     try:
         for modality, argv in argvs.items():
             key = bundle_key(argv)
-            found = cached_bundle(cache, key)
+            found = cached_bundle(cache, key, pub)
             if found is not None:
                 log.info("%s bundle from cache %s", modality, found)
-                out.append(DemoBundle(modality, found, key))
+                out.append(DemoBundle(modality, found, key, public_key=pub))
                 continue
-            cache.mkdir(parents=True, exist_ok=True)
             tmp = cache / f".{key}.{os.getpid()}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
-            cmd = [sys.executable, "-m", "privedge.cli", "train", *argv, "--out", str(tmp), "--threads", "1"]
+            cmd = [sys.executable, "-m", "privedge.cli", "train", *argv, "--out", str(tmp), "--threads", "1",
+                   "--sign-key", str(sign_key)]
             child = Child(f"train-{modality}", cmd, log_dir).start()
-            bundle = DemoBundle(modality, cache / key, key, train_s=None)
+            bundle = DemoBundle(modality, cache / key, key, train_s=None, public_key=pub)
             jobs.append((bundle, child, tmp))
         t0 = next_report = time.monotonic()
         pending = list(jobs)
@@ -165,3 +208,10 @@ def ensure_bundles(cache: Path, argvs: dict[str, list[str]], stop: threading.Eve
             shutil.rmtree(tmp, ignore_errors=True)
     order = {m: i for i, m in enumerate(argvs)}
     return sorted(out, key=lambda b: order[b.modality])
+
+
+def key_args(bundles: list[DemoBundle]) -> list[str]:
+    """``--bundle-key PUB`` for the services, when the demo signed every bundle with one key; else no
+    flag (the services pin ``PRIVEDGE_BUNDLE_KEY``, or refuse)."""
+    keys = {b.public_key for b in bundles}
+    return ["--bundle-key", str(keys.pop())] if len(keys) == 1 and None not in keys else []

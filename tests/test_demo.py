@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 
+from models import signing
 from models.bundle import make_untrained_bundle
 from privedge.demo_bundles import bundle_key, cached_bundle, ensure_bundles, resolved_settings, train_argv
 from privedge.demo_view import Tally, percentile
@@ -163,6 +164,7 @@ def test_missing_bundle_is_trained_once_then_found_in_the_cache(trained_image, t
     assert manifest["embedding"] == resolved_settings(argv)["embedding"]
     assert first[0].path.name == bundle_key(argv) and cached_bundle(cache, bundle_key(argv))
     assert [p.name for p in cache.iterdir()] == [bundle_key(argv)]  # no temporary left
+    signing.verify_bundle(first[0].path, first[0].public_key)  # signed by the provider key it pins
 
     again = ensure_bundles(cache, {"image": argv}, threading.Event(), log_dir=tmp_path / "logs")
     assert again[0].path == first[0].path and again[0].train_s is None

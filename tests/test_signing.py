@@ -301,3 +301,23 @@ def test_services_pin_the_key_from_the_environment(provider_key):
     assert GatewaySettings().bundle_key == str(provider_key[1]) and GatewaySettings().allow_unsigned is False
     w = WorkerSettings(bundles=("b",))
     assert w.bundle_key == str(provider_key[1]) and w.allow_unsigned is False
+
+
+def test_the_demo_cache_trusts_only_bundles_its_own_key_signed(tmp_path, keys, monkeypatch, provider_key):
+    from privedge.demo_bundles import DemoBundle, cached_bundle, key_args
+    from privedge.demo_bundles import provider_key as demo_key
+
+    cache = tmp_path / "cache"
+    assert demo_key(cache) == provider_key  # PRIVEDGE_SIGNING_KEY, when set, is the provider
+    monkeypatch.delenv(signing.ENV_SIGNING_KEY)
+    key, pub = demo_key(cache)
+    assert key == cache / "provider.key"
+    assert demo_key(cache) == (key, pub) and stat.S_IMODE(key.stat().st_mode) == 0o600  # made once
+    make_untrained_bundle(cache / "image-x", "image", sign_key=key)
+    assert cached_bundle(cache, "image-x") == cache / "image-x"
+    make_untrained_bundle(cache / "image-y", "image", sign_key=keys["theirs"][0])
+    make_untrained_bundle(cache / "image-z", "image")
+    signing.unsign(cache / "image-z")
+    assert cached_bundle(cache, "image-y") is None and cached_bundle(cache, "image-z") is None  # trained again
+    assert key_args([DemoBundle("image", cache / "image-x", public_key=pub)]) == ["--bundle-key", str(pub)]
+    assert key_args([DemoBundle("image", cache / "image-x")]) == []  # given bundles: PRIVEDGE_BUNDLE_KEY
