@@ -321,3 +321,16 @@ def test_the_demo_cache_trusts_only_bundles_its_own_key_signed(tmp_path, keys, m
     assert cached_bundle(cache, "image-y") is None and cached_bundle(cache, "image-z") is None  # trained again
     assert key_args([DemoBundle("image", cache / "image-x", public_key=pub)]) == ["--bundle-key", str(pub)]
     assert key_args([DemoBundle("image", cache / "image-x")]) == []  # given bundles: PRIVEDGE_BUNDLE_KEY
+
+
+def test_the_compose_services_pin_the_provider_key():
+    import yaml
+
+    from gateway.service import build_parser
+    from workers.service import parse_args
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    assert parse_args(services["worker"]["command"][1:]).bundle_key == "/keys/provider.key.pub"
+    assert build_parser().parse_args(services["gateway"]["command"][1:]).bundle_key == "/keys/provider.key.pub"
+    for name in ("gateway", "worker"):
+        assert "./keys/provider.key.pub:/keys/provider.key.pub:ro" in services[name]["volumes"]
