@@ -4,7 +4,7 @@ An in-process gateway (split mode) and worker on their own mosquitto and redis-s
 publishes ``--count`` camera frames from ``--devices`` devices (QoS 1) and waits for every result. Each
 thread's CPU seconds (user + system, from /proc via psutil) over the run, divided by the results, say
 what paho's network thread, the extraction loop, the results relay and the rest cost per inference. The
-gateway runs with ``overflow=backpressure`` so that nothing is dropped.
+gateway drops nothing (backpressure: the broker holds what it has not taken yet).
 
     python -m bench.gateway_threads --out DIR [--count N] [--batch B] [--wait-ms T] [--runtime onnx|torch]
 """
@@ -66,7 +66,7 @@ def run(count: int, devices: int, batch: int, wait_ms: float, runtime: str, code
     try:
         gw = Gateway(GatewaySettings(broker=broker.url, redis=store.url, bundles=(str(tmp / "bundle"),),
                                      id="bench", batch=batch, wait_ms=wait_ms, runtime=runtime,
-                                     overflow="backpressure", stats_interval_s=5.0)).start()
+                                     stats_interval_s=5.0)).start()
         worker = Worker(WorkerSettings(redis=RedisSettings.from_dsn(store.url), bundles=(tmp / "bundle",),
                                        runtime=runtime, block_ms=50)).start()
         done = threading.Event()

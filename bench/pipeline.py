@@ -60,8 +60,6 @@ class PipelineSettings:
     """How long the services may take to start and answer the first input."""
     drain_timeout_s: float = 60.0
     """How long to wait for the results still outstanding after a phase."""
-    queue_per_device: int = 4096
-    """Gateway queue per device: large, so that nothing is dropped at the gateway in any mode."""
     gateway_args: tuple[str, ...] = ()
     """Extra ``privedge gateway`` flags, e.g. ``("--batch", "16")``."""
     worker_args: tuple[str, ...] = ()
@@ -148,8 +146,8 @@ def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineS
     logs = stack.logs / f"{name}-{token}"
     listener = ResultListener(stack.mqtt.port, prefix, client_id=f"bench-listener-{token}")
     gateway = Service("gateway", ["--broker", stack.mqtt.url, "--redis", stack.redis.url, "--bundle", str(bundle),
-                                  "--id", gw_id, "--mode", mode, "--prefix", prefix, "--queue-per-device",
-                                  str(s.queue_per_device), "--stats-interval-s", "60", "--log-level", "WARNING",
+                                  "--id", gw_id, "--mode", mode, "--prefix", prefix,
+                                  "--stats-interval-s", "60", "--log-level", "WARNING",
                                   *s.gateway_args], logs / "gateway.log")
     services = [gateway]
     if mode != "local_only":

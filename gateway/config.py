@@ -24,7 +24,14 @@ from urllib.parse import urlparse
 import yaml
 
 MODES = ("split", "cloud_only", "local_only")
-OVERFLOWS = ("drop_oldest", "backpressure")
+REMOVED = {
+    "overflow": "the gateway no longer drops inputs from a full queue: the MQTT receive window "
+                "(receive_maximum) bounds what it holds, and only stale camera frames are dropped "
+                "(image_max_age_s)",
+    "queue_per_device": "what the gateway holds is bounded by receive_maximum (the broker's in-flight "
+                        "window); stale camera frames are dropped by age (image_max_age_s)",
+}
+"""Settings that older versions had, and what replaces each: naming one is an error that says so."""
 RUNTIMES = ("auto", "onnx", "torch")  # models.onnx_runtime.RUNTIMES, repeated so settings import no torch
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -66,16 +73,16 @@ class GatewaySettings:
     """Largest micro-batch per extraction loop (inputs)."""
     wait_ms: float = 5.0
     """Longest wait for a micro-batch to fill once its first input is there (milliseconds)."""
-    queue_per_device: int = 64
-    """Inputs held per device before the oldest is dropped (and counted), with overflow drop_oldest."""
-    overflow: str = "drop_oldest"
-    """What a full device queue does. ``drop_oldest``: drop, acknowledge, count and report the oldest
-    input (stale camera frames go first; a restart backlog longer than queue_per_device loses its oldest
-    part, counted). ``backpressure``: keep up to receive_maximum inputs and let the broker's flow control
-    hold the rest (nothing dropped by the gateway; the broker's own queue limit then applies)."""
     receive_maximum: int = 1000
-    """MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us. While Redis
-    is unreachable the gateway holds up to this many inputs unacknowledged instead of dropping them."""
+    """MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us, and so the
+    bound of what the gateway holds (queued, being assembled, waiting for Redis); the broker keeps the
+    rest (with MQTT 3.1.1 the broker's ``max_inflight_messages`` is that bound). Memory: at most this many
+    payloads (each under its size limit). Nothing is dropped to stay under it."""
+    image_max_age_s: float = 30.0
+    """A camera frame older than this when the gateway takes it (seconds since capture, on the camera's
+    own clock corrected by its measured offset) is dropped, acknowledged and counted per device
+    (``dropped``): under sustained overload old frames are worth nothing and the newest are served. A
+    backlog shorter than this (a broker or gateway restart) is served in full. Audio is never dropped."""
     mqtt_protocol: str = "5"
     """``5`` (session expiry + receive maximum) or ``3.1.1`` (clean_session False)."""
     session_expiry_s: int = 7 * 24 * 3600
@@ -94,8 +101,12 @@ class GatewaySettings:
     """Redis password (secret: environment or redis_password_file only)."""
     redis_password_file: str | None = None
     """File holding the Redis password (first line)."""
-    stream_maxlen: int = 100_000
-    """Approximate bound of each features/media stream (XADD MAXLEN ~, entries)."""
+    stream_max_backlog: int = 100_000
+    """Entries in one of this gateway's features/media streams above which the cloud is behind: the gateway
+    then spools (or holds its inputs) as when Redis is away, until the workers have consumed and trimmed
+    the backlog (gateway/upstream.py). Nothing is ever trimmed unread. 100,000 is the bound the stream used
+    to be trimmed at: about 20 MB of Redis memory per home for features, 83 minutes of a busy room at
+    20 inputs/s without any worker, and far above the acknowledged entries the workers keep for 30 s."""
     results_batch: int = 256
     """Results read per XREAD."""
     results_block_ms: int = 500
@@ -105,7 +116,13 @@ class GatewaySettings:
     audio_max_seconds: float = 10.0
     """Longest utterance accepted (seconds of audio); longer ones are rejected."""
     audio_max_open: int = 64
-    """Utterances being assembled at once; past this the oldest is rejected."""
+    """Utterances being assembled at once; past this the oldest one of the device holding the most is
+    rejected."""
+    audio_max_chunks: int = 256
+    """Chunks of one utterance, empty ones included (10 s in 40 ms chunks); past this it is rejected."""
+    audio_max_bytes: int = 2 * 1024 * 1024
+    """Payload bytes of one utterance's chunks, headers included (10 s of 48 kHz stereo is 1.9 MB); past
+    this it is rejected."""
     audio_timeout_s: float = 5.0
     """An utterance whose final chunk has not come this long after its last chunk is rejected."""
     torch_threads: int = 1
@@ -176,7 +193,6 @@ def _validate(s: GatewaySettings) -> None:
     for f in fields(s):
         _check_type(f.name, getattr(s, f.name))
     need(s.mode in MODES, f"mode must be one of {MODES}, got {s.mode!r}")
-    need(s.overflow in OVERFLOWS, f"overflow must be one of {OVERFLOWS}, got {s.overflow!r}")
     need(s.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {s.runtime!r}")
     need(bool(_ID_RE.match(s.id)), f"id must match {_ID_RE.pattern}, got {s.id!r}")
     need(bool(_PREFIX_RE.match(s.prefix)), f"prefix must match {_PREFIX_RE.pattern}, got {s.prefix!r}")
@@ -184,14 +200,14 @@ def _validate(s: GatewaySettings) -> None:
     url = urlparse(s.broker)
     need(url.scheme == "mqtt" and bool(url.hostname), f"broker must be mqtt://HOST:PORT, got {s.broker!r}")
     need(urlparse(s.redis).scheme in ("redis", "rediss"), f"redis must be redis://HOST:PORT, got {s.redis!r}")
-    for name in ("batch", "queue_per_device", "receive_maximum", "stream_maxlen", "results_batch",
-                 "results_block_ms", "dedupe_size", "audio_max_open", "torch_threads", "keepalive_s",
+    for name in ("batch", "audio_max_chunks", "audio_max_bytes", "receive_maximum", "stream_max_backlog",
+                 "results_batch", "results_block_ms", "dedupe_size", "audio_max_open", "torch_threads", "keepalive_s",
                  "spool_max_bytes", "spool_replay_batch"):
         need(getattr(s, name) >= 1, f"{name} must be >= 1, got {getattr(s, name)}")
     need(s.receive_maximum <= 65535, f"receive_maximum must be <= 65535, got {s.receive_maximum}")
     for name in ("wait_ms", "session_expiry_s", "retry_initial_s"):
         need(getattr(s, name) >= 0, f"{name} must be >= 0, got {getattr(s, name)}")
-    for name in ("audio_max_seconds", "audio_timeout_s", "stats_interval_s", "retry_max_s",
+    for name in ("audio_max_seconds", "audio_timeout_s", "image_max_age_s", "stats_interval_s", "retry_max_s",
                  "drain_timeout_s", "connect_timeout_s"):
         need(getattr(s, name) > 0, f"{name} must be > 0, got {getattr(s, name)}")
     need(s.metrics_port is None or 0 <= s.metrics_port <= 65535, f"bad metrics_port {s.metrics_port}")
@@ -227,6 +243,8 @@ def _check_type(name: str, value: Any) -> None:
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Turn a value from a file, the environment or a flag into the field's type."""
+    if name in REMOVED:
+        raise ConfigError(f"{source}: setting {name!r} was removed: {REMOVED[name]}")
     if name not in _FIELDS:
         raise ConfigError(f"{source}: unknown setting {name!r}; valid settings: {', '.join(sorted(_FIELDS))}")
     want = _FIELDS[name].type
@@ -292,7 +310,7 @@ def load_settings(flags: Mapping[str, Any] | None = None, *, config_file: str | 
     config_file = config_file or env.get("PRIVEDGE_CONFIG")
     if config_file:
         merged.update(read_config_file(config_file))
-    for name in _FIELDS:
+    for name in (*REMOVED, *_FIELDS):
         key = f"PRIVEDGE_{name.upper()}"
         if key in env:
             merged[name] = _coerce(name, env[key], f"environment {key}")

@@ -2,13 +2,23 @@
 
 Per mode (the same loop, a different last step):
 
-- ``split``: extractor -> FeatureMessage -> ``{p}:features:{task}`` (privedge);
-- ``cloud_only``: the validated media -> MediaMessage -> ``{p}:media:{task}`` (comparison baseline; the
+- ``split``: extractor -> FeatureMessage -> ``{p}:features:{task}:{gateway}`` (privedge);
+- ``cloud_only``: the validated media -> MediaMessage -> ``{p}:media:{task}:{gateway}`` (comparison baseline; the
   frame is validated but its pixels are not decoded: that work belongs to the worker in this mode);
 - ``local_only``: whole network -> Result JSON straight to ``{p}/{device}/result``; nothing goes up.
 
-Every rejected input is reported (errors topic + per-reason counter) and acknowledged; the loop goes on.
-Inputs are acknowledged only after the whole batch is handed on. Stage timers: ``decode`` (msgpack,
+Every rejected input is reported (errors topic, counters by reason and by device) and acknowledged; the
+loop goes on. Whatever exception one input's decode, preprocessing or model run raises, of any type,
+rejects that input alone: an unexpected type is logged with its traceback (it is a bug to fix), but one
+hostile input must not end the loop, and an input left unacknowledged would come back after a restart
+and end it again. Inputs are acknowledged only after the whole batch is handed on.
+
+Per-kind drop policy (gateway/intake.py explains why nothing else is dropped): a camera frame older than
+``image_max_age_s`` on its camera's corrected clock (gateway/staleness.py) is dropped, acknowledged and
+counted per device (``dropped``) without being decoded further; audio chunks are never dropped.
+
+A refused payload is never parsed again for the error report: its ``seq`` is reported when the bounded
+decode got as far as a map (a field failed validation), else null. Stage timers: ``decode`` (msgpack,
 validation, pixels/PCM), ``preprocess`` (resize / pitch shift + log-mel), ``extract`` (the network),
 ``publish`` (the pipelined XADD, in upstream).
 """
@@ -26,8 +36,11 @@ from gateway.audio import Rejected, Utterance, UtteranceAssembler
 from gateway.config import GatewaySettings
 from gateway.intake import DeviceQueues, Inbound, Intake
 from gateway.metrics import Metrics
+from gateway.staleness import DeviceClocks
 from gateway.upstream import Upstream
 from schemas import FeatureMessage, Names, Result, SchemaError, make_id
+from schemas.codec import unpack_map
+from schemas.limits import DEFAULT_LIMITS
 from schemas.media import AudioChunk, ImageFrame, decode_image
 from schemas.upload import MediaMessage
 
@@ -35,8 +48,7 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5
 """Scores kept in a local_only Result (top-k labels)."""
-MAX_PEEK = 8 * 1024 * 1024
-"""Largest rejected payload whose ``seq`` the error report tries to read (bytes)."""
+REASON_STALE = "stale frame"
 
 
 class DeviceMismatch(SchemaError):
@@ -78,9 +90,15 @@ class ExtractionLoop:
         self.metrics = metrics
         self._report = report
         self.reply = names.results(settings.id)
-        self.stream = names.media(self.task) if settings.mode == "cloud_only" else names.features(self.task)
-        self.assembler = UtteranceAssembler(settings.audio_max_seconds, settings.audio_max_open,
-                                            settings.audio_timeout_s) if kind == "audio" else None
+        stream_of = names.media if settings.mode == "cloud_only" else names.features
+        self.stream = stream_of(self.task, settings.id)  # this home's own stream (schemas.names)
+        self.assembler = UtteranceAssembler(
+            settings.audio_max_seconds, settings.audio_max_open, settings.audio_timeout_s,
+            max_chunks=settings.audio_max_chunks, max_bytes=settings.audio_max_bytes,
+            # half the in-flight window: the rest keeps the queues moving while utterances are assembled
+            hold_items=max(1, settings.receive_maximum // 2)) if kind == "audio" else None
+        self.clocks = DeviceClocks()
+        self._epoch = 0
         self.draining = False
         self.drain_deadline = float("inf")
         self.thread = threading.Thread(target=self._run, name=f"gateway-{kind}", daemon=True)
@@ -101,9 +119,14 @@ class ExtractionLoop:
             while True:
                 items = self.queue.take(self.s.batch, self.s.wait_ms / 1000.0, timeout_s=0.2)
                 if self.assembler is not None:
+                    if not self.intake.connected.is_set() or self.intake.epoch != self._epoch:
+                        # the missing chunks wait at the broker meanwhile: their timeout starts again
+                        self._epoch = self.intake.epoch
+                        self.assembler.touch_all()
                     for r in self.assembler.expire():
                         self._reject_many(r)
                     self.metrics.set_gauge(f"{self.kind}_open_utterances", len(self.assembler))
+                    self.metrics.set_gauge(f"{self.kind}_held_chunks", self.assembler.held())
                 self.metrics.set_gauge(f"{self.kind}_queue", self.queue.depth())
                 if items:
                     self.process(items)
@@ -134,31 +157,69 @@ class ExtractionLoop:
             self._publish_results(ready, outputs)
         else:
             now = time.time()
-            msgs = [FeatureMessage.from_array(z, gateway=self.s.id, device=r.device, seq=r.seq, ts=r.ts,
-                                              boot=r.media.boot, ts_sent=now, task=self.task, model=self.model_id,
-                                              reply=self.reply).encode() for r, z in zip(ready, outputs)]
-            self._hand_on(ready, msgs)
+            kept, msgs = [], []
+            for r, z in zip(ready, outputs):
+                try:
+                    msgs.append(FeatureMessage.from_array(z, gateway=self.s.id, device=r.device, seq=r.seq,
+                                                          boot=r.media.boot, ts=r.ts, ts_sent=now, task=self.task,
+                                                          model=self.model_id, reply=self.reply).encode())
+                    kept.append(r)
+                except Exception as e:  # noqa: BLE001 (one input's features, e.g. non-finite: reject it)
+                    self._reject_ready(r, "model failed", f"features not sendable: {_describe(e)}")
+            if kept:
+                self._hand_on(kept, msgs)
 
     def _decode(self, item: Inbound) -> list[Ready]:
         """The inputs this MQTT message completes: a frame, an utterance's last chunk, or nothing."""
+        obj = None
         try:
+            cls = ImageFrame if self.kind == "image" else AudioChunk
+            obj = unpack_map(item.payload, getattr(DEFAULT_LIMITS, cls.PAYLOAD_LIMIT), DEFAULT_LIMITS)
+            msg = cls.from_wire(obj)
+            self._check_device(msg, item)
             if self.kind == "image":
-                frame = ImageFrame.decode(item.payload)
-                self._check_device(frame, item)
-                raw = None if self.s.mode == "cloud_only" else decode_image(frame)
-                return [Ready(frame.device, frame.seq, frame.ts, [item], frame, raw)]
-            chunk = AudioChunk.decode(item.payload)
-            self._check_device(chunk, item)
+                if self._stale(msg, item):
+                    return []
+                raw = None if self.s.mode == "cloud_only" else decode_image(msg)
+                return [Ready(msg.device, msg.seq, msg.ts, [item], msg, raw)]
         except SchemaError as e:
-            self._reject(item, _seq_of(item.payload), e.reason, str(e))
+            self._reject(item, _seq_of(obj), e.reason, str(e))
             return []
-        done, rejected = self.assembler.add(chunk, item)
+        except Exception as e:  # noqa: BLE001 (any failure of one input rejects that input only)
+            log.exception("%s input from %s: unexpected failure while decoding", self.kind, item.device)
+            self._reject(item, _seq_of(obj), "undecodable media", f"decoding failed: {_describe(e)}")
+            return []
+        # Assembly: from here on the chunk belongs to its utterance, acknowledged with it.
+        done, rejected, duplicates = self.assembler.add(msg, item)
+        if duplicates:
+            self.metrics.inc("duplicate_chunks", len(duplicates))
+            self.intake.ack(duplicates)
         for r in rejected:
             self._reject_many(r)
         if done is None:
             return []
-        return [Ready(done.device, done.seq, done.first.ts, done.items, done,
-                      None if self.s.mode == "cloud_only" else done.wave())]
+        ready = Ready(done.device, done.seq, done.first.ts, done.inputs, done)
+        if self.s.mode != "cloud_only":
+            try:
+                ready.raw = done.wave()
+            except Exception as e:  # noqa: BLE001 (this utterance only)
+                log.exception("%s/%s: unexpected failure joining the utterance", done.device, done.seq)
+                self._reject_ready(ready, "undecodable media", f"joining failed: {_describe(e)}")
+                return []
+        return [ready]
+
+    def _stale(self, frame: ImageFrame, item: Inbound) -> bool:
+        """Drop (acknowledge, count per device) a frame older than image_max_age_s on its camera's clock."""
+        now = time.time()
+        arrived = now - (time.monotonic() - item.received)
+        age = self.clocks.age(frame.device, frame.ts, arrived, now)
+        if age <= self.s.image_max_age_s:
+            return False
+        self.metrics.inc_label("dropped", frame.device)
+        log.info("dropped stale frame %s/%s: %.1f s old > %.1f s", frame.device, frame.seq, age,
+                 self.s.image_max_age_s)
+        self.intake.ack([item])
+        return True
 
     def _check_device(self, msg: ImageFrame | AudioChunk, item: Inbound) -> None:
         if msg.device != item.device:
@@ -171,8 +232,10 @@ class ExtractionLoop:
             try:
                 r.x = self.model.preprocess(r.raw)
                 out.append(r)
-            except (ValueError, TypeError, RuntimeError) as e:
-                self._reject_ready(r, "undecodable media", f"preprocessing failed: {e}")
+            except Exception as e:  # noqa: BLE001 (any failure of one input rejects that input only)
+                if not isinstance(e, (ValueError, TypeError, RuntimeError)):
+                    log.exception("%s/%s: unexpected failure in preprocessing", r.device, r.seq)
+                self._reject_ready(r, "undecodable media", f"preprocessing failed: {_describe(e)}")
         self.metrics.observe("preprocess", time.perf_counter() - t0, len(ready))
         return out
 
@@ -184,15 +247,17 @@ class ExtractionLoop:
         try:
             outputs = run([r.x for r in ready])  # (B, *feature_shape) or (B, C)
             kept = ready
-        except (ValueError, TypeError, RuntimeError) as e:
-            log.warning("%s batch of %d failed (%s); retrying one by one", self.kind, len(ready), e)
+        except Exception as e:  # noqa: BLE001 (find the input that breaks the batch, below)
+            log.warning("%s batch of %d failed (%s); retrying one by one", self.kind, len(ready), _describe(e))
             outs, kept = [], []
             for r in ready:
                 try:
                     outs.append(run([r.x])[0])
                     kept.append(r)
-                except (ValueError, TypeError, RuntimeError) as e1:
-                    self._reject_ready(r, "model failed", str(e1))
+                except Exception as e1:  # noqa: BLE001 (any failure of one input rejects that input only)
+                    if not isinstance(e1, (ValueError, TypeError, RuntimeError)):
+                        log.exception("%s/%s: unexpected failure in the model", r.device, r.seq)
+                    self._reject_ready(r, "model failed", _describe(e1))
             outputs = np.stack(outs) if outs else np.zeros((0,))
         self.metrics.observe("extract", time.perf_counter() - t0, len(ready))
         self.metrics.inc("extracted", len(kept))
@@ -244,15 +309,13 @@ class ExtractionLoop:
         self.intake.ack(r.items)
 
 
-def _seq_of(payload: bytes) -> int | None:
-    """The ``seq`` of a rejected payload when it can be read cheaply (for the error report), else None."""
-    import msgpack
-
-    if len(payload) > MAX_PEEK:
-        return None
-    try:
-        obj = msgpack.unpackb(payload, raw=False, max_bin_len=len(payload), max_map_len=64, max_array_len=256)
-    except (ValueError, msgpack.UnpackException, TypeError, RecursionError):
-        return None
+def _seq_of(obj: object) -> int | None:
+    """The ``seq`` of a refused input for the error report: from the map the bounded decode produced, if
+    it got that far and the field is a valid seq, else None. The payload itself is never parsed again."""
     seq = obj.get("seq") if isinstance(obj, dict) else None
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
+
+
+def _describe(e: BaseException) -> str:
+    """``Type: message`` of an exception, for an error report."""
+    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -1,5 +1,5 @@
-"""MQTT intake: a paho 2.x client with a persistent session and manual acknowledgement, feeding bounded
-per-device queues.
+"""MQTT intake: a paho 2.x client with a persistent session and manual acknowledgement, feeding per-device
+queues bounded by the broker's in-flight window.
 
 Delivery: the client id is fixed (``privedge-gateway-{id}``) and the session persistent (MQTT 5:
 ``clean_start=False`` + Session Expiry; 3.1.1: ``clean_session=False``), and PUBACKs are sent by hand
@@ -8,11 +8,17 @@ input the broker delivered but the gateway had not handed on when it died is del
 gateway process with the same id.
 
 The paho network thread only parses the topic and appends ``(topic, payload, mid)`` to the device's queue:
-no decoding, no I/O that can block. A full queue drops its oldest input, acknowledges it (so the broker
-does not send it again forever), counts it per device and reports it on the errors topic. While upstream
-is unavailable, or always with ``overflow: backpressure``, a queue keeps inputs up to ``receive_maximum``
-instead (``hold``): the broker sends no more than that many unacknowledged messages (MQTT 5 Receive
-Maximum; with 3.1.1 the broker's max_inflight_messages), so memory stays bounded and nothing is dropped.
+no decoding, no I/O that can block.
+
+Backpressure, not loss: the queues never drop. What the gateway holds (queued, being assembled into
+utterances, waiting for Redis) is all unacknowledged, and the broker sends no more than
+``receive_maximum`` unacknowledged messages (MQTT 5 Receive Maximum; with 3.1.1 the broker's
+``max_inflight_messages``), so that window is the bound of the gateway's memory and the broker keeps the
+rest of a backlog (a reconnect, a restart, an outage upstream) in its own queue. The gateway acknowledges
+an input only once it is processed: handed on, rejected with a reason, or dropped by the per-kind policy
+and counted. That policy (in the extraction loops): audio chunks are never dropped; a camera frame is
+dropped only when stale (``image_max_age_s``, see gateway/staleness.py), which happens only under
+overload sustained that long.
 
 Message ids are per connection: after a reconnect the broker resends the unacknowledged messages, so an
 input received on an earlier connection is handed on but not acknowledged (its resent copy is, and
@@ -58,24 +64,20 @@ class Inbound:
 
 
 class DeviceQueues:
-    """Bounded FIFO queues of one modality, one per device, taken round-robin in micro-batches."""
+    """FIFO queues of one modality, one per device, taken round-robin in micro-batches.
 
-    def __init__(self, capacity: int, hold_capacity: int, on_drop: Callable[[Inbound], None]) -> None:
-        self.capacity = capacity
-        self.hold_capacity = max(capacity, hold_capacity)
-        self.hold = False
-        self._on_drop = on_drop
+    Unbounded here on purpose: the broker's in-flight window bounds what can arrive unacknowledged, and
+    round-robin taking gives each device its turn however long another device's queue is."""
+
+    def __init__(self) -> None:
         self._queues: OrderedDict[str, deque[Inbound]] = OrderedDict()
         self._size = 0
         self._cond = threading.Condition()
         self._closed = False
 
     def put(self, item: Inbound) -> bool:
-        """Append; when the device's queue is over its bound, drop (and report) its oldest input.
-
-        Returns False, keeping nothing, once closed (the input stays unacknowledged: redelivered later).
-        """
-        dropped = None
+        """Append; returns False, keeping nothing, once closed (the input stays unacknowledged and is
+        delivered again to the next session)."""
         with self._cond:
             if self._closed:
                 return False
@@ -84,12 +86,7 @@ class DeviceQueues:
                 q = self._queues[item.device] = deque()
             q.append(item)
             self._size += 1
-            if len(q) > (self.hold_capacity if self.hold else self.capacity):
-                dropped = q.popleft()
-                self._size -= 1
             self._cond.notify()
-        if dropped is not None:
-            self._on_drop(dropped)
         return True
 
     def take(self, max_items: int, wait_s: float, timeout_s: float) -> list[Inbound]:
@@ -140,9 +137,7 @@ class Intake:
         self.kinds = kinds
         self._report = report
         self.status_topic = names.gateway_status(settings.id)
-        self.queues = {k: DeviceQueues(settings.queue_per_device, settings.receive_maximum, self._dropped)
-                       for k in kinds}
-        self.set_hold(False)
+        self.queues = {k: DeviceQueues() for k in kinds}
         self.epoch = 0
         self.accepting = True
         self.connected = threading.Event()
@@ -247,12 +242,6 @@ class Intake:
         if q.put(Inbound(kind, device, topic, msg.payload, msg.mid, msg.qos, self.epoch)):
             self.metrics.inc("received")
 
-    def _dropped(self, item: Inbound) -> None:
-        self.metrics.inc_label("dropped", item.device)
-        log.warning("queue of device %s full: dropped oldest input (mid %d)", item.device, item.mid)
-        self._report(item.device, None, item.topic, "queue full", "dropped oldest input: device queue full")
-        self.ack([item])
-
     # acknowledgement and publishing (any thread) ----------------------------------------------
     def ack(self, items: list[Inbound]) -> None:
         """PUBACK each input received on the current connection; earlier ones are resent by the broker."""
@@ -264,12 +253,6 @@ class Intake:
     def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> mqtt.MQTTMessageInfo:
         """Queue a publish in paho (thread-safe, does not block on the network)."""
         return self.client.publish(topic, payload, qos=qos, retain=retain)
-
-    def set_hold(self, hold: bool) -> None:
-        """Hold inputs (up to receive_maximum) instead of dropping while upstream is unavailable
-        (always, with overflow ``backpressure``)."""
-        for q in self.queues.values():
-            q.hold = hold or self.s.overflow == "backpressure"
 
 
 def _safe_topic(msg: mqtt.MQTTMessage) -> str:

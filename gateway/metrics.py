@@ -26,12 +26,15 @@ COUNTERS = {
     "results_errors": "failed reads of the results stream",
     "spooled": "messages written to the on-disk spool while Redis was unreachable",
     "replayed": "spooled messages handed on to Redis once it was back",
+    "duplicate_chunks": "audio chunks received twice (same utterance and seq): acknowledged and dropped",
     "spool_dropped": "spooled messages dropped (oldest first) because the spool was full",
+    "cloud_behind_events": "times a stream's backlog went over stream_max_backlog (the gateway spooled or held)",
     "spool_write_errors": "spool appends that failed (full disk, I/O error): the batch was held instead",
 }
 LABELLED = {
     "rejected": ("reason", "inputs rejected, by reason"),
-    "dropped": ("device", "inputs dropped because the device's queue was full, by device"),
+    "rejected_by_device": ("device", "inputs rejected, by device"),
+    "dropped": ("device", "camera frames dropped as stale under sustained overload, by device"),
 }
 
 

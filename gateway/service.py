@@ -25,7 +25,8 @@ from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, serve_prometheus
 from gateway.results import ResultsRelay
 from gateway.upstream import Upstream, UpstreamRefused, safe_url, connect_redis, open_spool
-from schemas import ErrorReport, Names
+from schemas import ErrorReport, Names, SchemaError
+from schemas.names import check_device
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,10 @@ class Gateway:
 
     # helpers ---------------------------------------------------------------------------------------
     def report(self, device: str, seq: int | None, topic: str, reason: str, detail: str) -> None:
-        """Count a rejected input and publish ``{device, seq, reason, ...}`` on the errors topic (QoS 0)."""
+        """Count a rejected input (by reason, and by device) and publish ``{device, seq, reason, ...}`` on
+        the errors topic (QoS 0)."""
         self.metrics.inc_label("rejected", reason)
+        self.metrics.inc_label("rejected_by_device", _device_label(device))
         log.warning("rejected input device=%s seq=%s topic=%s: %s (%s)", device, seq, topic, reason, detail)
         report = ErrorReport(source=self.s.id, device=str(device)[:256], seq=seq, topic=topic[:512],
                              reason=reason[:256], detail=detail[:256], ts=time.time())
@@ -217,11 +220,14 @@ class Gateway:
         return self.names.gateway_status(self.s.id).rsplit("/", 1)[0] + "/stats"
 
     def _upstream_available(self, ok: bool) -> None:
-        self.intake.set_hold(not ok)
+        # Nothing to switch: inputs are never dropped for want of room, only held (unacknowledged, within
+        # the broker's in-flight window) until upstream takes them.
+        self.metrics.set_gauge("upstream_available", 1.0 if ok else 0.0)
 
     def _publish_stats(self) -> None:
         snap = self.metrics.snapshot()
         snap["gateway"], snap["mode"] = self.s.id, self.s.mode
+        snap["cloud_behind"] = bool(self.upstream is not None and self.upstream.behind)  # backlog over the bound
         self.intake.publish(self.stats_topic(), json.dumps(snap, separators=(",", ":")).encode(), qos=0)
 
     def _stats_loop(self) -> None:
@@ -232,6 +238,15 @@ class Gateway:
                 log.error("a gateway loop died (%s): stopping", err)
                 threading.Thread(target=self.stop, daemon=True).start()
                 return
+
+
+def _device_label(device: object) -> str:
+    """The device id as a metrics label; a malformed one (from a hostile topic name) is counted under one
+    label, so that topic names cannot grow the metrics without bound."""
+    try:
+        return check_device(device)
+    except SchemaError:
+        return "(bad name)"
 
 
 # command line -----------------------------------------------------------------------------------------
@@ -249,9 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", help="topic and key prefix (default privedge)")
     p.add_argument("--batch", type=int, help="largest micro-batch")
     p.add_argument("--wait-ms", type=float, help="longest micro-batch wait, milliseconds")
-    p.add_argument("--queue-per-device", type=int, help="inputs held per device before dropping the oldest")
-    p.add_argument("--overflow", choices=("drop_oldest", "backpressure"),
-                   help="full device queue: drop the oldest (counted) or leave the rest with the broker")
+    p.add_argument("--receive-maximum", type=int,
+                   help="unacknowledged MQTT messages the broker may send us: all the gateway holds")
+    p.add_argument("--image-max-age-s", type=float,
+                   help="camera frames older than this (seconds) are dropped and counted; audio never is")
     p.add_argument("--torch-threads", type=int, help="torch and ONNX Runtime threads in this process (default 1)")
     p.add_argument("--runtime", choices=("auto", "onnx", "torch"),
                    help="network runtime (default auto: ONNX Runtime when the bundle carries extractor.onnx)")

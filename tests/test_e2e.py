@@ -67,8 +67,8 @@ def cloud(tmp_path_factory, gateway_bundles, full_bundles):  # noqa: F811
         workers = WorkerProcesses(store.url, (full_bundles["image"], full_bundles["speech"]), 3, tmp)
         stack.callback(workers.stop)
         # The gateway gets bundles without analyzer.pt (it must not need them); a burst of inputs waits at
-        # the broker (backpressure) instead of being dropped from a full device queue.
-        settings = GatewaySettings(broker=broker.url, redis=store.url, id=GATEWAY, wait_ms=2.0, overflow="backpressure",
+        # the broker (backpressure, the default) instead of being dropped.
+        settings = GatewaySettings(broker=broker.url, redis=store.url, id=GATEWAY, wait_ms=2.0,
                                    bundles=(str(gateway_bundles["image"]), str(gateway_bundles["speech"])))
         stack.callback(Gateway(settings).start().stop)
         workers.wait_ready()

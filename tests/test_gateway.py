@@ -21,7 +21,7 @@ import redis
 from gateway.config import ConfigError, GatewaySettings, load_settings
 from gateway.intake import Intake
 from gateway.metrics import Metrics
-from schemas import FeatureMessage, Limits, Names, Result
+from schemas import AudioChunk, FeatureMessage, ImageFrame, Limits, Names, Result
 from schemas.upload import MediaMessage
 from tests.gateway_fixtures import (Listener, full_bundles, gateway_bundles, image_frame,  # noqa: F401 (fixtures)
                                     make_gateway, utterance, wait_until)
@@ -30,8 +30,8 @@ pytestmark = pytest.mark.integration
 RAW_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG", b"RIFF")
 
 
-def _features(r: redis.Redis, task: str) -> list[FeatureMessage]:
-    return [FeatureMessage.decode(f[b"m"]) for _, f in r.xrange(f"privedge:features:{task}")]
+def _features(r: redis.Redis, task: str, gateway: str = "gw1") -> list[FeatureMessage]:
+    return [FeatureMessage.decode(f[b"m"]) for _, f in r.xrange(Names().features(task, gateway))]
 
 
 def test_image_and_audio_inputs_become_feature_messages(make_gateway, mosquitto, redis_server, gateway_bundles):
@@ -43,7 +43,7 @@ def test_image_and_audio_inputs_become_feature_messages(make_gateway, mosquitto,
     for c in utterance("mic1", 10, "u-1", chunks=3):
         lis.publish("privedge/mic1/audio", c.encode())
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:features:glasses") == 3 and r.xlen("privedge:features:digit") == 1)
+    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") == 3 and r.xlen("privedge:features:digit:gw1") == 1)
 
     manifests = {m: json.loads((gateway_bundles[m] / "manifest.json").read_text()) for m in gateway_bundles}
     images = _features(r, "glasses")
@@ -147,33 +147,46 @@ def test_each_kind_of_bad_input_is_reported_and_the_next_is_served(case, make_ga
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_full_device_queue_drops_oldest_acks_it_and_counts(mosquitto, protocol):
-    """Intake alone (no extraction loop): 10 inputs into a queue of 3."""
-    settings = GatewaySettings(broker=mosquitto.url, id="gwq", queue_per_device=3, mqtt_protocol=protocol)
-    names, metrics, reports = Names(), Metrics(), []
-    intake = Intake(settings, names, metrics, ("image",), lambda *a: reports.append(a))
-    intake.start()
-    lis = Listener(mosquitto.port)
-    for seq in range(10):
-        lis.publish("privedge/cam1/image", image_frame("cam1", seq, "raw", (4, 4)).encode())
-    assert wait_until(lambda: metrics.count("received") == 10)
-    assert metrics.count("dropped", "cam1") == 7 and len(reports) == 7
-    assert {r[3] for r in reports} == {"queue full"}
-    kept = intake.queues["image"].take(10, 0, 1)
-    assert [msgpack.unpackb(i.payload)["seq"] for i in kept] == [7, 8, 9]
-    # Crash without acknowledging the kept three: a new session with the same client id gets exactly
-    # those again (the dropped seven were acknowledged).
-    intake.client.loop_stop()
-    intake.client.socket().close()
-    again = Intake(settings, names, Metrics(), ("image",), lambda *a: None)
-    again.start()
-    assert wait_until(lambda: again.queues["image"].depth() == 3, timeout=10)
-    time.sleep(0.5)
-    redelivered = again.queues["image"].take(10, 0, 1)
-    assert sorted(msgpack.unpackb(i.payload)["seq"] for i in redelivered) == [7, 8, 9]
-    again.ack(redelivered)
-    again.close()
-    lis.close()
+def test_the_in_flight_window_bounds_what_the_intake_holds_and_nothing_is_dropped(tmp_path, protocol):
+    """Intake alone (no extraction loop, nothing acknowledged): 30 inputs, a receive window of 10 (MQTT 5)
+    or the broker's max_inflight_messages 10 (3.1.1). The intake holds 10, the broker keeps the rest;
+    acknowledgements let more in; a crash loses nothing, since nothing held was acknowledged.
+
+    (mosquitto 2.0.11 honours the window only until the first acknowledgement: each PUBACK then lets up
+    to a whole window more in, so the test checks the first window exactly and only "more" after.)"""
+    from privedge import servers
+
+    broker = servers.mosquitto(tmp_path / "mosquitto", extra_conf="max_inflight_messages 10\n")
+    try:
+        settings = GatewaySettings(broker=broker.url, id="gwq", receive_maximum=10, mqtt_protocol=protocol)
+        names, metrics, reports = Names(), Metrics(), []
+        intake = Intake(settings, names, metrics, ("image",), lambda *a: reports.append(a))
+        intake.start()
+        lis = Listener(broker.port)
+        for seq in range(30):
+            lis.publish("privedge/cam1/image", image_frame("cam1", seq, "raw", (4, 4)).encode())
+        assert wait_until(lambda: metrics.count("received") == 10)
+        time.sleep(0.5)
+        assert metrics.count("received") == 10 and intake.queues["image"].depth() == 10 and not reports
+        first = intake.queues["image"].take(3, 0, 1)
+        intake.ack(first)
+        assert wait_until(lambda: metrics.count("received") > 10) and not reports
+        # Crash without acknowledging the rest: a new session with the same client id gets them all.
+        intake.client.loop_stop()
+        intake.client.socket().close()
+        again = Intake(settings, names, Metrics(), ("image",), lambda *a: None)
+        again.start()
+        seqs: list[int] = []
+        while len(seqs) < 27:
+            batch = again.queues["image"].take(10, 0, 5)
+            assert batch, f"only {sorted(seqs)} redelivered"
+            seqs += [msgpack.unpackb(i.payload)["seq"] for i in batch]
+            again.ack(batch)
+        assert sorted(seqs) == list(range(3, 30))
+        again.close()
+        lis.close()
+    finally:
+        broker.stop()
 
 
 def test_redis_down_inputs_are_held_then_handed_on(make_gateway, mosquitto, redis_server):
@@ -186,7 +199,7 @@ def test_redis_down_inputs_are_held_then_handed_on(make_gateway, mosquitto, redi
     assert gw.metrics.count("dropped") == 0 and gw.failed() is None
     redis_server.start()
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:features:glasses") == 5, timeout=30)
+    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") == 5, timeout=30)
     assert gw.metrics.count("rejected") == 0
     lis.close()
 
@@ -197,7 +210,7 @@ def test_broker_restart_gateway_reconnects_and_serves_again(make_gateway, mosqui
     for seq in range(3):
         lis.publish("privedge/cam1/image", image_frame("cam1", seq).encode())
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:features:glasses") >= 3)
+    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") >= 3)
     lis.close()
     mosquitto.stop()
     assert wait_until(lambda: not gw.intake.connected.is_set())
@@ -263,11 +276,11 @@ def test_cloud_only_uploads_the_original_media(make_gateway, mosquitto, redis_se
     for c in utterance("mic1", 20, "u-2", chunks=2):
         lis.publish("privedge/mic1/audio", c.encode())
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:media:glasses") == 1 and r.xlen("privedge:media:digit") == 1)
-    (_, f), = r.xrange("privedge:media:glasses")
+    assert wait_until(lambda: r.xlen("privedge:media:glasses:gw1") == 1 and r.xlen("privedge:media:digit:gw1") == 1)
+    (_, f), = r.xrange("privedge:media:glasses:gw1")
     msg = MediaMessage.decode(f[b"m"])
     assert msg.id == "gw1/cam1/4" and msg.kind == "image" and msg.media() == frame
-    (_, f), = r.xrange("privedge:media:digit")
+    (_, f), = r.xrange("privedge:media:digit:gw1")
     audio = MediaMessage.decode(f[b"m"]).media()
     assert audio.seq == 20 and audio.final and len(audio.data) == 2 * int(8000 * 0.6)
     lis.close()
@@ -299,13 +312,13 @@ def _gateway_process(mosquitto, redis_server, bundle, tmp_path, lis, n: int, gw_
            "--bundle", str(bundle), "--id", gw_id, "--batch", "8"]
     log = open(tmp_path / "gateway.log", "w+")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "PRIVEDGE_WAIT_MS": "1", "PRIVEDGE_OVERFLOW": "backpressure"})
+                            env={**os.environ, "PRIVEDGE_WAIT_MS": "1"})
     try:
         assert lis.wait_for(lambda l: l.messages[f"privedge/gateway/{gw_id}/status"][-1:] == [b"online"], 60)
         for seq in range(n):
             lis.client.publish("privedge/cam1/image", image_frame("cam1", seq, "raw", (64, 64)).encode(), qos=1)
         r = redis.Redis.from_url(redis_server.url)
-        assert wait_until(lambda: r.xlen("privedge:features:glasses") > 0)
+        assert wait_until(lambda: r.xlen(Names().features("glasses", gw_id)) > 0)
     except BaseException:
         proc.kill()
         raise
@@ -318,11 +331,11 @@ def _next_session_gets_the_rest(mosquitto, redis_server, bundle, gw_id: str, n: 
 
     r = redis.Redis.from_url(redis_server.url)
     s = GatewaySettings(broker=mosquitto.url, redis=redis_server.url, bundles=(str(bundle),),
-                        id=gw_id, warm_up=False, overflow="backpressure")
+                        id=gw_id, warm_up=False)
     want = {f"{gw_id}/cam1/{i}" for i in range(n)}
     with Gateway(s) as again:
-        ok = wait_until(lambda: {f.id for f in _features(r, "glasses")} >= want, timeout=60)
-        missing = sorted(want - {f.id for f in _features(r, "glasses")})
+        ok = wait_until(lambda: {f.id for f in _features(r, "glasses", gw_id)} >= want, timeout=60)
+        missing = sorted(want - {f.id for f in _features(r, "glasses", gw_id)})
         assert ok, (f"first gateway: {first}; second: {again.metrics.snapshot()}; "
                     f"missing {len(missing)}: {missing[:5]}")
 
@@ -359,4 +372,62 @@ def test_sigkill_loses_nothing_the_broker_delivered(mosquitto, redis_server, gat
     assert lis.wait_for(lambda l: l.messages["privedge/gateway/gwk/status"][-1:] == [b"offline"], 90)
     log.seek(0)
     _next_session_gets_the_rest(mosquitto, redis_server, gateway_bundles["image"], "gwk", n, log.read()[-2000:])
+    lis.close()
+
+
+def test_an_input_that_raises_an_unexpected_exception_is_rejected_and_the_loop_goes_on(
+        make_gateway, mosquitto, redis_server):
+    """A model whose preprocess raises KeyError for one input, and whose network raises
+    ZeroDivisionError for another (exception types no decoder declares): each input is rejected with a
+    reason, acknowledged and counted by device; the loop goes on serving."""
+    gw = make_gateway(warm_up=False)
+    (loop,) = [lp for lp in gw.loops if lp.kind == "image"]
+    preprocess, extract = loop.model.preprocess, loop.model.extract_batch
+
+    def poisoned_preprocess(raw):
+        if int(raw.reshape(-1)[0]) == 7:
+            raise KeyError("no such channel")
+        return preprocess(raw)
+
+    def poisoned_extract(xs):
+        if any(np.array_equal(np.asarray(x), poison_x) for x in xs):
+            raise ZeroDivisionError("division by zero")
+        return extract(xs)
+
+    def frame(seq: int, fill: int):
+        img = np.full((40, 48, 3), fill, np.uint8)
+        return ImageFrame.from_array(img, device="cam1", seq=seq, ts=time.time(), codec="raw")
+
+    poison_x = np.asarray(preprocess(frame(0, 9).pixels()))
+    loop.model.preprocess, loop.model.extract_batch = poisoned_preprocess, poisoned_extract
+    lis = Listener(mosquitto.port)
+    lis.publish("privedge/cam1/image", frame(1, 7).encode())   # preprocess raises KeyError
+    lis.publish("privedge/cam1/image", frame(2, 9).encode())   # the network raises ZeroDivisionError
+    lis.publish("privedge/cam1/image", frame(3, 100).encode())  # served
+    r = redis.Redis.from_url(redis_server.url)
+    assert wait_until(lambda: [f.id for f in _features(r, "glasses")] == ["gw1/cam1/3"]), gw.metrics.snapshot()
+    errors = "privedge/gateway/gw1/errors"
+    assert lis.wait_for(lambda l: len(l.messages[errors]) >= 2)
+    reports = sorted((e["seq"], e["reason"]) for e in lis.json(errors))
+    assert reports == [(1, "undecodable media"), (2, "model failed")], reports
+    assert {e["seq"]: e["detail"].split(":")[0] for e in lis.json(errors)} == {
+        1: "preprocessing failed", 2: "ZeroDivisionError"}
+    assert gw.metrics.count("rejected_by_device", "cam1") == 2
+    assert gw.failed() is None and loop.thread.is_alive()
+    lis.close()
+
+
+def test_a_refused_payload_is_not_parsed_again_for_the_error_report(make_gateway, mosquitto):
+    """An AudioChunk over the payload limit (with a valid seq inside) is refused as too large, and its
+    report's seq is null: the gateway does not parse a refused payload to find it."""
+    gw = make_gateway(warm_up=False)
+    chunk = AudioChunk(device="mic1", seq=77, ts=time.time(), utt="big", rate=8000, width=2, channels=1,
+                       codec="pcm_s16le", final=True, data=b"\x00" * (Limits().max_audio_payload + 2))
+    lis = Listener(mosquitto.port)
+    lis.publish("privedge/mic1/audio", msgpack.packb(chunk.to_wire(), use_bin_type=True))
+    errors = "privedge/gateway/gw1/errors"
+    assert lis.wait_for(lambda l: len(l.messages[errors]) >= 1)
+    (report,) = lis.json(errors)
+    assert report["reason"] == "too large" and report["seq"] is None
+    assert gw.failed() is None
     lis.close()

@@ -1,8 +1,13 @@
-"""Pure logic of the gateway: utterance assembly bounds, per-device queues, duplicate-id memory."""
+"""Pure logic of the gateway: utterance assembly bounds, per-device queues, duplicate-id memory, frame
+staleness, removed settings."""
 from __future__ import annotations
 
-from gateway.audio import (REASON_MISMATCH, REASON_TIMEOUT, REASON_TOO_LONG, REASON_TOO_MANY,
-                           UtteranceAssembler)
+import time
+
+import pytest
+
+from gateway.audio import (REASON_MISMATCH, REASON_OVER_SHARE, REASON_TIMEOUT, REASON_TOO_LONG,
+                           REASON_TOO_MANY, UtteranceAssembler)
 from gateway.intake import DeviceQueues, Inbound
 from gateway.results import RecentIds
 from schemas.media import AudioChunk
@@ -14,31 +19,110 @@ def _chunk(seq: int, utt: str = "u1", device: str = "mic1", frames: int = 800, r
                       codec="pcm_s16le", final=final, data=bytes([seq % 256, 0]) * frames)
 
 
-def _item(seq: int, device: str = "mic1") -> Inbound:
-    return Inbound("audio", device, f"privedge/{device}/audio", b"", seq, 1, 1)
+def _item(seq: int, device: str = "mic1", epoch: int = 1, size: int = 0) -> Inbound:
+    return Inbound("audio", device, f"privedge/{device}/audio", b"\x00" * size, seq, 1, epoch)
 
 
-def test_chunks_join_in_seq_order_and_redeliveries_collapse():
+def test_chunks_join_in_seq_order_and_duplicates_are_dropped_at_once():
     a = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5)
-    assert a.add(_chunk(3), _item(3)) == (None, [])
-    assert a.add(_chunk(2), _item(2)) == (None, [])      # late first chunk
-    assert a.add(_chunk(3), _item(33)) == (None, [])     # redelivered copy
-    done, rejected = a.add(_chunk(4, final=True), _item(4))
-    assert rejected == [] and len(a) == 0
+    assert a.add(_chunk(3), _item(3)) == (None, [], [])
+    assert a.add(_chunk(2), _item(2)) == (None, [], [])      # late first chunk
+    dup = _item(33)
+    assert a.add(_chunk(3), dup) == (None, [], [dup])        # second copy: acknowledge now, keep nothing
+    assert a.held() == 2
+    again = _item(44, epoch=2)
+    assert a.add(_chunk(3), again) == (None, [], [])          # the broker's copy after a reconnect
+    done, rejected, _ = a.add(_chunk(4, final=True), _item(4, epoch=2))
+    assert rejected == [] and len(a) == 0 and a.held() == 0
     joined = done.joined()
     assert (joined.seq, joined.ts, joined.final) == (2, 102.0, True)
     assert joined.data == bytes([2, 0]) * 800 + bytes([3, 0]) * 800 + bytes([4, 0]) * 800
-    assert [i.mid for i in done.items] == [3, 2, 33, 4]  # every MQTT message gets acknowledged
+    # one input per chunk, acknowledged with the utterance: chunk 3's is the copy that can still be acked
+    assert [i.mid for i in done.inputs] == [2, 44, 4]
     wave, rate = done.wave()
     assert rate == 8000 and wave.shape == (2400,)
 
 
+def test_duplicates_do_not_refresh_the_timeout_and_a_disconnection_does():
+    a = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5)
+    a.add(_chunk(0), _item(0))
+    a.touch_all(time.monotonic() - 4)  # its last new chunk came 4 s ago
+    for k in range(100):
+        a.add(_chunk(0), _item(100 + k))
+    assert [r.reason for r in a.expire(time.monotonic() + 1.5)] == [REASON_TIMEOUT]
+    a.add(_chunk(10, utt="u2"), _item(10))
+    a.touch_all(time.monotonic() + 4)   # disconnected meanwhile: the rest waits at the broker
+    assert a.expire(time.monotonic() + 6) == []
+
+
+def test_every_chunk_counts_against_the_caps_empty_ones_too():
+    a = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5, max_chunks=5, max_bytes=10_000)
+    for seq in range(5):
+        assert a.add(_chunk(seq, frames=0), _item(seq, size=90)) == (None, [], [])
+    _, rejected, _ = a.add(_chunk(5, frames=0), _item(5, size=90))
+    assert [(r.reason, len(r.items)) for r in rejected] == [(REASON_TOO_LONG, 6)]
+    assert "chunks" in rejected[0].detail and a.held() == 0
+    b = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5, max_chunks=100, max_bytes=1000)
+    b.add(_chunk(0, frames=0), _item(0, size=600))
+    _, rejected, _ = b.add(_chunk(1, frames=0), _item(1, size=600))
+    assert [r.reason for r in rejected] == [REASON_TOO_LONG] and "bytes" in rejected[0].detail
+
+
+def test_a_device_flooding_empty_chunks_cannot_starve_another_device():
+    """One microphone sends empty non-final chunks without end, under new utterance ids and old ones; the
+    other keeps speaking. Every utterance of the quiet one completes, only the flooder's own are
+    rejected, and what the assembler holds stays bounded by its share of the window."""
+    hold, max_open = 100, 8
+    a = UtteranceAssembler(max_seconds=10, max_open=max_open, timeout_s=5, max_chunks=50, hold_items=hold)
+    completed, flood_rejected, peak = [], 0, 0
+    seq = {"mic1": 0, "mic2": 0}
+
+    def feed(device: str, utt: str, frames: int, final: bool = False):
+        seq[device] += 1
+        chunk = _chunk(seq[device], utt=utt, device=device, frames=frames, final=final)
+        return a.add(chunk, _item(seq[device], device=device, size=60))
+
+    for round_ in range(300):
+        for k in range(40):  # the flood: 40 empty chunks per round, in 3 interleaved utterances
+            done, rejected, _ = feed("mic2", f"flood-{round_ % 7}-{k % 3}", 0)
+            assert done is None and all(r.device == "mic2" for r in rejected)
+            flood_rejected += len(rejected)
+        for part in range(3):
+            done, rejected, _ = feed("mic1", f"talk-{round_}", 800, final=part == 2)
+            assert not [r for r in rejected if r.device == "mic1"], rejected
+            if done is not None:
+                completed.append(done.utt)
+        peak = max(peak, a.held())
+    assert completed == [f"talk-{r}" for r in range(300)]
+    assert flood_rejected > 0 and peak <= hold + 1 and len(a) <= max_open
+
+
+def test_a_device_over_its_share_loses_its_own_oldest_utterance():
+    a = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5, hold_items=4)
+    a.add(_chunk(0, utt="quiet", device="mic1"), _item(0, device="mic1"))
+    rejected = []
+    for k in range(1, 6):
+        rejected += a.add(_chunk(k, utt=f"u{k % 2}", device="mic2"), _item(k, device="mic2"))[1]
+    # 5 chunks held > 4: mic2, holding the most, loses its oldest utterance (u1, two chunks), whose next
+    # chunk is then refused too; mic1's is untouched
+    assert [(r.device, r.reason, r.seq, len(r.items)) for r in rejected] == [
+        ("mic2", REASON_OVER_SHARE, 1, 2), ("mic2", REASON_OVER_SHARE, 5, 1)]
+    assert a.held("mic1") == 1 and a.held() <= 4
+    # full of open utterances: the device holding the most gives up its oldest, not the newcomer's peer
+    b = UtteranceAssembler(max_seconds=10, max_open=3, timeout_s=5)
+    b.add(_chunk(0, utt="q", device="mic1"), _item(0, device="mic1"))
+    b.add(_chunk(1, utt="x", device="mic2"), _item(1, device="mic2"))
+    b.add(_chunk(2, utt="y", device="mic2"), _item(2, device="mic2"))
+    _, rejected, _ = b.add(_chunk(3, utt="r", device="mic1"), _item(3, device="mic1"))
+    assert [(r.device, r.reason, r.seq) for r in rejected] == [("mic2", REASON_TOO_MANY, 1)]
+
+
 def test_too_long_utterance_is_rejected_and_its_later_chunks_too():
     a = UtteranceAssembler(max_seconds=0.15, max_open=4, timeout_s=5)
-    assert a.add(_chunk(0), _item(0)) == (None, [])
-    _, rejected = a.add(_chunk(1), _item(1))               # 1600 frames > 0.15 s * 8000
+    assert a.add(_chunk(0), _item(0)) == (None, [], [])
+    _, rejected, _ = a.add(_chunk(1), _item(1))               # 1600 frames > 0.15 s * 8000
     assert [(r.reason, r.seq, len(r.items)) for r in rejected] == [(REASON_TOO_LONG, 0, 2)]
-    _, rejected = a.add(_chunk(2, final=True), _item(2))
+    _, rejected, _ = a.add(_chunk(2, final=True), _item(2))
     assert [(r.reason, r.seq) for r in rejected] == [(REASON_TOO_LONG, 2)]
 
 
@@ -46,9 +130,8 @@ def test_open_utterances_are_bounded_and_time_out():
     a = UtteranceAssembler(max_seconds=10, max_open=2, timeout_s=5)
     a.add(_chunk(0, utt="a"), _item(0))
     a.add(_chunk(1, utt="b"), _item(1))
-    _, rejected = a.add(_chunk(2, utt="c"), _item(2))
+    _, rejected, _ = a.add(_chunk(2, utt="c"), _item(2))
     assert [(r.reason, r.seq) for r in rejected] == [(REASON_TOO_MANY, 0)]
-    import time
     expired = a.expire(time.monotonic() + 6)
     assert sorted((r.reason, r.seq) for r in expired) == [(REASON_TIMEOUT, 1), (REASON_TIMEOUT, 2)]
     assert len(a) == 0
@@ -57,7 +140,7 @@ def test_open_utterances_are_bounded_and_time_out():
 def test_format_change_inside_an_utterance_is_rejected():
     a = UtteranceAssembler(max_seconds=10, max_open=2, timeout_s=5)
     a.add(_chunk(0), _item(0))
-    _, rejected = a.add(_chunk(1, rate=16000), _item(1))
+    _, rejected, _ = a.add(_chunk(1, rate=16000), _item(1))
     assert [(r.reason, len(r.items)) for r in rejected] == [(REASON_MISMATCH, 2)]
 
 
@@ -65,28 +148,16 @@ def _inb(device: str, seq: int) -> Inbound:
     return Inbound("image", device, f"privedge/{device}/image", b"", seq, 1, 1)
 
 
-def test_queues_drop_oldest_per_device_and_take_round_robin():
-    dropped = []
-    q = DeviceQueues(capacity=2, hold_capacity=4, on_drop=dropped.append)
-    for seq in range(4):
+def test_queues_never_drop_take_round_robin_and_refuse_after_close():
+    q = DeviceQueues()
+    for seq in range(1000):
         q.put(_inb("a", seq))
     q.put(_inb("b", 10))
-    assert [(d.device, d.mid) for d in dropped] == [("a", 0), ("a", 1)]
-    assert [(i.device, i.mid) for i in q.take(10, 0, 0.1)] == [("a", 2), ("b", 10), ("a", 3)]
-    assert q.take(10, 0, 0.05) == []
-
-
-def test_holding_queues_keep_up_to_the_hold_bound_and_refuse_after_close():
-    dropped = []
-    q = DeviceQueues(capacity=2, hold_capacity=4, on_drop=dropped.append)
-    q.hold = True
-    for seq in range(5):
-        q.put(_inb("a", seq))
-    assert [d.mid for d in dropped] == [0] and q.depth() == 4
+    assert q.depth() == 1001
+    assert [(i.device, i.mid) for i in q.take(3, 0, 0.1)] == [("a", 0), ("b", 10), ("a", 1)]
     q.close()
     assert q.put(_inb("a", 9)) is False
-    assert [i.mid for i in q.take(3, 0, 0.1)] == [1, 2, 3]
-    assert [i.mid for i in q.take(3, 0, 0.1)] == [4]
+    assert [i.mid for i in q.take(2000, 0, 0.1)] == list(range(2, 1000))
     assert q.take(3, 0, 0.1) == []
 
 
@@ -97,20 +168,33 @@ def test_recent_ids_forget_the_oldest():
     assert "x" not in ids and "y" in ids and "z" in ids and len(ids) == 2
 
 
-def test_backpressure_overflow_holds_instead_of_dropping():
-    from gateway.config import GatewaySettings
-    from gateway.intake import Intake
-    from gateway.metrics import Metrics
-    from schemas import Names
+@pytest.mark.parametrize("key", ["overflow", "queue_per_device"])
+def test_a_removed_setting_is_refused_saying_what_replaces_it(key, tmp_path):
+    from gateway.config import ConfigError, load_settings
 
-    def queue(overflow: str) -> DeviceQueues:
-        s = GatewaySettings(overflow=overflow, queue_per_device=2, receive_maximum=50)
-        intake = Intake(s, Names(), Metrics(), ("image",), lambda *a: None)
-        intake.set_hold(False)  # what the gateway calls when Redis is back
-        return intake.queues["image"]
+    conf = tmp_path / "gw.yaml"
+    conf.write_text(f"{key}: 64\n")
+    with pytest.raises(ConfigError, match=f"{key}' was removed: .*receive_maximum"):
+        load_settings({}, config_file=conf, env={})
+    with pytest.raises(ConfigError, match="was removed"):
+        load_settings({}, env={f"PRIVEDGE_{key.upper()}": "64"})
 
-    assert queue("backpressure").hold is True and queue("backpressure").hold_capacity == 50
-    assert queue("drop_oldest").hold is False
+
+def test_a_skewed_camera_clock_is_not_stale_and_a_frame_that_waited_is():
+    from gateway.staleness import DeviceClocks
+
+    clocks, now = DeviceClocks(window_s=300), 1_000_000.0
+    # camera A runs an hour behind, camera B 10 s ahead; both deliver promptly
+    for k in range(10):
+        t = now + k
+        assert abs(clocks.age("a", t - 3600 - 0.01, t, t)) < 0.05
+        assert abs(clocks.age("b", t + 10 - 0.01, t, t)) < 0.05
+    # camera A's frame captured 40 s ago, taken now (it waited in the broker): 40 s old
+    t = now + 100
+    assert abs(clocks.age("a", t - 40 - 3600, t, t) - 40) < 0.05
+    # the clock is set forward by 50 s: newer offsets win at once, nothing looks stale
+    assert abs(clocks.age("a", t + 1 - 3600 + 50, t + 1, t + 1) - 0.0) < 0.05
+    assert abs(clocks.age("a", t + 2 - 3550, t + 2, t + 2)) < 0.05
 
 
 def test_the_example_config_file_is_valid():
