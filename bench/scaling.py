@@ -44,11 +44,11 @@ def _messages(bundle: Path, inputs: Inputs, mode: str, names: Names, gateway: st
         msgs = [FeatureMessage.from_array(feats[i % len(feats)], gateway=gateway, device="scale", seq=i, ts=now,
                                           ts_sent=now, task=manifest["task"], model=manifest["model"],
                                           reply=reply).encode() for i in range(n)]
-        return names.features(manifest["task"]), msgs
+        return names.features(manifest["task"], gateway), msgs
     frames = [ImageFrame(device="scale", seq=i, ts=now, **inputs.frames[i % len(inputs.frames)]) for i in range(n)]
     msgs = [MediaMessage.wrap(f, gateway=gateway, ts_sent=now, task=manifest["task"], model=manifest["model"],
                               reply=reply).encode() for f in frames]
-    return names.media(manifest["task"]), msgs
+    return names.media(manifest["task"], gateway), msgs
 
 
 def _fill(client: redis.Redis, stream: str, msgs: list[bytes]) -> None:

@@ -5,6 +5,13 @@ dimension lives in the bundle's manifest (``feature.scale``), so a message carri
 the gateway sends ``round(z / scale)`` clipped to [-127, 127], the analyzer side multiplies back. The
 scale is fitted on the training features so that the largest magnitude seen (times ``headroom``) maps to
 127; the rounding error of a dimension is then at most ``scale / 2``.
+
+What a worker accepts (:func:`check_wire`): finite numbers only, and at most :data:`FEATURE_MAX_ABS` in
+magnitude for float features (int8: within the [-127, 127] the gateway clips to). The float bound is
+float16's largest finite value, 65504: every bundle may be released as float16, so a trained extractor's
+features must already fit in it (standardised PCA components are of order 1: an untrained PCA-8
+bundle peaks at 0.07 on 64 ORL faces), and a float32 message far beyond it is not features but an
+attempt to overflow the analyzer (an inf logit makes a NaN probability, which no Result may carry).
 """
 from __future__ import annotations
 
@@ -12,6 +19,18 @@ import numpy as np
 
 RELEASE_DTYPES = ("float32", "float16", "int8")
 INT8_MAX = 127
+FEATURE_MAX_ABS = float(np.finfo(np.float16).max)
+"""Largest feature magnitude a worker accepts (float features): 65504, see the module docstring."""
+
+
+class BadFeatures(ValueError):
+    """Wire features no extractor produces: ``reason`` is ``non-finite features`` or ``features out of
+    range`` (the dead-letter reason)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
 
 
 def fit_scale(features: np.ndarray, headroom: float = 1.1) -> np.ndarray:
@@ -60,6 +79,22 @@ def decode(data: np.ndarray, spec: dict) -> np.ndarray:
             raise ValueError(f"int8 bundle got features of dtype {f.dtype}")
         return f.astype(np.float32) * _scale_of(spec)
     return f.astype(np.float32)
+
+
+def check_wire(data: np.ndarray, spec: dict) -> None:
+    """Raise BadFeatures unless the wire features ``data`` are finite and in range (see module docstring):
+    float features within +-FEATURE_MAX_ABS, int8 within +-127."""
+    f = np.asarray(data)
+    if f.dtype == np.int8:
+        if f.size and int(np.abs(f.astype(np.int16)).max()) > INT8_MAX:
+            raise BadFeatures("features out of range", f"int8 features outside +-{INT8_MAX}")
+        return
+    if not np.isfinite(f).all():
+        bad = int((~np.isfinite(f)).sum())
+        raise BadFeatures("non-finite features", f"{bad} of {f.size} numbers are NaN or inf")
+    peak = float(np.abs(f).max()) if f.size else 0.0
+    if peak > FEATURE_MAX_ABS:
+        raise BadFeatures("features out of range", f"|z| reaches {peak:.3g} > {FEATURE_MAX_ABS:g}")
 
 
 def round_trip(z: np.ndarray, spec: dict) -> np.ndarray:

@@ -114,8 +114,8 @@ class Demo:
         self.view.line(f"broker {broker.url} (pid {broker.proc.pid}), redis {redis.url} (pid {redis.proc.pid})")
         self.monitor = Monitor(broker.port, self.names, GATEWAY_ID, self.tally)
         tasks = sorted({b.manifest["task"] for b in self.bundles})
-        self.tap = RedisTap(redis.url, [self.names.features(t) for t in tasks], [self.names.dead(t) for t in tasks],
-                            self.tally).start()
+        self.tap = RedisTap(redis.url, [self.names.features(t, GATEWAY_ID) for t in tasks],
+                            [self.names.dead(t) for t in tasks], self.tally).start()
         bundle_args = [*(a for b in self.bundles for a in ("--bundle", str(b.path))), *key_args(self.bundles)]
         self.services.append(Child("gateway", python_cmd(
             "gateway", "--broker", broker.url, "--redis", redis.url, *bundle_args, "--id", GATEWAY_ID,

@@ -1,10 +1,13 @@
 """Redis ACL users for privedge: each client may run only the commands it needs, on the keys it owns.
 
-- gateway ``gateway-{id}``: XADD to ``{p}:features:*`` (and ``{p}:media:*`` for the cloud-only baseline);
-  XREAD/XTRIM of its own results stream ``{p}:results:{id}`` and GET/SET of its cursor; nothing else
-  (it cannot read features, nor another home's results).
-- worker ``worker``: XREADGROUP, XAUTOCLAIM, XPENDING, XACK and XGROUP CREATE on the features and media
-  streams; XADD to results and dead-letter streams only (it cannot add features).
+- gateway ``gateway-{id}``: XADD and XLEN on its own streams only, ``{p}:features:*:{id}`` (and
+  ``{p}:media:*:{id}`` for the cloud-only baseline; schemas.names); XREAD/XTRIM of its own results stream
+  ``{p}:results:{id}``, GET/SET of its cursor and its dedup window; nothing else. It cannot read
+  features, write or trim another home's streams, trim or delete its own features (the workers trim them
+  below what they have acknowledged), nor read another home's results.
+- worker ``worker``: SCAN (to discover the streams, one per gateway), XREADGROUP, XAUTOCLAIM, XPENDING,
+  XACK, XGROUP CREATE, XINFO GROUPS, EXISTS and XTRIM on the features and media streams, TIME; XADD to
+  results and dead-letter streams only (it cannot add features).
 - ``default`` (the anonymous user) is switched off.
 
 Redis 7 ACL selectors (the parenthesised groups) pair commands with keys: a command runs when the root
@@ -54,11 +57,13 @@ class AclUser:
 
 
 def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> AclUser:
-    """The ACL user of gateway ``gateway_id``: writes features (or media), reads its own results."""
-    k = Names(prefix)._key
+    """The ACL user of gateway ``gateway_id``: adds to (and measures) its own features or media streams,
+    reads and trims its own results."""
+    names = Names(prefix)
     gw = check_name(gateway_id, "gateway id")
-    results = f"{k}:results:{gw}"
-    rules = (f"+xadd ~{k}:features:* ~{k}:media:* "
+    results = names.results(gw)
+    own = " ".join(f"~{pattern}" for pattern in names.gateway_stream_patterns(gw))
+    rules = (f"+xadd +xlen {own} "
              f"(+xread +xtrim +get +set ~{results} ~{results}:cursor) "
              # The results relay's dedup window (gateway/results.py), written with the cursor.
              f"(+zadd +zrange +zremrangebyrank ~{results}:seen)")
@@ -68,8 +73,8 @@ def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> Ac
 def worker_user(password: str, prefix: str = "privedge", name: str = WORKER_USER) -> AclUser:
     """The ACL user of the workers: consumes features (or media), writes results and dead letters."""
     k = Names(prefix)._key
-    rules = (f"+xreadgroup +xautoclaim +xpending +xack +xgroup|create +multi +exec +discard "
-             f"~{k}:features:* ~{k}:media:* "
+    rules = (f"+scan +xreadgroup +xautoclaim +xpending +xack +xgroup|create +xinfo|groups +xtrim +exists "
+             f"+time +multi +exec +discard ~{k}:features:* ~{k}:media:* "
              f"(+xadd ~{k}:results:* ~{k}:dead:*)")
     return AclUser(check_name(name, "Redis user"), password, rules)
 

@@ -9,11 +9,17 @@ MQTT topics use ``/`` and Redis keys ``:`` after the same prefix (default ``priv
 ``{p}/{device}/result``                     Result JSON for home apps, QoS 1
 ``{p}/gateway/{gateway}/status``            ``online`` / ``offline`` (last will), QoS 1, retained
 ``{p}/gateway/{gateway}/errors``            ErrorReport JSON per rejected input, QoS 0
-``{p}:features:{task}``                     stream of FeatureMessage (field ``m``), MAXLEN ~ bounded
+``{p}:features:{task}:{gateway}``           stream of FeatureMessage (field ``m``) from one gateway
 ``{p}:results:{gateway}``                   stream of Result (field ``m``)
-``{p}:dead:{task}``                         dead-letter stream, with the reason
-``{p}:media:{task}``                        stream of MediaMessage (cloud_only mode: raw media upstream)
+``{p}:dead:{task}``                         dead-letter stream, with the reason (written by workers only)
+``{p}:media:{task}:{gateway}``              stream of MediaMessage (cloud_only mode: raw media upstream)
 ==========================================  ==========================================================
+
+Each gateway writes streams of its own (``...:{task}:{gateway}``) rather than one stream per task shared
+by every home: a Redis ACL can then let a gateway add only to its own streams, so that no home can trim,
+delete or crowd out another home's unread entries. Workers find the streams of their tasks with
+:meth:`Names.features_pattern` (SCAN MATCH) and check each key with :meth:`Names.split_stream`; the
+streams are trimmed by the workers only, below what the consumer group has acknowledged.
 """
 from __future__ import annotations
 
@@ -108,17 +114,42 @@ class Names:
         return check_device(parts[0]), parts[1]
 
     # Redis -----------------------------------------------------------------------------------
-    def features(self, task: str) -> str:
-        """Stream of FeatureMessages for one task (field ``m``)."""
-        return f"{self._key}:features:{check_name(task, 'task')}"
+    def features(self, task: str, gateway: str) -> str:
+        """Stream of one gateway's FeatureMessages for one task (field ``m``)."""
+        return f"{self._key}:features:{check_name(task, 'task')}:{check_name(gateway, 'gateway id')}"
+
+    def features_pattern(self, task: str) -> str:
+        """SCAN MATCH pattern of every gateway's features stream of ``task``."""
+        return f"{self._key}:features:{check_name(task, 'task')}:*"
 
     def results(self, gateway: str) -> str:
         """Stream of Results addressed to one gateway (field ``m``)."""
         return f"{self._key}:results:{check_name(gateway, 'gateway id')}"
 
-    def media(self, task: str) -> str:
-        """Stream of MediaMessages for one task (field ``m``), used only by the cloud_only comparison mode."""
-        return f"{self._key}:media:{check_name(task, 'task')}"
+    def media(self, task: str, gateway: str) -> str:
+        """Stream of one gateway's MediaMessages for one task (field ``m``), used only by the cloud_only
+        comparison mode."""
+        return f"{self._key}:media:{check_name(task, 'task')}:{check_name(gateway, 'gateway id')}"
+
+    def media_pattern(self, task: str) -> str:
+        """SCAN MATCH pattern of every gateway's media stream of ``task``."""
+        return f"{self._key}:media:{check_name(task, 'task')}:*"
+
+    def gateway_stream_patterns(self, gateway: str) -> tuple[str, str]:
+        """ACL key patterns of the features and media streams gateway ``gateway`` may write."""
+        gw = check_name(gateway, "gateway id")
+        return f"{self._key}:features:*:{gw}", f"{self._key}:media:*:{gw}"
+
+    def split_stream(self, key: str | bytes) -> tuple[str, str, str]:
+        """``{p}:features|media:{task}:{gateway}`` -> ``(kind, task, gateway)``; anything else raises
+        BadName (a key that merely matches the SCAN pattern, e.g. with a ``:`` in its gateway part)."""
+        if isinstance(key, bytes):
+            key = key.decode("utf-8", "replace")
+        head = self._key + ":"
+        parts = key[len(head):].split(":") if isinstance(key, str) and key.startswith(head) else []
+        if len(parts) != 3 or parts[0] not in ("features", "media"):
+            raise BadName(f"key {key!r} is not {self._key}:features|media:TASK:GATEWAY")
+        return parts[0], check_name(parts[1], "task"), check_name(parts[2], "gateway id")
 
     def dead(self, task: str) -> str:
         """Dead-letter stream of one task: messages that failed or were redelivered too often."""

@@ -18,7 +18,8 @@ from gateway.config import GatewaySettings
 from gateway.service import Gateway
 from models.bundle import make_untrained_bundle, read_manifest
 from privedge import servers
-from schemas import FeatureMessage, Limits
+from schemas import FeatureMessage, Limits, Names
+from schemas.names import GROUP
 from sensors import cli as sensor_cli
 from tests.conftest import FAST
 from tests.e2e_support import (REPO, Published, WorkerProcesses, arm_atimes, audited_command, raw_media_findings,
@@ -64,6 +65,12 @@ def cloud(tmp_path_factory, gateway_bundles, full_bundles):  # noqa: F811
         stack.callback(broker.stop)
         store = servers.redis(tmp / "redis")
         stack.callback(store.stop)
+        # The home's streams exist before its first input (as for a provisioned home), so every worker
+        # blocks on them before the burst; a home that appears later is found by each worker's SCAN within
+        # a few seconds, and its first burst goes to whichever worker finds it first.
+        for bundle in (full_bundles["image"], full_bundles["speech"]):
+            redis.Redis.from_url(store.url).xgroup_create(
+                Names().features(read_manifest(bundle)["task"], GATEWAY), GROUP, id="0", mkstream=True)
         workers = WorkerProcesses(store.url, (full_bundles["image"], full_bundles["speech"]), 3, tmp)
         stack.callback(workers.stop)
         # The gateway gets bundles without analyzer.pt (it must not need them); a burst of inputs waits at
@@ -137,7 +144,7 @@ def test_redis_holds_no_raw_media_and_no_entry_over_the_feature_bound(run, gatew
     r = redis.Redis.from_url(run.redis_url)
     # The gateway sent one FeatureMessage per input, and the scan below sees them.
     sent = [FeatureMessage.decode(f[b"m"]) for m in run.manifests.values()
-            for _, f in r.xrange(f"privedge:features:{m['task']}")]
+            for _, f in r.xrange(Names().features(m["task"], GATEWAY))]
     assert sorted(f.id for f in sent if f.device in run.devices) == sorted(run.published.ids())
     entries = redis_entries(r)
     assert sum(" entry " in where for where, _ in entries) >= len(sent)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 
 HOME, OTHER, WORKER = gateway_user("home", "home-pw"), gateway_user("other", "other-pw"), worker_user("worker-pw")
 ADMIN = AclUser("admin", "admin-pw", "+@all ~*")  # the test's own inspection user
-FEATURES, RESULTS, DEAD = "privedge:features:glasses", "privedge:results:home", "privedge:dead:glasses"
+FEATURES, RESULTS, DEAD = "privedge:features:glasses:home", "privedge:results:home", "privedge:dead:glasses"
 
 
 @pytest.fixture
@@ -46,7 +46,7 @@ def test_each_user_does_its_part_and_nothing_else(acl_redis):
     gw, other, wk = (_client(u, acl_redis) for u in (HOME, OTHER, WORKER))
     # The gateway's part: add features, read and trim its own results, keep its cursor.
     gw.xadd(FEATURES, {"m": b"f"})
-    gw.xadd("privedge:media:glasses", {"m": b"raw"})
+    gw.xadd("privedge:media:glasses:home", {"m": b"raw"})
     # The worker's part: the consumer group, read, reclaim, results + dead letter + ack in one MULTI/EXEC.
     wk.xgroup_create(FEATURES, "analyzers", id="0", mkstream=True)
     ((_, [(eid, _)]),) = wk.xreadgroup("analyzers", "w1", {FEATURES: ">"}, count=10)
@@ -100,6 +100,7 @@ def test_worker_password_from_the_environment(acl_redis, full_bundles):
     finally:
         del os.environ["PRIVEDGE_REDIS_PASSWORD"]
     worker = Worker(settings)
+    _client(HOME, acl_redis).xadd(FEATURES, {"m": b"f"})
     worker.ensure_groups()  # would raise AuthenticationError without the password
     assert _client(ADMIN, acl_redis).xinfo_groups(FEATURES)[0]["name"] == b"analyzers"
 

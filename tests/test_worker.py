@@ -26,8 +26,8 @@ def test_results_dead_letters_and_acks(tmp_path, redis_server):
     make_untrained_bundle(bundle, "image")
     manifest, names = read_manifest(bundle), Names()
     worker = Worker(WorkerSettings(redis=RedisSettings.from_dsn(redis_server.url), bundles=(bundle,),
-                                   block_ms=50)).start()
-    r, stream = worker.redis, names.features(manifest["task"])
+                                   block_ms=50, discover_every_s=0.1)).start()
+    r, stream = worker.redis, names.features(manifest["task"], "gw")  # a stream made after the worker started
     try:
         r.xadd(stream, {"m": _features(manifest, 0, manifest["model"], names).encode()})
         r.xadd(stream, {"m": _features(manifest, 1, "other-000000000000", names).encode()})
@@ -63,9 +63,9 @@ def test_pending_entry_of_a_dead_consumer_is_reclaimed(tmp_path, redis_server, m
     settings = WorkerSettings(redis=RedisSettings.from_dsn(redis_server.url), bundles=(bundle,), block_ms=50,
                               claim_idle_ms=0, claim_every_s=0.1, max_deliveries=max_deliveries)
     worker = Worker(settings)
-    worker.ensure_groups()
-    r, stream = worker.redis, names.features(manifest["task"])
+    r, stream = worker.redis, names.features(manifest["task"], "gw")
     r.xadd(stream, {"m": _features(manifest, 7, manifest["model"], names).encode()})
+    worker.ensure_groups()
     r.xreadgroup(GROUP, "crashed-consumer", {stream: ">"}, count=10)  # read, never acked
     worker.start()
     try:
@@ -125,7 +125,7 @@ def test_cloud_only_worker_answers_like_the_whole_network(tmp_path, mosquitto, r
         time.sleep(0.3)  # a duplicate would follow its first copy closely
         r = redis.Redis.from_url(redis_server.url)
         media = [MediaMessage.decode(f[b"m"]) for task in ("glasses", "digit")
-                 for _, f in r.xrange(f"privedge:media:{task}")]
+                 for _, f in r.xrange(Names().media(task, "gwc"))]
         entries = redis_entries(r)
     pub = Published.from_listener(lis, "gwc")
     assert (len(pub.frames), len(pub.utterances)) == (3, 2)

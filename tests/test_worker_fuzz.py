@@ -33,8 +33,10 @@ def served(tmp_path_factory):
     make_untrained_bundle(root / "b", "image")
     server = servers.redis(root / "redis")
     worker = Worker(WorkerSettings(redis=RedisSettings.from_dsn(server.url), bundles=(root / "b",), block_ms=20))
-    worker.ensure_groups()
-    yield worker, read_manifest(root / "b")
+    manifest = read_manifest(root / "b")
+    worker.redis.xgroup_create(NAMES.features(manifest["task"], "gw"), GROUP, id="0", mkstream=True)
+    worker.ensure_groups()  # finds gateway gw's (empty) stream
+    yield worker, manifest
     server.stop()
     print("\n[worker fuzz] inputs tried: " + ", ".join(f"{k}={v}" for k, v in TRIED.items())
           + f", total={sum(TRIED.values())}")

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from models import bundle as bundles
+from models.release import BadFeatures, check_wire
 from models.signing import check_bundle
 from schemas.errors import SchemaError
 from schemas.features import FeatureMessage
@@ -106,6 +107,10 @@ def model_input(msg, served: Served) -> np.ndarray:
         want = served.net.manifest["feature"]["dtype"]
         if x.dtype.name != want:
             raise Rejected("feature dtype mismatch", f"got {x.dtype.name}, model {served.model_id} takes {want}")
+        try:
+            check_wire(x, served.net.manifest["feature"])
+        except BadFeatures as e:
+            raise Rejected(e.reason, e.detail) from e
         return np.array(x)  # the wire dtype: the analyzer dequantises int8 with the bundle's scales
     try:
         media = msg.media()

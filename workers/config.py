@@ -77,6 +77,11 @@ class WorkerSettings:
     claim_every_s: float = 5.0             # how often to look for such entries, seconds
     max_deliveries: int = 5                # delivered more often than this -> dead-letter
     stats_every_s: float = 5.0             # stats hash refresh period, seconds
+    discover_every_s: float = 2.0          # SCAN for new gateways' streams this often, seconds (a new home's
+    #                                        first entries wait at most this long; a SCAN costs O(keys))
+    trim_every_s: float = 5.0              # XTRIM MINID below the acknowledged entries this often, seconds
+    trim_retention_s: float = 30.0         # acknowledged entries younger than this are kept (inspection)
+    max_streams: int = 10_000              # streams read at most (one per gateway and task): bounds each read
     # The provider's public key file; every bundle must carry its signature (models/signing.py). Default
     # PRIVEDGE_BUNDLE_KEY, also for settings built in code. None and not allow_unsigned: refuse to start.
     bundle_key: str | None = field(default_factory=lambda: os.environ.get("PRIVEDGE_BUNDLE_KEY") or None)
@@ -89,11 +94,13 @@ class WorkerSettings:
             raise SettingsError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if not self.bundles:
             raise SettingsError("a worker needs at least one --bundle")
-        for name in ("batch", "threads", "max_deliveries", "reply_maxlen", "dead_maxlen"):
+        for name in ("batch", "threads", "max_deliveries", "reply_maxlen", "dead_maxlen", "max_streams"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.block_ms < 0 or self.claim_idle_ms < 0:
             raise SettingsError("block_ms and claim_idle_ms must be >= 0")
+        if self.discover_every_s <= 0 or self.trim_every_s <= 0 or self.trim_retention_s < 0:
+            raise SettingsError("discover_every_s and trim_every_s must be > 0, trim_retention_s >= 0")
         object.__setattr__(self, "bundles", tuple(Path(b) for b in self.bundles))
 
 

@@ -1,9 +1,16 @@
 """``privedge worker``: one consumer in the ``analyzers`` group, features (or media) in, results out.
 
-Each loop: XREADGROUP COUNT B BLOCK T over every served task's stream, group the batch by ``model``,
-run the network once per group, then write every Result to its ``reply`` stream, every rejected entry
-to ``{p}:dead:{task}`` and all the XACKs in one MULTI/EXEC round trip, so a result and its ack go
-together. A bad entry is logged with its id, dead-lettered, counted, and the loop goes on.
+Each loop: XREADGROUP COUNT B BLOCK T over every stream of the served tasks (one per gateway, found by
+workers.streams every few seconds), group the batch by ``model``, run the network once per group, then
+write every Result to its ``reply`` stream, every rejected entry to ``{p}:dead:{task}`` and all the XACKs
+in one MULTI/EXEC round trip, so a result and its ack go together.
+
+Nothing one entry does may end the loop: decoding, the origin check, the model input, the network (per
+model group) and the Result's encoding (per result) each catch any Exception, dead-letter the entry with
+a reason, log it with its id and count it; :meth:`Worker.run` survives any Exception of a whole step
+(logged, counted as ``loop_errors``, then a back-off). Should the loop thread die anyway (a
+BaseException), :func:`main` notices and exits non-zero, so that a supervisor restarts the process
+instead of leaving one that only logs stats.
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from schemas.results import ErrorReport, Result
 from workers.analysis import Rejected, decode_message, load_served, model_input, run_network, top_k
 from workers.config import RedisSettings, WorkerSettings, env_default
 from workers.stats import WorkerStats
+from workers.streams import StreamSet, check_origin
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +53,25 @@ class Worker:
         self.name = settings.name or default_name()
         self.served = load_served(settings.bundles, settings.mode, settings.runtime, settings.threads,
                                   bundle_key=settings.bundle_key, allow_unsigned=settings.allow_unsigned)
-        stream_of = self.names.features if settings.mode == "split" else self.names.media
-        self.streams = {stream_of(s.task): s.task for s in self.served.values()}  # stream -> task
         self.stats = WorkerStats()
         self.redis = settings.redis.client()
+        self.stream_set = StreamSet(self.redis, self.names, settings.mode, {s.task for s in self.served.values()},
+                                    settings.max_streams, settings.trim_retention_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_claim = 0.0
+        self._next_discover = 0.0
+        self._next_trim = 0.0
+
+    @property
+    def streams(self) -> dict[str, str]:
+        """The streams consumed now: key -> task."""
+        return {key: task for key, (task, _) in self.stream_set.streams.items()}
 
     def ensure_groups(self) -> None:
-        """Create the consumer group on each stream (MKSTREAM, from id 0) unless it exists."""
-        for stream in self.streams:
-            try:
-                self.redis.xgroup_create(stream, GROUP, id="0", mkstream=True)
-            except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
-                    raise
+        """Discover the streams of the served tasks and create the group on each new one."""
+        self.stream_set.discover()
+        self._next_discover = time.monotonic() + self.settings.discover_every_s
 
     def start(self) -> "Worker":
         from models.onnx_runtime import limit_threads
@@ -77,26 +88,55 @@ class Worker:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def alive(self) -> bool:
+        """Whether the loop thread runs (False before start() and after it ended)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def run(self) -> None:
-        log.info("worker %s consuming %s", self.name, ", ".join(self.streams))
+        """The loop: steps until stop(); a failed step is logged, counted and retried after a pause."""
+        log.info("worker %s consuming %s", self.name, ", ".join(self.streams) or "(no streams yet)")
+        delay = 0.0
         while not self._stop.is_set():
             try:
                 self.step()
+                delay = 0.0
             except redis.RedisError as e:
                 self.stats.add(redis_errors=1)
                 log.warning("redis round trip failed (%s); retrying", e)
                 self._stop.wait(1.0)
                 if isinstance(e, redis.ResponseError) and "NOGROUP" in str(e):
-                    self.ensure_groups()
+                    self._recover_groups()
+            except Exception:  # a bug, not bad input: never let it end the loop
+                self.stats.add(loop_errors=1)
+                delay = min(max(delay * 2, 0.1), 5.0)
+                log.exception("worker step failed; retrying in %.1f s", delay)
+                self._stop.wait(delay)
+
+    def _recover_groups(self) -> None:
+        try:
+            self.stream_set.forget_missing()
+            self.ensure_groups()
+        except redis.RedisError as e:
+            log.warning("could not recreate the consumer groups (%s)", e)
 
     def step(self) -> int:
         """One read-analyze-write cycle; returns the number of entries handled."""
         t0 = time.perf_counter()
+        now = time.monotonic()
+        if now >= self._next_discover:
+            self.ensure_groups()
+        if now >= self._next_trim:
+            self._next_trim = now + self.settings.trim_every_s
+            self.stats.add(trimmed=self.stream_set.trim())
         entries = []
-        if time.monotonic() >= self._next_claim:
-            self._next_claim = time.monotonic() + self.settings.claim_every_s
+        if now >= self._next_claim:
+            self._next_claim = now + self.settings.claim_every_s
             entries += self._reclaim()
-        reply = self.redis.xreadgroup(GROUP, self.name, {s: ">" for s in self.streams},
+        streams = self.streams
+        if not streams:
+            self._stop.wait(self.settings.block_ms / 1000)
+            return 0
+        reply = self.redis.xreadgroup(GROUP, self.name, {s: ">" for s in streams},
                                       count=self.settings.batch, block=self.settings.block_ms)
         for stream, items in reply or []:
             stream = stream.decode() if isinstance(stream, bytes) else stream
@@ -126,8 +166,28 @@ class Worker:
                     out.append((stream, eid, fields))
         self.stats.add(reclaimed=len(out) + len(dead))
         if dead:
-            self._write([], dead, defaultdict(list, {s: [e[1] for e in dead if e[0] == s] for s in self.streams}))
+            acks = defaultdict(list)
+            for stream, eid, _, _ in dead:
+                acks[stream].append(eid)
+            self._write([], dead, acks)
         return out
+
+    def _admit(self, stream: str, fields: dict):
+        """One entry -> (message, Served, network input); Rejected with a reason when it is not analysable."""
+        raw = fields.get(b"m")
+        if raw is None:
+            raise Rejected("undecodable: missing field", "stream entry has no field m")
+        msg = decode_message(raw, self.settings.mode, DEFAULT_LIMITS)
+        served = self.served.get(msg.model)
+        if served is None:
+            raise Rejected("unknown model", msg.model)
+        task, gateway = self.stream_set.streams.get(stream, (None, None))
+        if gateway is None:
+            raise Rejected("unknown stream", stream)
+        if served.task != task:
+            raise Rejected("task mismatch", f"model {msg.model} serves {served.task}, stream {stream}")
+        check_origin(msg, gateway, self.names)
+        return msg, served, model_input(msg, served)
 
     def handle(self, entries: list) -> None:
         """Analyze a batch of (stream, entry id, fields) and write results, dead letters and acks."""
@@ -137,50 +197,51 @@ class Worker:
         for stream, eid, fields in entries:
             acks[stream].append(eid)
             try:
-                raw = fields.get(b"m")
-                if raw is None:
-                    raise Rejected("undecodable: missing field", "stream entry has no field m")
-                msg = decode_message(raw, self.settings.mode, DEFAULT_LIMITS)
-                served = self.served.get(msg.model)
-                if served is None:
-                    raise Rejected("unknown model", msg.model)
-                if not msg.reply.startswith(self.names.results("x")[:-1]):
-                    raise Rejected("bad reply stream", msg.reply)
-                groups[msg.model].append((msg, model_input(msg, served)))
+                msg, served, x = self._admit(stream, fields)
+                groups[msg.model].append(((stream, eid, fields), msg, x))
             except Rejected as e:
                 dead.append((stream, eid, fields, e))
+            except Exception as e:  # a bug on one entry: that entry is dead, the batch goes on
+                log.exception("entry %s of %s failed", _id(eid), stream)
+                dead.append((stream, eid, fields, Rejected("worker error", f"{type(e).__name__}: {e}")))
         results = []
         for model, items in groups.items():
             served = self.served[model]
             try:
-                probs = run_network(served, [x for _, x in items])
-            except (Rejected, ValueError, RuntimeError) as e:
+                probs = run_network(served, [x for _, _, x in items])
+            except Exception as e:  # noqa: BLE001 - whatever the network raises, only this group fails
                 log.exception("analysis of %d entries of model %s failed", len(items), model)
-                for msg, _ in items:  # the entries are not in hand by stream here: dead-letter by id
-                    dead.append((self.names.features(served.task), None, {b"m": msg.encode()},
-                                 Rejected("analysis failed", str(e))))
+                dead += [(*entry, Rejected("analysis failed", f"{type(e).__name__}: {e}")) for entry, _, _ in items]
                 continue
             done = time.time()
-            for (msg, _), row in zip(items, probs):
-                best = top_k(row, served.labels)
-                results.append((msg.reply, Result(id=msg.id, task=served.task, model=model, label=best[0][0],
-                                                  score=min(1.0, max(0.0, best[0][1])), scores=dict(best),
-                                                  ts=msg.ts, ts_done=done, worker=self.name)))
+            for (entry, msg, _), row in zip(items, probs):
+                try:
+                    results.append((msg.reply, self._result(msg, served, row, done)))
+                except Exception as e:  # noqa: BLE001 - e.g. non-finite scores: no Result may carry them
+                    log.warning("no result for entry %s (%s): %s", _id(entry[1]), msg.id, e)
+                    dead.append((*entry, Rejected("result not encodable", f"{type(e).__name__}: {e}")))
         self.stats.add(analyze_s=time.perf_counter() - t0, received=len(entries), batches=1)
         self._write(results, dead, acks)
 
+    def _result(self, msg, served, row, done: float) -> bytes:
+        """The encoded Result of one input (raises if the scores cannot be written, e.g. NaN)."""
+        best = top_k(row, served.labels)
+        return Result(id=msg.id, task=served.task, model=served.model_id, label=best[0][0],
+                      score=min(1.0, max(0.0, best[0][1])), scores=dict(best), ts=msg.ts, ts_done=done,
+                      worker=self.name).encode()
+
     def _write(self, results: list, dead: list, acks: dict) -> None:
+        """One MULTI/EXEC: encoded results to their reply streams, dead letters, then the XACKs."""
         t0 = time.perf_counter()
         pipe = self.redis.pipeline(transaction=True)
-        for reply, res in results:
-            pipe.xadd(reply, {"m": res.encode()}, maxlen=self.settings.reply_maxlen, approximate=True)
+        for reply, encoded in results:
+            pipe.xadd(reply, {"m": encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
         for stream, eid, fields, err in dead:
-            task = self.streams.get(stream, "unknown")
-            eid_s = eid.decode() if isinstance(eid, bytes) else str(eid)
-            log.warning("dead-letter %s %s: %s", stream, eid_s, err)
-            report = ErrorReport(source=self.name, device="", topic=stream, reason=err.reason,
+            task = self.streams.get(stream) or next(iter(self.stream_set.tasks), "unknown")
+            log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
+            report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
                                  detail=err.detail[:200], ts=time.time())
-            pipe.xadd(self.names.dead(task), {"reason": err.reason, "entry": eid_s, "error": report.encode(),
+            pipe.xadd(self.names.dead(task), {"reason": err.reason, "entry": _id(eid), "error": report.encode(),
                                               "m": fields.get(b"m", b"")},
                       maxlen=self.settings.dead_maxlen, approximate=True)
         for stream, ids in acks.items():
@@ -188,6 +249,10 @@ class Worker:
                 pipe.xack(stream, GROUP, *ids)
         pipe.execute()
         self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0)
+
+
+def _id(eid) -> str:
+    return eid.decode() if isinstance(eid, bytes) else str(eid)
 
 
 def parse_args(argv: list[str]) -> WorkerSettings:
@@ -205,6 +270,8 @@ def parse_args(argv: list[str]) -> WorkerSettings:
                    help="network runtime (default auto: ONNX Runtime when the bundle carries the .onnx files)")
     p.add_argument("--claim-idle-ms", type=int, default=30_000)
     p.add_argument("--max-deliveries", type=int, default=5)
+    p.add_argument("--trim-every-s", type=float, default=5.0,
+                   help="seconds between trims of the acknowledged entries of each stream (XTRIM MINID)")
     p.add_argument("--bundle-key", default=env_default("bundle_key"),
                    help="the provider's public key file; bundles must be signed with it (PRIVEDGE_BUNDLE_KEY)")
     p.add_argument("--allow-unsigned", action="store_true",
@@ -215,7 +282,7 @@ def parse_args(argv: list[str]) -> WorkerSettings:
     return WorkerSettings(redis=redis_settings, bundles=tuple(a.bundle), name=a.name,
                           mode=a.mode, prefix=a.prefix, batch=a.batch, block_ms=a.block_ms,
                           threads=a.threads, runtime=a.runtime, claim_idle_ms=a.claim_idle_ms,
-                          max_deliveries=a.max_deliveries, bundle_key=a.bundle_key,
+                          max_deliveries=a.max_deliveries, trim_every_s=a.trim_every_s, bundle_key=a.bundle_key,
                           allow_unsigned=a.allow_unsigned)
 
 
@@ -242,8 +309,15 @@ def main(argv: list[str] | None = None) -> int:
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
         log.error("Redis refused worker %s: %s", worker.name, e)
         return 1
-    while not done.wait(worker.settings.stats_every_s):
-        log.info("stats %s", worker.stats.as_dict())
+    next_stats = time.monotonic() + worker.settings.stats_every_s
+    while not done.wait(0.5):
+        if not worker.alive():  # a supervisor restarts a process, not a thread
+            log.error("worker %s: loop thread died; exiting so that it is restarted; stats %s",
+                      worker.name, worker.stats.as_dict())
+            return 3
+        if time.monotonic() >= next_stats:
+            next_stats += worker.settings.stats_every_s
+            log.info("stats %s", worker.stats.as_dict())
     worker.stop()
     log.info("stopped; stats %s", worker.stats.as_dict())
     return 0

@@ -16,6 +16,8 @@ class WorkerStats:
     reclaimed: int = 0      # entries taken over from idle consumers (XAUTOCLAIM)
     batches: int = 0        # XREADGROUP calls that returned something
     redis_errors: int = 0   # failed round trips (the loop retries)
+    loop_errors: int = 0    # steps that failed on something unexpected (logged; the loop retries)
+    trimmed: int = 0        # acknowledged entries trimmed from the streams (XTRIM MINID)
     read_s: float = 0.0     # XREADGROUP / XAUTOCLAIM, including the BLOCK wait when idle
     analyze_s: float = 0.0  # decode + network
     write_s: float = 0.0    # the XADD + XACK transaction
