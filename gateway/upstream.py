@@ -8,6 +8,17 @@ spool holds anything, new batches go behind it, and the spool is only empty once
 
 Without a spool, ``send`` blocks (with exponential back-off) until Redis takes the batch, and the caller
 keeps the batch's MQTT messages unacknowledged meanwhile, so the broker holds them for us.
+
+The XADDs carry no MAXLEN: a stream is trimmed only by the workers, below what they have acknowledged
+(workers/streams.py), so an entry no worker has read is never lost to trimming. Instead the gateway
+watches its own backlog: every XADD round trip also asks XLEN of the streams it wrote (the same pipeline,
+one more reply per stream). When one holds more than ``stream_max_backlog`` entries the cloud is behind,
+and the gateway acts as if Redis were away: it spools (or holds), tells ``on_available(False)`` (the
+intake then holds too), counts ``cloud_behind_events`` and shows the ``cloud_behind`` gauge. While
+behind, each try first re-checks the lengths (XLEN only, with the usual back-off) and sends again once
+every stream is below three quarters of the bound; the gap keeps the gateway from switching at every
+trim, which removes acknowledged entries every few seconds in one step. A watcher thread re-checks too
+(every ``retry_max_s``) while behind, so that status and metrics clear when nothing is being sent.
 """
 from __future__ import annotations
 
@@ -54,7 +65,7 @@ def open_spool(settings: GatewaySettings) -> Spool | None:
 
 
 class Upstream:
-    """Pipelined XADD of message batches with MAXLEN ~; spooled to disk (or retried) while Redis is away."""
+    """Pipelined XADD of message batches; spooled to disk (or retried) while Redis is away or behind."""
 
     def __init__(self, settings: GatewaySettings, client: redis.Redis, metrics: Metrics,
                  on_available: Callable[[bool], None] = lambda ok: None, spool: Spool | None = None) -> None:
@@ -64,7 +75,12 @@ class Upstream:
         self.metrics = metrics
         self.spool = spool
         self._on_available = on_available
-        self.available = True
+        self.available = True          # Redis answers
+        self.behind = False            # a stream's backlog is over stream_max_backlog
+        self._reported = True          # what on_available was last told (available and not behind)
+        self._lengths: dict[str, int] = {}  # our streams -> XLEN at the last round trip
+        self._state = threading.Lock()      # behind, _lengths and _reported: loops, replay and watcher
+        self._watcher: threading.Thread | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run_replay, name="gateway-replay", daemon=True)
@@ -81,6 +97,7 @@ class Upstream:
             log.warning("Redis %s unreachable at start (%s); %s", safe_url(self.s.redis), e,
                         "spooling to disk" if self.spool else "holding inputs until it answers")
             self._set_available(False)
+        self.metrics.set_gauge("cloud_behind", 0)
         if self.spool is not None:
             self._gauges()
             self.thread.start()
@@ -91,6 +108,8 @@ class Upstream:
         self._wake.set()
         if self.thread.is_alive():
             self.thread.join(10)
+        if self._watcher is not None:
+            self._watcher.join(10)
         if self.spool is not None:
             if self.spool.pending:
                 log.info("stopping with %d spooled messages on disk; they are handed on at the next start",
@@ -125,14 +144,20 @@ class Upstream:
         return True
 
     def _xadd(self, entries: list[tuple[str, bytes]]) -> bool:
-        """One pipelined round trip of XADDs; False (counted, logged) when Redis did not take them."""
+        """One pipelined round trip of XADDs and the XLEN of each stream written; False (counted, logged)
+        when Redis did not take them, or when the cloud is behind and still is (nothing sent then)."""
         t0 = time.perf_counter()
         try:
+            if self.behind and not self._caught_up():
+                return False
             # Each loop has its own pooled connection, so loops do not wait on each other.
             pipe = self.redis.pipeline(transaction=False)
             for stream, message in entries:
-                pipe.xadd(stream, {FIELD: message}, maxlen=self.s.stream_maxlen, approximate=True)
-            pipe.execute()
+                pipe.xadd(stream, {FIELD: message})
+            streams = sorted({stream for stream, _ in entries})
+            for stream in streams:
+                pipe.xlen(stream)
+            lengths = pipe.execute()[len(entries):]
         except redis.RedisError as e:
             self.metrics.inc("upstream_retries")
             self._set_available(False)
@@ -141,7 +166,54 @@ class Upstream:
         self.metrics.observe("publish", time.perf_counter() - t0, len(entries))
         self.metrics.inc("published", len(entries))
         self._set_available(True)
+        with self._state:
+            self._lengths.update(zip(streams, lengths))
+        self._backlog()
         return True
+
+    def _caught_up(self) -> bool:
+        """While behind: XLEN of our streams again; True once all are below 3/4 of the bound."""
+        streams = list(self._lengths)
+        pipe = self.redis.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xlen(stream)
+        lengths = pipe.execute()
+        with self._state:
+            self._lengths.update(zip(streams, lengths))
+        self._set_available(True)
+        return not self._backlog(resume_below=self.s.stream_max_backlog * 3 // 4)
+
+    def _backlog(self, resume_below: int | None = None) -> bool:
+        """Update ``behind`` from the last lengths (over the bound: behind; below ``resume_below``, when
+        given: caught up); returns it."""
+        with self._state:
+            longest = max(self._lengths.values(), default=0)
+            self.metrics.set_gauge("stream_backlog", longest)
+            if not self.behind and longest > self.s.stream_max_backlog:
+                self.behind = True
+                self.metrics.inc("cloud_behind_events")
+                log.error("the cloud is behind: %d entries wait in %s (> stream_max_backlog %d); %s", longest,
+                          max(self._lengths, key=self._lengths.get), self.s.stream_max_backlog,
+                          "spooling" if self.spool else "holding inputs")
+                if self._watcher is None or not self._watcher.is_alive():
+                    self._watcher = threading.Thread(target=self._watch, name="gateway-backlog", daemon=True)
+                    self._watcher.start()
+            elif self.behind and resume_below is not None and longest < resume_below:
+                self.behind = False
+                log.warning("the cloud caught up (%d entries wait at most); sending again", longest)
+            self.metrics.set_gauge("cloud_behind", int(self.behind))
+            behind = self.behind
+        self._report()
+        return behind
+
+    def _watch(self) -> None:
+        """Re-check the backlog every retry_max_s while behind (errors: Redis away, handled as such)."""
+        while self.behind and not self._stop.wait(self.s.retry_max_s):
+            try:
+                self._caught_up()
+            except redis.RedisError as e:
+                self._set_available(False)
+                log.warning("backlog check failed (%s: %s)", type(e).__name__, e)
 
     def _send_retrying(self, entries: list[tuple[str, bytes]], give_up: Callable[[], bool]) -> bool:
         delay = self.s.retry_initial_s
@@ -196,6 +268,14 @@ class Upstream:
         if ok != self.available:
             self.available = ok
             log.log(logging.INFO if ok else logging.ERROR, "Redis %s", "available again" if ok else "unavailable")
+        self._report()
+
+    def _report(self) -> None:
+        """Tell on_available when "Redis takes our batches" (available and not behind) changes."""
+        with self._state:
+            ok = self.available and not self.behind
+            changed, self._reported = ok != self._reported, ok
+        if changed:
             self._on_available(ok)
 
 
