@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from models import signing
-from models.bundle import MANIFEST, load_extractor, make_untrained_bundle, model_id, read_manifest, write_manifest
+from models.bundle import load_extractor, make_untrained_bundle, model_id, read_manifest, write_manifest
 from tests.conftest import REPO
 from tests.gateway_fixtures import Listener, wait_until
 
