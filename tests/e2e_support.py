@@ -126,6 +126,7 @@ class Published:
     @classmethod
     def from_listener(cls, listener, gateway: str, prefix: str = "privedge") -> "Published":
         """Decode every ImageFrame/AudioChunk the listener recorded; an utterance's id is its first seq."""
+        from schemas.features import make_id
         from schemas.media import AudioChunk, ImageFrame
 
         out, chunks = cls(), defaultdict(list)
@@ -137,14 +138,15 @@ class Published:
             if kind == "image":
                 for p in payloads:
                     f = ImageFrame.decode(p)
-                    out.frames[f"{gateway}/{device}/{f.seq}"] = f
+                    out.frames[make_id(gateway, device, f.seq, f.boot)] = f
             elif kind == "audio":
                 for p in payloads:
                     c = AudioChunk.decode(p)
                     chunks[(device, c.utt)].append(c)
         for (device, _), cs in chunks.items():
             cs.sort(key=lambda c: c.seq)
-            out.utterances[f"{gateway}/{device}/{cs[0].seq}"] = (b"".join(c.data for c in cs), cs[0].rate)
+            out.utterances[make_id(gateway, device, cs[0].seq, cs[0].boot)] = (b"".join(c.data for c in cs),
+                                                                               cs[0].rate)
         return out
 
     def ids(self) -> set[str]:

@@ -19,6 +19,7 @@ from gateway.service import Gateway
 from models.bundle import make_untrained_bundle, read_manifest
 from privedge import servers
 from schemas import FeatureMessage, Limits, Names
+from schemas.features import split_id
 from schemas.names import GROUP
 from sensors import cli as sensor_cli
 from tests.conftest import FAST
@@ -122,8 +123,9 @@ def test_every_input_comes_back_once_with_a_label_of_its_task(run):
     ids = [body["id"] for _, body in run.results]
     assert Counter(ids) == Counter(pub.ids()), "every published input exactly once, and nothing else"
     for topic, body in run.results:
-        gateway, device, seq = body["id"].split("/")
-        assert (gateway, body["device"], body["seq"]) == ("gw1", device, int(seq))
+        parts = split_id(body["id"])  # with the sensor's boot id
+        device = parts.device
+        assert (parts.gateway, body["device"], body["seq"]) == ("gw1", device, parts.seq)
         assert topic == f"privedge/{device}/result"
         manifest = run.manifests["image" if body["id"] in pub.frames else "speech"]
         assert (body["task"], body["model"]) == (manifest["task"], manifest["model"])
