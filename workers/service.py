@@ -149,10 +149,13 @@ class Worker:
     def _reclaim(self) -> list:
         """Entries idle longer than claim_idle_ms at a dead consumer; over max_deliveries -> dead."""
         out, dead = [], []
-        for stream in self.streams:
-            claimed = self.redis.xautoclaim(stream, GROUP, self.name, self.settings.claim_idle_ms,
-                                            start_id="0-0", count=self.settings.batch)[1]
-            claimed = [(eid, f) for eid, f in claimed if f]
+        streams = list(self.streams)
+        pipe = self.redis.pipeline(transaction=False)  # one round trip however many homes there are
+        for stream in streams:
+            pipe.xautoclaim(stream, GROUP, self.name, self.settings.claim_idle_ms, start_id="0-0",
+                            count=self.settings.batch)
+        for stream, reply in zip(streams, pipe.execute()):
+            claimed = [(eid, f) for eid, f in reply[1] if f]
             if not claimed:
                 continue
             pend = self.redis.xpending_range(stream, GROUP, min=claimed[0][0], max=claimed[-1][0],
