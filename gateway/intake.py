@@ -18,7 +18,9 @@ rest of a backlog (a reconnect, a restart, an outage upstream) in its own queue.
 an input only once it is processed: handed on, rejected with a reason, or dropped by the per-kind policy
 and counted. That policy (in the extraction loops): audio chunks are never dropped; a camera frame is
 dropped only when stale (``image_max_age_s``, see gateway/staleness.py), which happens only under
-overload sustained that long.
+overload sustained that long. (mosquitto 2.0.11 honours the window only up to the first acknowledgement:
+each PUBACK then lets up to a whole window more in, so with that broker a long backlog can make the
+gateway hold more than ``receive_maximum``; newer brokers and MQTT 5 clients should not.)
 
 Message ids are per connection: after a reconnect the broker resends the unacknowledged messages, so an
 input received on an earlier connection is handed on but not acknowledged (its resent copy is, and

@@ -1,12 +1,17 @@
 """A whole privedge deployment as real processes, for the fault tests: mosquitto (persistence), redis-server
 (appendonly, ACL users), a ``privedge gateway`` process (with an on-disk spool), ``privedge worker``
-processes, a camera publisher and a results listener with a persistent session.
+processes, camera or microphone publishers and a results listener with a persistent session.
+
+The gateway runs with its shipped defaults (the fault tests check what a home gets out of the box); the
+only setting changed is ``stats_interval_s`` (0.5 s instead of 5 s), which changes what the gateway
+reports, not what it does: the tests read its counters from the stats topic.
 
 Every part can be stopped, killed and started again by the test; :meth:`Rig.run` publishes a run of
 inputs, applies a fault in the middle and waits until every input has its result.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,15 +23,19 @@ from collections import Counter
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import paho.mqtt.client as mqtt
 import redis
 
 from privedge import servers
 from privedge.redis_acl import AclUser, gateway_user, worker_user
+from schemas import Names
+from schemas.names import GROUP
 from sensors.publisher import PublisherSettings, SensorPublisher
 from tests.gateway_fixtures import image_frame, wait_until
 
 GW = "home"
+FSDD = Path(os.environ.get("PRIVEDGE_DATA", "/work/shared/data")) / "fsdd"
 ADMIN = AclUser("admin", "admin-pw", "+@all ~*")  # the test's own inspection user
 
 
@@ -44,6 +53,7 @@ class ResultListener:
 
     def __init__(self, port: int) -> None:
         self.ids: Counter[str] = Counter()
+        self.keys: Counter[tuple[str, int]] = Counter()  # (device, seq) of each result received
         self.redelivered = 0  # deliveries the broker marked DUP (resent after a lost acknowledgement)
         self.first_result_at: float | None = None  # monotonic time of the first result since reset()
         self.last_result_at = 0.0  # monotonic time of the last result
@@ -63,7 +73,9 @@ class ResultListener:
     def _on_message(self, client, userdata, msg) -> None:
         with self._lock:
             if msg.topic.endswith("/result"):
-                self.ids[json.loads(msg.payload)["id"]] += 1
+                body = json.loads(msg.payload)
+                self.ids[body["id"]] += 1
+                self.keys[(body["device"], int(body["seq"]))] += 1
                 self.last_result_at = time.monotonic()
                 if self.first_result_at is None:
                     self.first_result_at = self.last_result_at
@@ -77,6 +89,7 @@ class ResultListener:
         """Forget the results seen so far (when the first came, and how many were redelivered)."""
         with self._lock:
             self.ids.clear()
+            self.keys.clear()
             self.redelivered = 0
             self.first_result_at = None
 
@@ -102,9 +115,9 @@ class Rig:
     def __init__(self, root: Path, bundle: Path, *, workers: int = 1, gateway_env: dict | None = None,
                  worker_args: tuple[str, ...] = ()) -> None:
         self.root, self.bundle = root, bundle
-        # backpressure: a backlog redelivered after a restart waits at the broker instead of being dropped
-        self.gateway_env = {"PRIVEDGE_WAIT_MS": "2", "PRIVEDGE_STATS_INTERVAL_S": "0.5",
-                            "PRIVEDGE_RETRY_MAX_S": "1", "PRIVEDGE_OVERFLOW": "backpressure", **(gateway_env or {})}
+        self.task = json.loads((bundle / "manifest.json").read_text())["task"]
+        # Shipped defaults, but stats every 0.5 s: the tests read the gateway's counters from them.
+        self.gateway_env = {"PRIVEDGE_STATS_INTERVAL_S": "0.5", **(gateway_env or {})}
         self.worker_args = worker_args
         self.gw_user, self.worker_user = gateway_user(GW, "gw-secret"), worker_user("worker-secret")
         self.mqtt = servers.mosquitto(root / "mosquitto")
@@ -112,6 +125,9 @@ class Rig:
                                    acl_users=[self.gw_user, self.worker_user, ADMIN])
         self.procs: list[subprocess.Popen] = []
         self.listener = ResultListener(self.mqtt.port)
+        # The home's features stream and the workers' group exist before its first input, as for a
+        # provisioned home, so the workers are reading it when the first input comes.
+        self.admin().xgroup_create(Names().features(self.task, GW), GROUP, id="0", mkstream=True)
         self.gateway = self.start_gateway()
         self.workers = [self.start_worker() for _ in range(workers)]
         self.wait_ready()
@@ -125,10 +141,11 @@ class Rig:
         self.procs.append(proc)
         return proc
 
-    def start_gateway(self, batch: int = 32, **env: str) -> subprocess.Popen:
+    def start_gateway(self, **env: str) -> subprocess.Popen:
+        """A gateway process with the rig's settings, changed by ``env`` (``PRIVEDGE_*`` variables)."""
         return self._spawn("gateway", [
             "gateway", "--broker", self.mqtt.url, "--redis", self.gw_user.url("127.0.0.1", self.redis.port),
-            "--bundle", str(self.bundle), "--id", GW, "--batch", str(batch), "--spool-dir", str(self.root / "spool")],
+            "--bundle", str(self.bundle), "--id", GW, "--spool-dir", str(self.root / "spool")],
             {**self.gateway_env, **env})
 
     def start_worker(self) -> subprocess.Popen:
@@ -150,9 +167,21 @@ class Rig:
         ok = wait_until(lambda: self.listener.stats and self._groups(), timeout, 0.2)
         assert ok, f"not ready: {self.logs()}"
 
+    def features_streams(self) -> list[str]:
+        """The features streams of the rig's task (whatever the key layout after the task name)."""
+        admin = self.admin()
+        keys = {k.decode() for pattern in (f"privedge:features:{self.task}", f"privedge:features:{self.task}:*")
+                for k in admin.scan_iter(match=pattern, _type="stream")}
+        return sorted(keys)
+
+    def pending(self) -> int:
+        """Entries read by a worker and not yet acknowledged, over the task's features streams."""
+        admin = self.admin()
+        return sum(admin.xpending(k, "analyzers")["pending"] for k in self.features_streams())
+
     def _groups(self) -> bool:
         try:
-            return bool(self.admin().xinfo_groups("privedge:features:glasses"))
+            return any(self.admin().xinfo_groups(k) for k in self.features_streams())
         except redis.RedisError:
             return False
 
@@ -192,7 +221,8 @@ class Rig:
                 delay = t0 + i / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                pubs[i % devices].publish_image(frame)
+                # stamped as it is sent, as a camera does: the gateway judges staleness by capture time
+                pubs[i % devices].publish_image(dataclasses.replace(frame, ts=time.time()))
                 self.published += 1
             for p in pubs:
                 p.flush(120)
@@ -202,12 +232,44 @@ class Rig:
         t.start()
         return t
 
+    def publish_speech(self, n: int, rate: float, devices: int = 2) -> threading.Thread:
+        """A thread publishing ``n`` real FSDD utterances at ``rate`` per second, round-robin over
+        ``devices`` microphones (``mic0``...), each cut into 100 ms AudioChunks. ``self.expected`` collects
+        the (device, seq) of each utterance (its first chunk's seq, the inference seq)."""
+        from models.preprocess import load_wav
+
+        files = sorted((FSDD / "recordings").glob("*.wav"))
+        assert files, f"no FSDD recordings under {FSDD}"
+        waves = [load_wav(files[(37 * i) % len(files)]) for i in range(n)]  # spread over digits and speakers
+        self.published, self.expected = 0, []
+
+        def run() -> None:
+            pubs = [SensorPublisher(PublisherSettings(broker=self.mqtt.url, device=f"mic{d}",
+                                                      publish_timeout_s=120)).connect()
+                    for d in range(devices)]
+            t0 = time.monotonic()
+            for i, (wave, wave_rate) in enumerate(waves):
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                chunks = pubs[i % devices].publish_utterance(np.asarray(wave, np.float32), int(wave_rate))
+                self.expected.append((chunks[0].device, chunks[0].seq))
+                self.published += 1
+            for p in pubs:
+                p.flush(120)
+                p.close()
+
+        t = threading.Thread(target=run, name="mic-publisher", daemon=True)
+        t.start()
+        return t
+
     def run(self, n: int, rate: float, fault: Callable[["Rig"], None], *, at: float = 0.3, first: int = 0,
-            timeout: float = 120, size: tuple[int, int] = (32, 32)) -> dict:
-        """Publish ``n`` inputs, call ``fault(self)`` once ``at`` of them have results, wait for every
-        result; returns the counts (printed by the caller)."""
+            timeout: float = 120, size: tuple[int, int] = (32, 32), speech: bool = False) -> dict:
+        """Publish ``n`` inputs (camera frames, or with ``speech`` FSDD utterances), call ``fault(self)``
+        once ``at`` of them have results, wait for every result; returns the counts (printed by the
+        caller)."""
         self.listener.reset()
-        pub = self.publish(n, rate, first=first, size=size)
+        pub = self.publish_speech(n, rate) if speech else self.publish(n, rate, first=first, size=size)
         assert wait_until(lambda: self.listener.unique() >= at * n, timeout, 0.05), self.logs()
         fault(self)
         pub.join(timeout)

@@ -1,9 +1,10 @@
 """Faults against a whole deployment of real processes: every input ends with exactly one result.
 
 One deployment (tests/fault_rig.py: mosquitto with persistence, redis-server with appendonly and ACL
-users, a gateway process with an on-disk spool, worker processes, camera publishers, a results listener)
-serves the tests of this module in turn; each fault leaves it running again for the next. Each test prints
-its counts (``pytest -s`` shows them).
+users, a gateway process with an on-disk spool and its shipped defaults, worker processes, camera
+publishers, a results listener) serves the camera tests of this module in turn; each fault leaves it
+running again for the next. A second one, with a speech bundle, two workers and microphones sending real
+FSDD utterances, serves the microphone drills. Each test prints its counts (``pytest -s`` shows them).
 """
 from __future__ import annotations
 
@@ -18,12 +19,22 @@ from tests.fault_rig import Rig, frame_ids, peak_rss_mb
 from tests.gateway_fixtures import full_bundles, wait_until  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
-FEATURES = "privedge:features:glasses"
+SPEECH_RATE = 20.0
+"""Utterances per second in the microphone drills: one busy room (the issue's drill), at every size."""
+SPEECH_N = 120 if FAST else 300
+"""Utterances per microphone drill (at SPEECH_RATE: 6 s in CI, 15 s at full size)."""
 
 
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory, full_bundles):
     rig = Rig(tmp_path_factory.mktemp("faults"), full_bundles["image"])
+    yield rig
+    rig.close()
+
+
+@pytest.fixture(scope="module")
+def mic_rig(tmp_path_factory, full_bundles):
+    rig = Rig(tmp_path_factory.mktemp("mic-faults"), full_bundles["speech"], workers=2)
     yield rig
     rig.close()
 
@@ -34,13 +45,30 @@ def _report(name: str, counts: dict) -> None:
 
 def _exactly_one_each(rig: Rig, n: int, first: int, counts: dict, *, broker_restarted: bool = False) -> None:
     """Every input has its result, and no result was published twice. Only a broker restart may make the
-    broker itself deliver a result again (QoS 1), flagged DUP, to a subscriber whose ack it had not saved."""
+    broker itself deliver a result again (QoS 1), flagged DUP, to a subscriber whose ack it had not saved.
+    Those DUP-flagged deliveries bound the duplicates rather than equal them: a resent result whose first
+    copy was lost with the connection reaches the listener once, flagged DUP (seen: 2 duplicates, 12
+    flagged)."""
     assert set(rig.listener.ids) == frame_ids(n, first=first), counts
     assert counts["missing"] == 0, counts
     allowed = counts["mqtt_dup_flagged"] if broker_restarted else 0
-    assert counts["duplicates"] == allowed, counts
-    assert wait_until(lambda: rig.admin().xpending(FEATURES, "analyzers")["pending"] == 0, 20), \
-        "entries left pending"
+    assert counts["duplicates"] <= allowed, counts
+    assert wait_until(lambda: rig.pending() == 0, 20), "entries left pending"
+
+
+def _one_result_per_utterance(rig: Rig, counts: dict, *, broker_restarted: bool = False) -> None:
+    """Every published utterance has a result, none has two (a broker restart may make the broker deliver
+    a result again, flagged DUP, to the listener: only those may repeat), and nothing else came back."""
+    keys = rig.listener.keys
+    assert len(rig.expected) == counts["inputs"] == len(set(rig.expected)), counts
+    counts["lost"] = len(set(rig.expected) - set(keys))
+    counts["unexpected"] = len(set(keys) - set(rig.expected))
+    counts["rejected"] = rig.stats().get("rejected", {})
+    counts["dropped"] = rig.stats().get("dropped", {})
+    assert counts["lost"] == 0 and counts["unexpected"] == 0, counts
+    allowed = counts["mqtt_dup_flagged"] if broker_restarted else 0
+    assert sum(c - 1 for c in keys.values()) <= allowed and counts["duplicates"] <= allowed, counts
+    assert wait_until(lambda: rig.pending() == 0, 20), "entries left pending"
 
 
 def _stat(rig: Rig, name: str) -> int:
@@ -57,7 +85,7 @@ def test_worker_sigkill_mid_run(rig):
         # Freeze it at a moment it holds read-but-unacknowledged entries (busy: it reads as inputs come).
         for _ in range(300):
             victim.send_signal(signal.SIGSTOP)
-            pending = admin.xpending(FEATURES, "analyzers")["pending"]
+            pending = r.pending()
             if pending:
                 break
             victim.send_signal(signal.SIGCONT)
@@ -94,7 +122,7 @@ def test_redis_down_10s_mid_run(rig):
     _exactly_one_each(rig, n, first, counts)
     # Replayed in order: per device, seqs first appear in the features stream in publishing order.
     seen: dict[str, list[int]] = {}
-    for _, fields in rig.admin().xrange(FEATURES, min="-", max="+"):
+    for _, fields in (e for k in rig.features_streams() for e in rig.admin().xrange(k, min="-", max="+")):
         msg = FeatureMessage.decode(fields[b"m"])
         if msg.seq >= first and msg.seq not in seen.setdefault(msg.device, []):
             seen[msg.device].append(msg.seq)
@@ -144,17 +172,52 @@ def test_gateway_sigkill_mid_run_with_a_spool_on_disk(rig):
     _exactly_one_each(rig, n, first, counts)
 
 
+def test_microphones_through_a_mosquitto_restart(mic_rig):
+    """Two microphones, 20 real FSDD utterances per second, mosquitto stopped for 3 s mid-run and started
+    again: the backlog the broker kept arrives at once after the reconnect, and every utterance still
+    gets exactly one result (the issue's drill lost 90 of 300 with the old defaults)."""
+    def restart(r: Rig) -> None:
+        r.mqtt.stop()
+        time.sleep(3)
+        r.mqtt.start()
+
+    counts = mic_rig.run(SPEECH_N, rate=SPEECH_RATE, fault=restart, at=0.3, timeout=180, speech=True)
+    _report("mic: mosquitto restart", counts)
+    _one_result_per_utterance(mic_rig, counts, broker_restarted=True)
+
+
+def test_microphones_through_a_gateway_sigkill(mic_rig):
+    """Two microphones, 20 real FSDD utterances per second, the gateway SIGKILLed mid-run and started
+    again 2 s later: the broker redelivers what the dead gateway had not acknowledged, and every utterance
+    gets exactly one result (the issue's drill gave 222 results, 221 unique, for 300)."""
+    def kill_gateway(r: Rig) -> None:
+        r.gateway.send_signal(signal.SIGKILL)
+        r.gateway.wait(10)
+        time.sleep(2)
+        r.listener.stats = {}
+        r.gateway = r.start_gateway()
+
+    counts = mic_rig.run(SPEECH_N, rate=SPEECH_RATE, fault=kill_gateway, at=0.3, timeout=180, speech=True)
+    _report("mic: gateway SIGKILL", counts)
+    _one_result_per_utterance(mic_rig, counts)
+
+
 def test_overload_three_times_capacity(rig):
-    """Offered 3x what the gateway serves: queues and memory bounded, drops counted per device, every
-    input either answered once or dropped and counted, and it still answers afterwards."""
-    # A gateway that drops the oldest input of a full device queue, in small batches, decoding 640x480
-    # JPEGs of about 20 KB (1.6 ms each): a capacity well below the publisher's rate. With 128x128 raw
-    # frames a fast machine served 650/s, and the publisher, at about 1,500/s, could not offer 3x that.
-    first, size, queue = 40_000, (480, 640), 16
+    """Offered 3x what the gateway serves: memory bounded (the in-flight window), stale frames dropped and
+    counted per device, every input either answered once or dropped and counted, and it still answers
+    afterwards.
+
+    Two settings differ from the defaults, for these reasons. ``batch`` 2: small batches, decoding 640x480
+    JPEGs of about 20 KB (1.6 ms each), give a capacity well below the publisher's rate (with 128x128 raw
+    frames a fast machine served 650/s, and the publisher, at about 1,500/s, could not offer 3x that).
+    ``image_max_age_s`` 0.5 instead of 30: the policy drops a frame only once it has waited that long, so
+    with the default a flood would have to last far longer than a test may (a 3x flood builds a backlog
+    of 2 s per second, so frames turn stale after 15 s of it); 0.5 s shows the same policy in seconds."""
+    first, size = 40_000, (480, 640)
     rig.gateway.send_signal(signal.SIGTERM)
     rig.gateway.wait(30)
     rig.listener.stats = {}
-    rig.gateway = rig.start_gateway(batch=2, PRIVEDGE_OVERFLOW="drop_oldest", PRIVEDGE_QUEUE_PER_DEVICE=str(queue))
+    rig.gateway = rig.start_gateway(PRIVEDGE_BATCH="2", PRIVEDGE_IMAGE_MAX_AGE_S="0.5")
     rig.wait_ready()
     rss0 = peak_rss_mb(rig.gateway.pid)
 
