@@ -11,6 +11,9 @@ window: bounding it per utterance and per device is what keeps one microphone fr
   the same connection is acknowledged and dropped at once; a copy the broker delivers again after a
   reconnect replaces the held input of the earlier connection (whose acknowledgement can no longer be
   sent) so that the new copy is acknowledged with the utterance, and nothing is lost if we die first.
+  Chunks of an utterance already completed (the last ``4 * max_open`` remembered) are duplicates too: a
+  broker stopped while our acknowledgements of an utterance were arriving resends only the chunks whose
+  acknowledgement it had not saved, and those must not make a second, truncated utterance.
 - A fair share per device (max-min): when the assembler holds more than ``hold_items`` chunks in all,
   or ``max_open`` utterances, the device holding the most (which is then over its share of
   ``hold_items / devices``, or ``max_open / devices``) loses its own oldest open utterance. A device
@@ -113,6 +116,7 @@ class UtteranceAssembler:
         self.hold_items = hold_items
         self._open: OrderedDict[tuple[str, str], Utterance] = OrderedDict()   # least recently fed first
         self._rejected: OrderedDict[tuple[str, str], str] = OrderedDict()     # key -> reason, bounded
+        self._done: OrderedDict[tuple, None] = OrderedDict()  # keys of utterances completed, bounded
         self._held: dict[str, int] = {}      # device -> chunks held (unacknowledged) in open utterances
         self._opened: dict[str, int] = {}    # device -> open utterances
 
@@ -127,6 +131,8 @@ class UtteranceAssembler:
         """Feed one chunk; returns (the utterance if this chunk completed it, rejections caused, inputs
         to acknowledge at once without a report: duplicates)."""
         key = (chunk.device, chunk.boot, chunk.utt)  # a rebooted sensor may use its utt ids again
+        if key in self._done:  # a chunk of an utterance already handed on, delivered again: drop it
+            return None, [], [item]
         if key in self._rejected:
             return None, [Rejected(chunk.device, chunk.seq, self._rejected[key],
                                    f"chunk of utterance {chunk.utt!r} already rejected", [item])], []
@@ -168,6 +174,9 @@ class UtteranceAssembler:
             return None, rejected, []
         if chunk.final:
             self._forget(u)
+            self._done[key] = None
+            while len(self._done) > 4 * self.max_open:
+                self._done.popitem(last=False)
             return u, rejected, []
         rejected += self._enforce_share()
         return None, rejected, []

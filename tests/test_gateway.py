@@ -43,7 +43,8 @@ def test_image_and_audio_inputs_become_feature_messages(make_gateway, mosquitto,
     for c in utterance("mic1", 10, "u-1", chunks=3):
         lis.publish("privedge/mic1/audio", c.encode())
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") == 3 and r.xlen("privedge:features:digit:gw1") == 1)
+    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") == 3
+                      and r.xlen("privedge:features:digit:gw1") == 1)
 
     manifests = {m: json.loads((gateway_bundles[m] / "manifest.json").read_text()) for m in gateway_bundles}
     images = _features(r, "glasses")

@@ -43,6 +43,20 @@ def test_chunks_join_in_seq_order_and_duplicates_are_dropped_at_once():
     assert rate == 8000 and wave.shape == (2400,)
 
 
+def test_chunks_of_a_completed_utterance_delivered_again_are_duplicates():
+    """A broker stopped while the acknowledgements of an utterance came in resends only some of its
+    chunks: they must not become a second utterance (with another seq, so another inference id)."""
+    a = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5)
+    a.add(_chunk(0), _item(0))
+    a.add(_chunk(1), _item(1))
+    done, _, _ = a.add(_chunk(2, final=True), _item(2))
+    assert done is not None and done.seq == 0
+    again1, again2 = _item(11, epoch=2), _item(12, epoch=2)
+    assert a.add(_chunk(1), again1) == (None, [], [again1])
+    assert a.add(_chunk(2, final=True), again2) == (None, [], [again2])
+    assert len(a) == 0 and a.held() == 0
+
+
 def test_duplicates_do_not_refresh_the_timeout_and_a_disconnection_does():
     a = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5)
     a.add(_chunk(0), _item(0))
