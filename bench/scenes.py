@@ -15,6 +15,7 @@ the rest test). ``astronaut`` and ``camera`` show a person, so they are never ba
 """
 from __future__ import annotations
 
+import os
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,7 +24,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = Path(os.environ.get("PRIVEDGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+"""The shared real datasets (``PRIVEDGE_DATA`` overrides, as for the tests)."""
 BACKGROUNDS = ("coffee", "chelsea", "rocket", "horse", "brick", "grass", "gravel", "clock", "coins", "moon",
                "page", "text", "hubble_deep_field", "immunohistochemistry", "retina", "cell",
                "stereo_motorcycle")
