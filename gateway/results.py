@@ -35,6 +35,9 @@ from schemas import Names, Result, SchemaError
 
 log = logging.getLogger(__name__)
 
+STOP_GRACE_S = 5.0
+"""On stop, how long the relay still waits for the broker's PUBACKs of a batch it has published (seconds)."""
+
 
 def cursor_key(names: Names, gateway: str) -> str:
     """Redis string holding the id of the last results-stream entry relayed (derived from the stream)."""
@@ -158,12 +161,19 @@ class ResultsRelay:
             relayed.append((result.id, entry_id.decode()))
             infos.append(_queued(self.intake.publish(self.names.result(device), result.to_json(), qos=1)))
             log.debug("relayed result %s (%s %.3f)", result.id, result.label, result.score)
+        give_up_at = None
         while not all(i.is_published() for i in infos):
-            # Look again after a stop: the last PUBACK may have come during the wait.
-            if self.stop_event.wait(0.005) and not all(i.is_published() for i in infos):
+            if not self.stop_event.is_set():
+                self.stop_event.wait(0.005)
+                continue
+            # Stopping: the broker still answers, so wait a little for the PUBACKs of what was sent
+            # (returning at once left published results unrecorded: the next gateway sent them again).
+            give_up_at = give_up_at or time.monotonic() + STOP_GRACE_S
+            if time.monotonic() > give_up_at:
                 log.warning("stopping with %d results not yet acknowledged by the broker; they are read "
                             "again at the next start", sum(not i.is_published() for i in infos))
                 return False
+            time.sleep(0.005)
         self.metrics.inc("results_relayed", len(infos))
         self.metrics.observe("relay", time.perf_counter() - t0, len(entries))
         return True

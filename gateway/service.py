@@ -23,7 +23,7 @@ from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_set
 from gateway.extraction import ExtractionLoop
 from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, serve_prometheus
-from gateway.results import ResultsRelay
+from gateway.results import STOP_GRACE_S, ResultsRelay
 from gateway.upstream import Upstream, UpstreamRefused, safe_url, connect_redis, open_spool
 from schemas import ErrorReport, Names, SchemaError
 from schemas.names import check_device
@@ -165,7 +165,7 @@ class Gateway:
                     log.error("%s loop still busy after the drain timeout", loop.kind)
             if self.relay is not None:
                 self.relay.stop()
-                self.relay.thread.join(self.s.results_block_ms / 1000 + 5)
+                self.relay.thread.join(self.s.results_block_ms / 1000 + STOP_GRACE_S + 1)
             if self.upstream is not None:
                 self.upstream.close()
             self._stopped.set()
