@@ -54,6 +54,8 @@ class ResultListener:
     def __init__(self, port: int) -> None:
         self.ids: Counter[str] = Counter()
         self.keys: Counter[tuple[str, int]] = Counter()  # (device, seq) of each result received
+        self.first_at: dict[str, float] = {}  # result id -> monotonic time its first copy arrived
+        self.models: Counter[str] = Counter()  # results by the model id that made them
         self.redelivered = 0  # deliveries the broker marked DUP (resent after a lost acknowledgement)
         self.first_result_at: float | None = None  # monotonic time of the first result since reset()
         self.last_result_at = 0.0  # monotonic time of the last result
@@ -75,6 +77,8 @@ class ResultListener:
             if msg.topic.endswith("/result"):
                 body = json.loads(msg.payload)
                 self.ids[body["id"]] += 1
+                self.first_at.setdefault(body["id"], time.monotonic())
+                self.models[body.get("model", "")] += 1
                 self.keys[(body["device"], int(body["seq"]))] += 1
                 self.last_result_at = time.monotonic()
                 if self.first_result_at is None:
@@ -90,8 +94,17 @@ class ResultListener:
         with self._lock:
             self.ids.clear()
             self.keys.clear()
+            self.first_at.clear()
+            self.models.clear()
             self.redelivered = 0
             self.first_result_at = None
+
+    def repeated_since(self, start: float, end: float) -> tuple[int, int]:
+        """(ids received more than once, of those, how many first arrived between ``start`` and ``end``,
+        monotonic seconds)."""
+        with self._lock:
+            repeated = [i for i, c in self.ids.items() if c > 1]
+            return len(repeated), sum(start <= self.first_at[i] <= end for i in repeated)
 
     def served_per_s(self) -> float:
         """Results per second between the first and the last since reset(); 0 with fewer than two."""
@@ -141,16 +154,21 @@ class Rig:
         self.procs.append(proc)
         return proc
 
-    def start_gateway(self, **env: str) -> subprocess.Popen:
-        """A gateway process with the rig's settings, changed by ``env`` (``PRIVEDGE_*`` variables)."""
+    def start_gateway(self, *, redis_port: int | None = None, bundle: Path | None = None,
+                      **env: str) -> subprocess.Popen:
+        """A gateway process with the rig's settings, changed by ``env`` (``PRIVEDGE_*`` variables); it
+        reaches Redis at ``redis_port`` (a proxy in a partition drill) and serves ``bundle`` when given."""
+        port = redis_port or self.redis.port
         return self._spawn("gateway", [
-            "gateway", "--broker", self.mqtt.url, "--redis", self.gw_user.url("127.0.0.1", self.redis.port),
-            "--bundle", str(self.bundle), "--id", GW, "--spool-dir", str(self.root / "spool")],
+            "gateway", "--broker", self.mqtt.url, "--redis", self.gw_user.url("127.0.0.1", port),
+            "--bundle", str(bundle or self.bundle), "--id", GW, "--spool-dir", str(self.root / "spool")],
             {**self.gateway_env, **env})
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, bundles: tuple[Path, ...] | None = None) -> subprocess.Popen:
+        """A worker process serving the rig's bundle, or ``bundles``."""
+        served = [a for b in (bundles or (self.bundle,)) for a in ("--bundle", str(b))]
         return self._spawn("worker", [
-            "worker", "--redis", self.worker_user.url("127.0.0.1", self.redis.port), "--bundle", str(self.bundle),
+            "worker", "--redis", self.worker_user.url("127.0.0.1", self.redis.port), *served,
             "--block-ms", "50", "--claim-idle-ms", "1000", *self.worker_args])
 
     def admin(self) -> redis.Redis:

@@ -23,6 +23,10 @@ SPEECH_RATE = 20.0
 """Utterances per second in the microphone drills: one busy room (the issue's drill), at every size."""
 SPEECH_N = 120 if FAST else 300
 """Utterances per microphone drill (at SPEECH_RATE: 6 s in CI, 15 s at full size)."""
+IN_DOUBT_S = 1.0
+"""Seconds before a gateway's SIGKILL in which a result it published may be published again by the next
+gateway: its relay batch in flight (publish, PUBACKs, then the dedup window saved), with margin for a
+loaded machine."""
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +60,11 @@ def _exactly_one_each(rig: Rig, n: int, first: int, counts: dict, *, broker_rest
     assert wait_until(lambda: rig.pending() == 0, 20), "entries left pending"
 
 
-def _one_result_per_utterance(rig: Rig, counts: dict, *, broker_restarted: bool = False) -> None:
+def _one_result_per_utterance(rig: Rig, counts: dict, *, broker_restarted: bool = False,
+                              in_doubt: int = 0) -> None:
     """Every published utterance has a result, none has two (a broker restart may make the broker deliver
-    a result again, flagged DUP, to the listener: only those may repeat), and nothing else came back."""
+    a result again, flagged DUP, to the listener, and a killed gateway's last publishes may be repeated by
+    its successor: only those, ``in_doubt`` of them, may repeat), and nothing else came back."""
     keys = rig.listener.keys
     assert len(rig.expected) == counts["inputs"] == len(set(rig.expected)), counts
     counts["lost"] = len(set(rig.expected) - set(keys))
@@ -66,7 +72,7 @@ def _one_result_per_utterance(rig: Rig, counts: dict, *, broker_restarted: bool 
     counts["rejected"] = rig.stats().get("rejected", {})
     counts["dropped"] = rig.stats().get("dropped", {})
     assert counts["lost"] == 0 and counts["unexpected"] == 0, counts
-    allowed = counts["mqtt_dup_flagged"] if broker_restarted else 0
+    allowed = (counts["mqtt_dup_flagged"] if broker_restarted else 0) + in_doubt
     assert sum(c - 1 for c in keys.values()) <= allowed and counts["duplicates"] <= allowed, counts
     assert wait_until(lambda: rig.pending() == 0, 20), "entries left pending"
 
@@ -81,7 +87,7 @@ def test_worker_sigkill_mid_run(rig):
     state = {}
 
     def kill_worker(r: Rig) -> None:
-        victim, admin = r.workers.pop(0), r.admin()
+        victim = r.workers.pop(0)
         # Freeze it at a moment it holds read-but-unacknowledged entries (busy: it reads as inputs come).
         for _ in range(300):
             victim.send_signal(signal.SIGSTOP)
@@ -189,8 +195,18 @@ def test_microphones_through_a_mosquitto_restart(mic_rig):
 def test_microphones_through_a_gateway_sigkill(mic_rig):
     """Two microphones, 20 real FSDD utterances per second, the gateway SIGKILLed mid-run and started
     again 2 s later: the broker redelivers what the dead gateway had not acknowledged, and every utterance
-    gets exactly one result (the issue's drill gave 222 results, 221 unique, for 300)."""
+    gets a result (the issue's drill gave 222 results, 221 unique, for 300).
+
+    Results are relayed at least once, not exactly once: the relay publishes a batch, waits for the
+    broker's PUBACKs, then saves its dedup window and cursor, and a process killed between the two cannot
+    know which of its last publishes the broker kept (paho keeps its in-flight state in memory only). The
+    new gateway publishes that batch again, with the same ids. So a duplicate is allowed only for a result
+    whose first copy arrived in the last moments of the dead gateway (``IN_DOUBT_S`` before the kill);
+    every other result must come exactly once, and the duplicates are counted in the drill's line."""
+    state = {}
+
     def kill_gateway(r: Rig) -> None:
+        state["killed_at"] = time.monotonic()
         r.gateway.send_signal(signal.SIGKILL)
         r.gateway.wait(10)
         time.sleep(2)
@@ -198,8 +214,12 @@ def test_microphones_through_a_gateway_sigkill(mic_rig):
         r.gateway = r.start_gateway()
 
     counts = mic_rig.run(SPEECH_N, rate=SPEECH_RATE, fault=kill_gateway, at=0.3, timeout=180, speech=True)
+    repeated, in_doubt = mic_rig.listener.repeated_since(state["killed_at"] - IN_DOUBT_S,
+                                                          state["killed_at"] + 0.05)
+    counts.update(repeated_ids=repeated, repeated_in_doubt_at_kill=in_doubt)
     _report("mic: gateway SIGKILL", counts)
-    _one_result_per_utterance(mic_rig, counts)
+    assert repeated == in_doubt, counts  # only what the dead gateway had in flight
+    _one_result_per_utterance(mic_rig, counts, in_doubt=in_doubt)
 
 
 def test_overload_three_times_capacity(rig):
