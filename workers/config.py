@@ -13,6 +13,10 @@ MODES = ("split", "cloud_only")
 RUNTIMES = ("auto", "onnx", "torch")  # models.onnx_runtime.RUNTIMES, repeated so settings import no torch
 
 
+SOCKET_TIMEOUT_S = 10.0
+"""Longest wait for one Redis reply, seconds (the worker's BLOCK is 100 ms by default)."""
+
+
 class SettingsError(ValueError):
     """A setting has a value the worker cannot run with."""
 
@@ -47,9 +51,15 @@ class RedisSettings:
                    ssl=parts.scheme == "rediss")
 
     def client(self, **kwargs):
-        """A redis-py client that returns bytes (messages are msgpack)."""
+        """A redis-py client that returns bytes (messages are msgpack).
+
+        Socket timeouts are bounded (``SOCKET_TIMEOUT_S``, well above any BLOCK the worker asks for): a
+        connection whose far end vanished without a word (a half-open TCP connection) would otherwise
+        hold a read forever, and the worker with it."""
         import redis  # the worker's only transport; imported here so that settings stay importable alone
 
+        kwargs = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": 2.0,
+                  "health_check_interval": 30, **kwargs}
         return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
                            password=self.password, ssl=self.ssl, **kwargs)
 
