@@ -164,11 +164,12 @@ class Rig:
             "--bundle", str(bundle or self.bundle), "--id", GW, "--spool-dir", str(self.root / "spool")],
             {**self.gateway_env, **env})
 
-    def start_worker(self, bundles: tuple[Path, ...] | None = None) -> subprocess.Popen:
-        """A worker process serving the rig's bundle, or ``bundles``."""
+    def start_worker(self, bundles: tuple[Path, ...] | None = None, redis_port: int | None = None
+                     ) -> subprocess.Popen:
+        """A worker process serving the rig's bundle, or ``bundles``, reaching Redis at ``redis_port``."""
         served = [a for b in (bundles or (self.bundle,)) for a in ("--bundle", str(b))]
         return self._spawn("worker", [
-            "worker", "--redis", self.worker_user.url("127.0.0.1", self.redis.port), *served,
+            "worker", "--redis", self.worker_user.url("127.0.0.1", redis_port or self.redis.port), *served,
             "--block-ms", "50", "--claim-idle-ms", "1000", *self.worker_args])
 
     def admin(self) -> redis.Redis:

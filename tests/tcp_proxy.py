@@ -1,9 +1,11 @@
 """A loopback TCP proxy that can play a network partition: it stops forwarding without closing anything.
 
-``freeze()`` keeps every connection open and reads nothing more from either side, as a half-open
-connection or a silent partition does (no FIN, no RST: the kernel buffers fill and the peer's writes and
-reads just wait); ``thaw()`` forwards again. New connections made while frozen are accepted and then
-stalled too. ``cut()`` closes every open connection at once (a reset partition). Only 127.0.0.1.
+``freeze()`` keeps every connection open and reads nothing more from either side, as a silent partition
+does (no FIN, no RST: the kernel buffers fill and the peer's writes and reads just wait); ``thaw()``
+forwards again. New connections made while frozen are accepted and then stalled too. ``strand()`` is the
+half-open case: the connections open now never forward again (their far end is gone without a word, as
+after a NAT or firewall forgets them), while new connections work. ``cut()`` closes every open
+connection at once (a reset partition). Only 127.0.0.1.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ class FreezableProxy:
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._pairs: list[tuple[socket.socket, socket.socket]] = []
+        self._stranded: set[socket.socket] = set()
         self.connections = 0  # accepted so far
         self._thread = threading.Thread(target=self._serve, name="tcp-proxy", daemon=True)
         self._thread.start()
@@ -37,6 +40,13 @@ class FreezableProxy:
     def thaw(self) -> None:
         """Forward again (what was buffered meanwhile flows on)."""
         self._frozen.clear()
+
+    def strand(self) -> int:
+        """Stop forwarding on every connection open now, for good, without closing it; returns how many."""
+        with self._lock:
+            for a, b in self._pairs:
+                self._stranded.update((a, b))
+            return len(self._pairs)
 
     def cut(self) -> None:
         """Close every open connection (both sides see a reset or EOF)."""
@@ -68,10 +78,15 @@ class FreezableProxy:
                 events = sel.select(0.05)
             except (OSError, ValueError):
                 events = []
+            with self._lock:
+                stranded = set(self._stranded)
             for key, _ in events:
                 sock = key.fileobj
                 if sock is self._listener:
                     self._accept(sel, peers)
+                    continue
+                if sock in stranded:
+                    sel.unregister(sock)  # never read again: its peer waits forever
                     continue
                 try:
                     data = sock.recv(65536)

@@ -73,6 +73,35 @@ def test_a_partition_that_closes_nothing_between_gateway_and_redis(rig):
         proxy.close()
 
 
+def test_a_half_open_connection_between_a_worker_and_redis(rig):
+    """The worker's connection to Redis goes half-open mid-run (the proxy stops forwarding on it for good
+    and closes nothing, as when a NAT forgets a connection), while a new connection would work. The
+    worker's bounded socket timeout notices, it connects again, and every input has exactly one result."""
+    proxy = FreezableProxy(rig.redis.port)
+    for w in rig.workers:
+        w.send_signal(signal.SIGTERM)
+        w.wait(30)
+    rig.workers = [rig.start_worker(redis_port=proxy.port)]
+    try:
+        n, first = (300 if FAST else 1000), 150_000
+        state = {}
+
+        def strand(r: Rig) -> None:
+            state["stranded_connections"] = proxy.strand()
+
+        counts = rig.run(n, rate=n / 10, fault=strand, at=0.3, first=first, timeout=180)
+        counts.update(state, proxy_connections=proxy.connections)
+        _report("worker-Redis connection half-open", counts)
+        assert state["stranded_connections"] > 0 and proxy.connections > state["stranded_connections"], counts
+        _exactly_once(rig, n, first, counts)
+    finally:
+        for w in rig.workers:
+            w.send_signal(signal.SIGTERM)
+            w.wait(30)
+        rig.workers = [rig.start_worker()]
+        proxy.close()
+
+
 def test_a_consumer_far_behind_loses_nothing_and_the_gateway_says_so(rig):
     """Every worker frozen (SIGSTOP) while inputs keep coming, far past the gateway's backlog bound: the
     features stream is never trimmed unread, the gateway reports the cloud behind and spools, and once
