@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -22,6 +21,9 @@ from typing import Any, Mapping
 from urllib.parse import urlparse
 
 import yaml
+
+from schemas.errors import BadName
+from schemas.names import check_name, check_prefix
 
 MODES = ("split", "cloud_only", "local_only")
 REMOVED = {
@@ -33,8 +35,6 @@ REMOVED = {
 }
 """Settings that older versions had, and what replaces each: naming one is an error that says so."""
 RUNTIMES = ("auto", "onnx", "torch")  # models.onnx_runtime.RUNTIMES, repeated so settings import no torch
-_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 SECRET_FIELDS = ("mqtt_password", "redis_password")
 
 
@@ -194,8 +194,11 @@ def _validate(s: GatewaySettings) -> None:
         _check_type(f.name, getattr(s, f.name))
     need(s.mode in MODES, f"mode must be one of {MODES}, got {s.mode!r}")
     need(s.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {s.runtime!r}")
-    need(bool(_ID_RE.match(s.id)), f"id must match {_ID_RE.pattern}, got {s.id!r}")
-    need(bool(_PREFIX_RE.match(s.prefix)), f"prefix must match {_PREFIX_RE.pattern}, got {s.prefix!r}")
+    for check, value in ((lambda v: check_name(v, "gateway id"), s.id), (check_prefix, s.prefix)):
+        try:
+            check(value)
+        except BadName as e:
+            raise ConfigError(str(e)) from e
     need(s.mqtt_protocol in ("5", "3.1.1"), f"mqtt_protocol must be '5' or '3.1.1', got {s.mqtt_protocol!r}")
     url = urlparse(s.broker)
     need(url.scheme == "mqtt" and bool(url.hostname), f"broker must be mqtt://HOST:PORT, got {s.broker!r}")

@@ -210,8 +210,7 @@ class Intake:
                  self.s.client_id, flags.session_present, self.epoch)
         # Subscribe before announcing online: the broker handles our packets in order, so a sensor that
         # waits for ``online`` never publishes before the subscription exists (first session).
-        topics = [f"{self.names.prefix}/+/{k}" for k in self.kinds]
-        client.subscribe([(t, 1) for t in topics])
+        client.subscribe([(t, 1) for t in self.names.sensor_wildcards(self.kinds)])
         client.publish(self.status_topic, b"online", qos=1, retain=True)
         self.connected.set()
         self._first_connack.set()

@@ -30,23 +30,13 @@ import redis
 from gateway.config import GatewaySettings
 from gateway.intake import Intake
 from gateway.metrics import Metrics
-from gateway.upstream import FIELD
 from schemas import Names, Result, SchemaError
+from schemas.names import FIELD
 
 log = logging.getLogger(__name__)
 
 STOP_GRACE_S = 5.0
 """On stop, how long the relay still waits for the broker's PUBACKs of a batch it has published (seconds)."""
-
-
-def cursor_key(names: Names, gateway: str) -> str:
-    """Redis string holding the id of the last results-stream entry relayed (derived from the stream)."""
-    return names.results(gateway) + ":cursor"
-
-
-def seen_key(names: Names, gateway: str) -> str:
-    """Redis sorted set of the result ids relayed lately (the dedup window), scored by stream entry."""
-    return names.results(gateway) + ":seen"
 
 
 class RecentIds:
@@ -84,11 +74,11 @@ class ResultsRelay:
         self.intake = intake
         self.metrics = metrics
         self.stream = names.results(settings.id)
-        self.cursor_key = cursor_key(names, settings.id)
+        self.cursor_key = names.results_cursor(settings.id)
         # With a spool directory the cursor is also kept on local disk, written before Redis: a gateway
         # killed while Redis is away (the SET fails) does not publish its last relayed batch again.
         self.local_cursor = Path(settings.spool_dir) / settings.id / "results.cursor" if settings.spool_dir else None
-        self.seen_key = seen_key(names, settings.id)
+        self.seen_key = names.results_seen(settings.id)
         self.local_seen = self.local_cursor.with_name("results.seen") if self.local_cursor is not None else None
         self._local_seen_lines = 0
         self._unsaved: list[tuple[str, str]] = []  # relayed ids not yet in Redis (a failed pipeline)

@@ -216,8 +216,8 @@ class Gateway:
         return f"http://{self.s.metrics_host}:{self._metrics_server.server_port}/metrics"
 
     def stats_topic(self) -> str:
-        """``{prefix}/gateway/{id}/stats``: beside the status and errors topics of Names."""
-        return self.names.gateway_status(self.s.id).rsplit("/", 1)[0] + "/stats"
+        """``{prefix}/gateway/{id}/stats``, where the JSON stats go."""
+        return self.names.gateway_stats(self.s.id)
 
     def _upstream_available(self, ok: bool) -> None:
         # Nothing to switch: inputs are never dropped for want of room, only held (unacknowledged, within

@@ -32,11 +32,10 @@ import redis
 from gateway.config import GatewaySettings
 from gateway.metrics import Metrics
 from gateway.spool import Spool
+from schemas.names import FIELD
 
 log = logging.getLogger(__name__)
 
-FIELD = "m"
-"""Stream entry field holding the msgpack message (DESIGN.md, Wire contracts)."""
 
 
 class UpstreamRefused(RuntimeError):

@@ -31,8 +31,8 @@ class Monitor:
         self.tally = tally
         self.status_topic = names.gateway_status(gateway)
         self.errors_topic = names.gateway_errors(gateway)
-        # The gateway's JSON stats (gateway.service.Gateway.stats_topic), the last one at its stop.
-        self.stats_topic = self.status_topic.rsplit("/", 1)[0] + "/stats"
+        # The gateway's JSON stats, the last one at its stop.
+        self.stats_topic = names.gateway_stats(gateway)
         self.gateway_stats: dict = {}
         self.gateway_online = threading.Event()
         self.new_results: collections.deque[dict] = collections.deque(maxlen=1000)  # for the live view
@@ -44,7 +44,7 @@ class Monitor:
         self.client.loop_start()
 
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        topics = [*self.names.sensor_wildcards(), f"{self.names.prefix}/+/result", self.status_topic,
+        topics = [*self.names.sensor_wildcards(), self.names.result_wildcard(), self.status_topic,
                   self.errors_topic, self.stats_topic]
         client.subscribe([(t, 1) for t in topics])
 
@@ -60,7 +60,7 @@ class Monitor:
                 self.gateway_stats = json.loads(msg.payload)
             except ValueError:
                 self.undecodable += 1
-        elif topic.endswith("/result"):
+        elif self.names.is_result_topic(topic):
             try:
                 result = json.loads(msg.payload)
             except ValueError:

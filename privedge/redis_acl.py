@@ -64,18 +64,18 @@ def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> Ac
     results = names.results(gw)
     own = " ".join(f"~{pattern}" for pattern in names.gateway_stream_patterns(gw))
     rules = (f"+xadd +xlen {own} "
-             f"(+xread +xtrim +get +set ~{results} ~{results}:cursor) "
+             f"(+xread +xtrim +get +set ~{results} ~{names.results_cursor(gw)}) "
              # The results relay's dedup window (gateway/results.py), written with the cursor.
-             f"(+zadd +zrange +zremrangebyrank ~{results}:seen)")
+             f"(+zadd +zrange +zremrangebyrank ~{names.results_seen(gw)})")
     return AclUser(f"gateway-{gw}", password, rules)
 
 
 def worker_user(password: str, prefix: str = "privedge", name: str = WORKER_USER) -> AclUser:
     """The ACL user of the workers: consumes features (or media), writes results and dead letters."""
-    k = Names(prefix)._key
+    n = Names(prefix)
     rules = (f"+scan +xreadgroup +xautoclaim +xpending +xack +xgroup|create +xinfo|groups +xtrim +exists "
-             f"+time +multi +exec +discard ~{k}:features:* ~{k}:media:* "
-             f"(+xadd ~{k}:results:* ~{k}:dead:*)")
+             f"+time +multi +exec +discard ~{n.all_features_pattern()} ~{n.all_media_pattern()} "
+             f"(+xadd ~{n.results_pattern()} ~{n.dead_pattern()})")
     return AclUser(check_name(name, "Redis user"), password, rules)
 
 

@@ -9,8 +9,11 @@ MQTT topics use ``/`` and Redis keys ``:`` after the same prefix (default ``priv
 ``{p}/{device}/result``                     Result JSON for home apps, QoS 1
 ``{p}/gateway/{gateway}/status``            ``online`` / ``offline`` (last will), QoS 1, retained
 ``{p}/gateway/{gateway}/errors``            ErrorReport JSON per rejected input, QoS 0
+``{p}/gateway/{gateway}/stats``             the gateway's counters as JSON, QoS 0
 ``{p}:features:{task}:{gateway}``           stream of FeatureMessage (field ``m``) from one gateway
 ``{p}:results:{gateway}``                   stream of Result (field ``m``)
+``{p}:results:{gateway}:cursor``            string: id of the last results entry the gateway relayed
+``{p}:results:{gateway}:seen``              sorted set: the relayed result ids (the dedup window)
 ``{p}:dead:{task}``                         dead-letter stream, with the reason (written by workers only)
 ``{p}:media:{task}:{gateway}``              stream of MediaMessage (cloud_only mode: raw media upstream)
 ==========================================  ==========================================================
@@ -31,6 +34,9 @@ from schemas.errors import BadName
 GROUP = "analyzers"
 """Consumer group of the workers on every features stream."""
 
+FIELD = "m"
+"""Field of a stream entry that holds the msgpack message (features, media, results, dead letters)."""
+
 MAX_NAME = 64
 """Characters of a device id, gateway id or task name."""
 
@@ -42,6 +48,14 @@ RESERVED_DEVICES = frozenset({"gateway"})
 
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_NAME)
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}")
+
+
+def check_prefix(value: object) -> str:
+    """Return ``value`` if it is a valid topic/key prefix (1-4 ``/``-separated segments of
+    ``[A-Za-z0-9_-]``), else raise BadName; the settings of both services validate with this."""
+    if not isinstance(value, str) or not _PREFIX.fullmatch(value):
+        raise BadName(f"bad prefix {value!r}: 1-4 segments of [A-Za-z0-9_-] joined by /")
+    return value
 
 
 def check_name(value: object, what: str = "device id") -> str:
@@ -66,14 +80,17 @@ class Names:
     prefix: str = "privedge"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.prefix, str) or not _PREFIX.fullmatch(self.prefix):
-            raise BadName(f"bad prefix {self.prefix!r}: 1-4 segments of [A-Za-z0-9_-] joined by /")
+        check_prefix(self.prefix)
 
     GROUP = GROUP
+    FIELD = FIELD
 
     @property
-    def _key(self) -> str:
+    def key_prefix(self) -> str:
+        """The prefix of every Redis key (the topic prefix with ``:`` for ``/``)."""
         return self.prefix.replace("/", ":")
+
+    _key = key_prefix
 
     # MQTT ------------------------------------------------------------------------------------
     def image(self, device: str) -> str:
@@ -100,9 +117,38 @@ class Names:
         """Topic of a gateway's ErrorReport JSON messages (one per rejected input)."""
         return f"{self.prefix}/gateway/{check_name(gateway, 'gateway id')}/errors"
 
-    def sensor_wildcards(self) -> list[str]:
-        """Subscriptions that receive every sensor's data (not status or results)."""
-        return [f"{self.prefix}/+/{kind}" for kind in SENSOR_KINDS]
+    def gateway_stats(self, gateway: str) -> str:
+        """Topic of a gateway's periodic JSON stats (its counters and gauges)."""
+        return f"{self.prefix}/gateway/{check_name(gateway, 'gateway id')}/stats"
+
+    def sensor_wildcards(self, kinds: tuple[str, ...] = SENSOR_KINDS) -> list[str]:
+        """Subscriptions that receive every sensor's data of ``kinds`` (not status or results)."""
+        bad = [k for k in kinds if k not in SENSOR_KINDS]
+        if bad:
+            raise BadName(f"sensor kinds {bad} are not among {SENSOR_KINDS}")
+        return [f"{self.prefix}/+/{kind}" for kind in kinds]
+
+    def result_wildcard(self) -> str:
+        """Subscription that receives every device's Result JSON."""
+        return f"{self.prefix}/+/result"
+
+    def status_wildcard(self) -> str:
+        """Subscription that receives every sensor's availability."""
+        return f"{self.prefix}/+/status"
+
+    def mosquitto_acl(self, role: str, user: str | None = None) -> list[str]:
+        """The mosquitto ACL lines of one role (``device`` patterns apply to every user through ``%u``;
+        ``gateway`` and ``app`` are granted to ``user``)."""
+        p = self.prefix
+        if role == "device":
+            return [f"pattern write {p}/%u/{k}" for k in (*SENSOR_KINDS, "status")] + [f"pattern read {p}/%u/result"]
+        name = check_name(user, "broker user")
+        if role == "gateway":
+            return ([f"user {name}"] + [f"topic read {t}" for t in (*self.sensor_wildcards(), self.status_wildcard())]
+                    + [f"topic write {self.result_wildcard()}", f"topic readwrite {p}/gateway/{name}/#"])
+        if role == "app":
+            return [f"user {name}", f"topic read {self.result_wildcard()}", f"topic read {self.status_wildcard()}"]
+        raise BadName(f"unknown broker role {role!r}")
 
     def parse_sensor_topic(self, topic: str) -> tuple[str, str]:
         """``{p}/{device}/image|audio`` -> ``(device, kind)``; anything else raises BadName."""
@@ -112,6 +158,12 @@ class Names:
         if len(parts) != 2 or parts[1] not in SENSOR_KINDS:
             raise BadName(f"topic {topic!r} is not {self.prefix}/DEVICE/image|audio")
         return check_device(parts[0]), parts[1]
+
+    def is_result_topic(self, topic: str) -> bool:
+        """Whether ``topic`` is some device's result topic (``{p}/{device}/result``)."""
+        head, _, rest = topic.partition(self.prefix + "/") if isinstance(topic, str) else ("x", "", "")
+        parts = rest.split("/")
+        return head == "" and len(parts) == 2 and parts[1] == "result" and bool(_NAME.fullmatch(parts[0]))
 
     # Redis -----------------------------------------------------------------------------------
     def features(self, task: str, gateway: str) -> str:
@@ -125,6 +177,30 @@ class Names:
     def results(self, gateway: str) -> str:
         """Stream of Results addressed to one gateway (field ``m``)."""
         return f"{self._key}:results:{check_name(gateway, 'gateway id')}"
+
+    def results_cursor(self, gateway: str) -> str:
+        """String holding the id of the last results-stream entry the gateway relayed."""
+        return self.results(gateway) + ":cursor"
+
+    def results_seen(self, gateway: str) -> str:
+        """Sorted set of the result ids the gateway relayed lately (its dedup window)."""
+        return self.results(gateway) + ":seen"
+
+    def results_pattern(self) -> str:
+        """ACL key pattern of every gateway's results stream (the workers write them)."""
+        return f"{self._key}:results:*"
+
+    def dead_pattern(self) -> str:
+        """ACL key pattern of every dead-letter stream (the workers write them)."""
+        return f"{self._key}:dead:*"
+
+    def all_features_pattern(self) -> str:
+        """ACL key pattern of every features stream (the workers consume them)."""
+        return f"{self._key}:features:*"
+
+    def all_media_pattern(self) -> str:
+        """ACL key pattern of every media stream (the cloud_only baseline's workers consume them)."""
+        return f"{self._key}:media:*"
 
     def media(self, task: str, gateway: str) -> str:
         """Stream of one gateway's MediaMessages for one task (field ``m``), used only by the cloud_only

@@ -27,9 +27,8 @@ from collections import defaultdict
 import redis
 
 from models.signing import SignatureError
-from schemas.errors import SchemaError
 from schemas.limits import DEFAULT_LIMITS
-from schemas.names import GROUP, Names
+from schemas.names import FIELD, GROUP, Names
 from schemas.results import ErrorReport, Result
 from workers.analysis import Rejected, decode_message, load_served, model_input, run_network, top_k
 from workers.config import RedisSettings, WorkerSettings, env_default
@@ -177,9 +176,9 @@ class Worker:
 
     def _admit(self, stream: str, fields: dict):
         """One entry -> (message, Served, network input); Rejected with a reason when it is not analysable."""
-        raw = fields.get(b"m")
+        raw = fields.get(FIELD.encode())
         if raw is None:
-            raise Rejected("undecodable: missing field", "stream entry has no field m")
+            raise Rejected("undecodable: missing field", f"stream entry has no field {FIELD}")
         msg = decode_message(raw, self.settings.mode, DEFAULT_LIMITS)
         served = self.served.get(msg.model)
         if served is None:
@@ -238,14 +237,14 @@ class Worker:
         t0 = time.perf_counter()
         pipe = self.redis.pipeline(transaction=True)
         for reply, encoded in results:
-            pipe.xadd(reply, {"m": encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
+            pipe.xadd(reply, {FIELD: encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
         for stream, eid, fields, err in dead:
             task = self.streams.get(stream) or next(iter(self.stream_set.tasks), "unknown")
             log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
             report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
                                  detail=err.detail[:200], ts=time.time())
             pipe.xadd(self.names.dead(task), {"reason": err.reason, "entry": _id(eid), "error": report.encode(),
-                                              "m": fields.get(b"m", b"")},
+                                              FIELD: fields.get(FIELD.encode(), b"")},
                       maxlen=self.settings.dead_maxlen, approximate=True)
         for stream, ids in acks.items():
             if ids:
