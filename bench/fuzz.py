@@ -52,8 +52,8 @@ class Watch:
         self.results: Counter[str] = Counter()
         self._lock = threading.Lock()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fuzz-watch")
-        stats_topic = names.gateway_status(GATEWAY).rsplit("/", 1)[0] + "/stats"
-        self.client.on_connect = lambda c, *a: c.subscribe([(f"{names.prefix}/+/result", 1), (stats_topic, 0)])
+        self.client.on_connect = lambda c, *a: c.subscribe([(names.result_wildcard(), 1),
+                                                           (names.gateway_stats(GATEWAY), 0)])
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
@@ -261,9 +261,11 @@ def run(n: int, out: Path, seed: int = 0, work: Path | None = None) -> dict:
             _sample(dep, peak)
             probes.append({"after": family, **answered, **{f"{k}_alive": v for k, v in dep.alive().items()}})
             log.info("probe after %s: %s", family, probes[-1])
+        settled = _settle(dep, feature_stream)
         seconds = time.monotonic() - t0
         time.sleep(1.5)  # one more stats message
         result = _figures(dep, sent, probes, peak, seconds, seed)
+        result["settled"] = settled
     finally:
         pub.close()
         dep.close()
@@ -271,6 +273,24 @@ def run(n: int, out: Path, seed: int = 0, work: Path | None = None) -> dict:
     (out / "fuzz.json").write_text(json.dumps(result, indent=2))
     (out / "fuzz.md").write_text(markdown(result))
     return result
+
+
+def _settle(dep: Deployment, stream: str, timeout: float = 300.0) -> bool:
+    """Wait until the worker has read and acknowledged every entry of the fuzzed features stream and the
+    gateway's queues are empty, so the figures count every input; False on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            groups = dep.redis.xinfo_groups(stream)
+        except redis.ResponseError:
+            groups = []
+        worker_done = bool(groups) and all(g.get("lag") == 0 and g.get("pending") == 0 for g in groups)
+        gauges = dep.watch.stats.get("gauges", {})
+        gateway_done = not any(v for k, v in gauges.items() if k.endswith("_queue"))
+        if worker_done and gateway_done:
+            return True
+        time.sleep(0.5)
+    return False
 
 
 def _xadd_all(client: redis.Redis, stream: str, entries: list[dict]) -> None:
@@ -301,12 +321,15 @@ def _figures(dep: Deployment, sent: Counter, probes: list[dict], peak: dict, sec
     tasks = [_manifest(b)["task"] for b in dep.bundles.values()]
     crashes = [name for name, ok in dep.alive().items() if not ok]
     stuck = [p["after"] for p in probes if not all(p[k] for k in ("image", "audio", "worker"))]
+    with dep.watch._lock:
+        answered = {f: sum(c for d, c in dep.watch.results.items() if d.startswith(f"fz-{p}"))
+                    for f, p in (("image", "cam"), ("audio", "mic"), ("features", "feat"))}
     return {
         "machine": machine(), "settings": {"inputs": sum(sent.values()), "seed": seed, "shares": SHARES},
         "sent": dict(sent), "inputs": sum(sent.values()), "seconds": round(seconds, 1),
         "gateway_received": stats.get("received"), "gateway_rejected": stats.get("rejected", {}),
         "gateway_dropped": stats.get("dropped", {}), "worker_dead_letters": _dead_reasons(dep.redis, dep.names, tasks),
-        "crashes": len(crashes), "crashed": crashes, "stuck_loops": len(stuck), "stuck_after": stuck,
+        "answered": answered, "crashes": len(crashes), "crashed": crashes, "stuck_loops": len(stuck), "stuck_after": stuck,
         "probes": probes, "rss_start_mb": {k: round(v, 1) for k, v in dep.rss_start.items()},
         "rss_peak_mb": {k: round(v, 1) for k, v in peak.items()},
     }
@@ -317,8 +340,10 @@ def markdown(r: dict) -> str:
                    r["settings"])
     lines += [f"{r['inputs']} inputs in {r['seconds']} s: **{r['crashes']} crashes, {r['stuck_loops']} stuck "
               f"loops** (probes after each family: valid frames, utterances and feature entries answered).", ""]
-    lines += table_head("family", "inputs sent")
-    lines += [f"| {k} | {v} |" for k, v in r["sent"].items()] + [""]
+    lines += table_head("family", "inputs sent", "results (valid inputs answered)")
+    lines += [f"| {k} | {v} | {r['answered'].get(k, '')} |" for k, v in r["sent"].items()] + [""]
+    if not r.get("settled", True):
+        lines += ["Not every input was processed within the settling time: the counts below are partial.", ""]
     lines += table_head("gateway rejected (reason)", "count")
     lines += [f"| {k} | {v} |" for k, v in sorted(r["gateway_rejected"].items())] + [""]
     lines += table_head("worker dead letters (reason)", "count")
