@@ -50,7 +50,7 @@ def run(count: int, devices: int, batch: int, wait_ms: float, runtime: str, code
     from gateway.service import Gateway
     from models import signing
     from models.bundle import make_untrained_bundle
-    from privedge import servers
+    from broker import servers
     from schemas.media import ImageFrame
     from workers.config import RedisSettings, WorkerSettings
     from workers.service import Worker

@@ -28,7 +28,7 @@ import redis
 
 from bench.loadgen import Inputs, LoadGenerator, ResultListener
 from bench.procs import Service
-from privedge import servers
+from broker import servers
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from privedge import servers
+from broker import servers
 from schemas.names import Names, check_device, check_name
 
 log = logging.getLogger(__name__)

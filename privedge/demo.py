@@ -28,7 +28,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from privedge import servers
+from broker import servers
 from privedge.children import Child
 from privedge.demo_bundles import (MODALITIES, BundleCacheError, DemoBundle, TrainingInterrupted, default_cache_dir,
                                    ensure_bundles, key_args, train_argv)

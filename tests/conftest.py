@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from models import signing
-from privedge import servers
+from broker import servers
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("PRIVEDGE_DATA", REPO.parent / "shared" / "data"))

@@ -27,8 +27,8 @@ import numpy as np
 import paho.mqtt.client as mqtt
 import redis
 
-from privedge import servers
-from privedge.redis_acl import AclUser, gateway_user, worker_user
+from broker import servers
+from broker.redis_acl import AclUser, gateway_user, worker_user
 from schemas import Names
 from schemas.names import GROUP
 from sensors.publisher import PublisherSettings, SensorPublisher

@@ -15,7 +15,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from broker import secure
-from privedge import servers
+from broker import servers
 from schemas import ImageFrame, Names
 from sensors.publisher import ConnectError, PublisherSettings, SensorPublisher
 

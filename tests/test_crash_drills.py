@@ -1,5 +1,5 @@
 """Crash drills: SIGKILL of mosquitto and of redis-server in the middle of a run, with the persistence
-settings privedge ships (privedge/servers.py applies them: mosquitto snapshots every second and holds the
+settings privedge ships (broker/servers.py applies them: mosquitto snapshots every second and holds the
 backlog, Redis appends every write to its AOF and fsyncs it every second).
 
 Each drill publishes camera frames at a steady rate through a whole deployment of real processes

@@ -17,7 +17,7 @@ import redis
 from gateway.config import GatewaySettings
 from gateway.service import Gateway
 from models.bundle import make_untrained_bundle, read_manifest
-from privedge import servers
+from broker import servers
 from schemas import FeatureMessage, Limits, Names
 from schemas.features import split_id
 from schemas.names import GROUP

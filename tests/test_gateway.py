@@ -155,7 +155,7 @@ def test_the_in_flight_window_bounds_what_the_intake_holds_and_nothing_is_droppe
 
     (mosquitto 2.0.11 honours the window only until the first acknowledgement: each PUBACK then lets up
     to a whole window more in, so the test checks the first window exactly and only "more" after.)"""
-    from privedge import servers
+    from broker import servers
 
     broker = servers.mosquitto(tmp_path / "mosquitto", extra_conf="max_inflight_messages 10\n")
     try:
@@ -228,7 +228,7 @@ def test_broker_restart_gateway_reconnects_and_serves_again(make_gateway, mosqui
 
 def test_a_refused_connection_is_an_error_and_never_announced_online(tmp_path, gateway_bundles):
     from gateway.service import Gateway, GatewayError
-    from privedge import servers
+    from broker import servers
 
     # mosquitto started as root reads its password file as the mosquitto user: keep it readable.
     pw_dir = Path(tempfile.mkdtemp(prefix="privedge-gw-pw-"))

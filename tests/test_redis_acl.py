@@ -14,8 +14,8 @@ import redis
 
 from gateway.config import GatewaySettings
 from gateway.service import Gateway, GatewayError
-from privedge import servers
-from privedge.redis_acl import AclUser, gateway_user, worker_user
+from broker import servers
+from broker.redis_acl import AclUser, gateway_user, worker_user
 from tests.gateway_fixtures import full_bundles, gateway_bundles  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
@@ -108,7 +108,7 @@ def test_worker_password_from_the_environment(acl_redis, full_bundles):
 def test_acl_file_tool_stores_hashes_and_redis_loads_it(tmp_path):
     out = tmp_path / "users.acl"
     env = {**os.environ, "PRIVEDGE_REDIS_PASSWORD_GATEWAY_HOME": "s3cret-home"}
-    run = subprocess.run([sys.executable, "-m", "privedge.redis_acl", "--gateway", "home", "--out", str(out)],
+    run = subprocess.run([sys.executable, "-m", "broker.redis_acl", "--gateway", "home", "--out", str(out)],
                          capture_output=True, text=True, env=env, timeout=60, check=True)
     worker_pw = run.stdout.split("worker: ", 1)[1].split()[0]  # generated, printed once
     text = out.read_text()

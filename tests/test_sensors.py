@@ -12,7 +12,7 @@ import soundfile
 from paho.mqtt.enums import CallbackAPIVersion
 from PIL import Image
 
-from privedge import servers
+from broker import servers
 from schemas import AudioChunk, ImageFrame, Names
 from schemas.media import pcm16_to_array
 from sensors import cli

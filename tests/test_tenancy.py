@@ -11,8 +11,8 @@ import pytest
 import redis
 
 from models.bundle import make_untrained_bundle, read_manifest
-from privedge import servers
-from privedge.redis_acl import AclUser, gateway_user, worker_user
+from broker import servers
+from broker.redis_acl import AclUser, gateway_user, worker_user
 from schemas.features import FeatureMessage
 from schemas.names import GROUP, Names
 from schemas.results import Result

@@ -27,7 +27,7 @@ TRIED: dict[str, int] = {}
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """(worker, manifest): a worker on a fresh redis-server, not started (the tests drive handle())."""
-    from privedge import servers
+    from broker import servers
 
     root = tmp_path_factory.mktemp("fuzz")
     make_untrained_bundle(root / "b", "image")

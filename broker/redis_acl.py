@@ -15,7 +15,7 @@ rules or one selector allow both the command and every key it touches.
 
 Write an ACL file for ``redis-server --aclfile FILE`` (passwords stored as SHA-256, never in clear)::
 
-    python -m privedge.redis_acl --gateway home --out deploy/users.acl
+    python -m broker.redis_acl --gateway home --out deploy/users.acl
 
 Passwords come from ``PRIVEDGE_REDIS_PASSWORD_<USER>`` (``-`` as ``_``, upper case, e.g.
 ``PRIVEDGE_REDIS_PASSWORD_GATEWAY_HOME``) or are generated and printed once.
@@ -99,7 +99,7 @@ def _password_for(user: str) -> tuple[str, bool]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m privedge.redis_acl", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m broker.redis_acl", description=__doc__.splitlines()[0])
     p.add_argument("--gateway", action="append", required=True, help="gateway id (repeat per home)")
     p.add_argument("--prefix", default="privedge")
     p.add_argument("--out", type=Path, required=True, help="ACL file to write (redis-server --aclfile)")

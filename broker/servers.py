@@ -133,7 +133,7 @@ def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
     """A redis-server on 127.0.0.1:port with its data in ``workdir`` (``appendonly``: the AOF settings we
     ship, appendfsync everysec).
 
-    ``acl_users`` (:class:`privedge.redis_acl.AclUser`, e.g. ``gateway_user`` and ``worker_user``): write
+    ``acl_users`` (:class:`broker.redis_acl.AclUser`, e.g. ``gateway_user`` and ``worker_user``): write
     them to ``workdir/users.acl`` and start with ``--aclfile``; the anonymous default user is then off.
     """
     workdir = Path(workdir)
@@ -148,7 +148,7 @@ def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
     if password:
         argv += ["--requirepass", password]
     if acl_users:
-        from privedge.redis_acl import acl_file_text
+        from broker.redis_acl import acl_file_text
 
         acl = workdir / "users.acl"
         acl.write_text(acl_file_text(list(acl_users)))
