@@ -31,7 +31,7 @@ import redis
 from bench import fuzz_inputs
 from bench.procs import Service
 from bench.report import header, machine, table_head
-from privedge import servers
+from broker import servers
 from schemas.features import FeatureMessage
 from schemas.media import ImageFrame
 from schemas.names import Names
@@ -308,18 +308,25 @@ def _sample(dep: Deployment, peak: dict) -> None:
             peak[name] = max(peak.get(name, 0.0), mb)
 
 
-def _dead_reasons(client: redis.Redis, names: Names, tasks: list[str]) -> dict[str, int]:
+def _dead_letters(client: redis.Redis, names: Names, tasks: list[str]) -> tuple[int, dict[str, int]]:
+    """(dead letters ever added, reasons of those the dead-letter streams still hold: they are bounded)."""
     reasons: Counter[str] = Counter()
+    total = 0
     for task in tasks:
-        for _, fields in client.xrange(names.dead(task), "-", "+"):
+        stream = names.dead(task)
+        if not client.exists(stream):
+            continue
+        total += int(client.xinfo_stream(stream)["entries-added"])
+        for _, fields in client.xrange(stream, "-", "+"):
             reasons[fields.get(b"reason", b"?").decode(errors="replace")] += 1
-    return dict(reasons)
+    return total, dict(reasons)
 
 
 def _figures(dep: Deployment, sent: Counter, probes: list[dict], peak: dict, seconds: float, seed: int) -> dict:
     stats = dep.watch.stats
     tasks = [_manifest(b)["task"] for b in dep.bundles.values()]
     crashes = [name for name, ok in dep.alive().items() if not ok]
+    dead_total, dead_reasons = _dead_letters(dep.redis, dep.names, tasks)
     stuck = [p["after"] for p in probes if not all(p[k] for k in ("image", "audio", "worker"))]
     with dep.watch._lock:
         answered = {f: sum(c for d, c in dep.watch.results.items() if d.startswith(f"fz-{p}"))
@@ -328,7 +335,8 @@ def _figures(dep: Deployment, sent: Counter, probes: list[dict], peak: dict, sec
         "machine": machine(), "settings": {"inputs": sum(sent.values()), "seed": seed, "shares": SHARES},
         "sent": dict(sent), "inputs": sum(sent.values()), "seconds": round(seconds, 1),
         "gateway_received": stats.get("received"), "gateway_rejected": stats.get("rejected", {}),
-        "gateway_dropped": stats.get("dropped", {}), "worker_dead_letters": _dead_reasons(dep.redis, dep.names, tasks),
+        "gateway_dropped": stats.get("dropped", {}), "worker_dead_letters": dead_reasons,
+        "worker_dead_letters_total": dead_total,
         "answered": answered, "crashes": len(crashes), "crashed": crashes, "stuck_loops": len(stuck), "stuck_after": stuck,
         "probes": probes, "rss_start_mb": {k: round(v, 1) for k, v in dep.rss_start.items()},
         "rss_peak_mb": {k: round(v, 1) for k, v in peak.items()},
@@ -346,6 +354,11 @@ def markdown(r: dict) -> str:
         lines += ["Not every input was processed within the settling time: the counts below are partial.", ""]
     lines += table_head("gateway rejected (reason)", "count")
     lines += [f"| {k} | {v} |" for k, v in sorted(r["gateway_rejected"].items())] + [""]
+    dropped = sum(r["gateway_dropped"].values())
+    lines += [f"Stale camera frames dropped by the gateway (offered far above its capacity, they waited longer "
+              f"than image_max_age_s at the broker): {dropped}.", ""]
+    lines += [f"Dead letters written by the worker: {r['worker_dead_letters_total']}; the reasons of the "
+              f"{sum(r['worker_dead_letters'].values())} that the bounded dead-letter stream still holds:", ""]
     lines += table_head("worker dead letters (reason)", "count")
     lines += [f"| {k} | {v} |" for k, v in sorted(r["worker_dead_letters"].items())] + [""]
     lines += table_head("service", "RSS at start MiB", "peak RSS MiB")

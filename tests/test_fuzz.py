@@ -20,5 +20,5 @@ def test_hostile_inputs_neither_crash_nor_stick_the_services(tmp_path):
     assert sum(r["sent"].values()) == r["inputs"] >= 1500 - len(fuzz.SHARES)
     # The hostile inputs were seen and refused, not silently ignored.
     assert sum(r["gateway_rejected"].values()) > 0.5 * (r["sent"]["image"] + r["sent"]["bytes"]), r
-    assert sum(r["worker_dead_letters"].values()) > 0.5 * r["sent"]["features"], r
+    assert r["worker_dead_letters_total"] > 0.5 * r["sent"]["features"], r
     assert (tmp_path / "out" / "fuzz.json").exists() and (tmp_path / "out" / "fuzz.md").exists()
