@@ -116,7 +116,7 @@ class UtteranceAssembler:
         self.hold_items = hold_items
         self._open: OrderedDict[tuple[str, str], Utterance] = OrderedDict()   # least recently fed first
         self._rejected: OrderedDict[tuple[str, str], str] = OrderedDict()     # key -> reason, bounded
-        self._done: OrderedDict[tuple, None] = OrderedDict()  # keys of utterances completed, bounded
+        self._done: OrderedDict[tuple, frozenset[int]] = OrderedDict()  # completed key -> its seqs, bounded
         self._held: dict[str, int] = {}      # device -> chunks held (unacknowledged) in open utterances
         self._opened: dict[str, int] = {}    # device -> open utterances
 
@@ -131,7 +131,7 @@ class UtteranceAssembler:
         """Feed one chunk; returns (the utterance if this chunk completed it, rejections caused, inputs
         to acknowledge at once without a report: duplicates)."""
         key = (chunk.device, chunk.boot, chunk.utt)  # a rebooted sensor may use its utt ids again
-        if key in self._done:  # a chunk of an utterance already handed on, delivered again: drop it
+        if chunk.seq in self._done.get(key, ()):  # a chunk of an utterance already completed, again
             return None, [], [item]
         if key in self._rejected:
             return None, [Rejected(chunk.device, chunk.seq, self._rejected[key],
@@ -174,7 +174,7 @@ class UtteranceAssembler:
             return None, rejected, []
         if chunk.final:
             self._forget(u)
-            self._done[key] = None
+            self._done[key] = frozenset(u.chunks)
             while len(self._done) > 4 * self.max_open:
                 self._done.popitem(last=False)
             return u, rejected, []

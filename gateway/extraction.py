@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 TOP_K = 5
 """Scores kept in a local_only Result (top-k labels)."""
-REASON_STALE = "stale frame"
 
 
 class DeviceMismatch(SchemaError):
@@ -140,14 +139,30 @@ class ExtractionLoop:
 
     # one batch -------------------------------------------------------------------------------------
     def process(self, items: list[Inbound]) -> None:
-        """Decode, run and hand on one micro-batch of MQTT inputs."""
+        """Decode, run and hand on one micro-batch of MQTT inputs; then acknowledge the duplicate chunks
+        it held (see _decode)."""
+        self._duplicates: list[Inbound] = []
+        self._process(items)
+        if self._duplicates:
+            self.intake.ack(self._duplicates)
+
+    def _process(self, items: list[Inbound]) -> None:
         t0 = time.perf_counter()
         ready = [r for item in items for r in self._decode(item)]
         self.metrics.observe("decode", time.perf_counter() - t0, len(items))
         if not ready:
             return
         if self.s.mode == "cloud_only":
-            self._hand_on(ready, [self._media_message(r) for r in ready])
+            kept, msgs = [], []
+            for r in ready:
+                try:  # a frame just under the payload limit may not fit once wrapped: reject that one
+                    msgs.append(self._media_message(r))
+                    kept.append(r)
+                except Exception as e:  # noqa: BLE001 (one input's message: reject it, go on)
+                    self._reject_ready(r, "too large" if isinstance(e, SchemaError) else "undecodable media",
+                                       f"media not sendable: {_describe(e)}")
+            if kept:
+                self._hand_on(kept, msgs)
             return
         ready = self._preprocess(ready)
         if not ready:
@@ -164,7 +179,7 @@ class ExtractionLoop:
                                                           boot=r.media.boot, ts=r.ts, ts_sent=now, task=self.task,
                                                           model=self.model_id, reply=self.reply).encode())
                     kept.append(r)
-                except Exception as e:  # noqa: BLE001 (one input's features, e.g. non-finite: reject it)
+                except Exception as e:  # noqa: BLE001 (one input's features that do not encode: reject it)
                     self._reject_ready(r, "model failed", f"features not sendable: {_describe(e)}")
             if kept:
                 self._hand_on(kept, msgs)
@@ -192,8 +207,10 @@ class ExtractionLoop:
         # Assembly: from here on the chunk belongs to its utterance, acknowledged with it.
         done, rejected, duplicates = self.assembler.add(msg, item)
         if duplicates:
+            # Acknowledged with the batch, after it is handed on: a duplicate of an utterance completed in
+            # this very batch (its copy from before a reconnect) must not be acknowledged before that.
             self.metrics.inc("duplicate_chunks", len(duplicates))
-            self.intake.ack(duplicates)
+            self._duplicates += duplicates
         for r in rejected:
             self._reject_many(r)
         if done is None:
@@ -277,6 +294,7 @@ class ExtractionLoop:
         if not ok:
             log.error("gave up handing on %d %s inputs at shutdown; left unacknowledged for redelivery",
                       len(ready), self.kind)
+            self._duplicates = []  # redelivered too, with the rest
             return
         for r in ready:
             log.debug("handed on %s/%s/%s (mids %s)", self.s.id, r.device, r.seq, [i.mid for i in r.items])
