@@ -21,8 +21,10 @@ whole. If even the truncation fails, the damaged segment is sealed: later append
 and reads stop at the last whole record, which is also where the next open cuts it. A ``head`` that cannot
 be written is kept in memory only: a crash then replays some records again, it never loses one.
 
-The bound is on bytes: when an append would take the spool past ``max_bytes``, whole segments are dropped
-from the oldest end (stale inputs go first, as in the device queues) and their records are counted.
+The bound is on bytes: an append that would take the spool past ``max_bytes`` raises :class:`SpoolFull`
+and writes nothing. Every record in the spool stands for inputs already acknowledged to the broker, so a
+full spool drops none of them: the caller holds the new batch's inputs unacknowledged instead (the broker
+keeps the rest of the backlog) and tries again as the replay makes room.
 """
 from __future__ import annotations
 
@@ -67,6 +69,15 @@ class Position:
     records: int        # records between the head and this position
 
 
+class SpoolFull(Exception):
+    """The batch would take the spool past its bound; nothing of it was written. ``fits_ever``: False
+    when the batch alone is larger than the bound."""
+
+    def __init__(self, message: str, *, fits_ever: bool = True) -> None:
+        super().__init__(message)
+        self.fits_ever = fits_ever
+
+
 class Spool:
     """Append ``(stream, message)`` records at the tail, read them at the head. Thread-safe."""
 
@@ -75,8 +86,6 @@ class Spool:
         self.max_bytes = max_bytes
         self.segment_bytes = max(4096, max_bytes // SEGMENTS_PER_BOUND)
         self.fsync = fsync
-        self.dropped = 0
-        """Records dropped (oldest first) to stay under max_bytes since this process opened the spool."""
         self.write_errors = 0
         """Appends that failed (full disk, I/O error) and were taken back since the spool was opened."""
         self._lock = threading.Lock()
@@ -115,23 +124,24 @@ class Spool:
             self._tail = None
 
     # writing ---------------------------------------------------------------------------------------
-    def append(self, entries: list[tuple[str, bytes]]) -> int:
-        """Write ``entries`` durably at the tail; returns how many older records were dropped for room.
+    def append(self, entries: list[tuple[str, bytes]]) -> None:
+        """Write ``entries`` durably at the tail.
 
-        Raises OSError (the disk's own: ENOSPC, EIO...) when the batch could not be written; none of it
-        is then in the spool, and the failure is counted in ``write_errors``.
+        Raises SpoolFull, writing nothing, when the batch would take the spool past ``max_bytes``; raises
+        OSError (the disk's own: ENOSPC, EIO...) when the batch could not be written: none of it is then
+        in the spool, and the failure is counted in ``write_errors``.
         """
         records = [self._pack(stream, message) for stream, message in entries]
-        dropped = 0
+        need = sum(len(rec) for rec in records)
         with self._lock:
+            held = sum(s.size for s in self._segments)
+            if held + need > self.max_bytes:
+                raise SpoolFull(f"spool {self.dir} holds {held} bytes: {need} more would pass its bound "
+                                f"of {self.max_bytes}", fits_ever=need <= self.max_bytes)
             # Where each segment stood before this batch, to take the batch back on a failed write.
             marks = {s.number: (s.size, s.records) for s in self._segments}
             try:
                 for rec in records:
-                    if len(rec) > self.max_bytes:
-                        dropped += 1  # can never fit: counted like any other drop
-                        continue
-                    dropped += self._make_room(len(rec))
                     tail = self._tail_segment(len(rec))
                     _write_all(self._tail, rec)
                     tail.size += len(rec)
@@ -141,13 +151,8 @@ class Spool:
             except OSError as e:
                 self.write_errors += 1
                 self._take_back(marks)
-                self.dropped += dropped
                 log.error("spool %s: write failed (%s); %d records taken back", self.dir, e, len(records))
                 raise
-            self.dropped += dropped
-        if dropped:
-            log.warning("spool %s full (%d bytes): dropped the %d oldest records", self.dir, self.max_bytes, dropped)
-        return dropped
 
     def _take_back(self, marks: dict[int, tuple[int, int]]) -> None:
         """Cut every segment back to ``marks`` (number -> (size, records)); remove segments made since."""
@@ -185,21 +190,6 @@ class Spool:
     def _pack(stream: str, message: bytes) -> bytes:
         payload = msgpack.packb([stream, message], use_bin_type=True)
         return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
-
-    def _make_room(self, need: int) -> int:
-        dropped = 0
-        while self._segments and sum(s.size for s in self._segments) + need > self.max_bytes:
-            if len(self._segments) == 1:
-                # The only segment is the tail: start a fresh one instead of dropping what is unread.
-                if self._segments[0].records == 0:
-                    self._drop_segment(0)
-                    self._head_offset = 0
-                break
-            dropped += self._segments[0].records
-            self._drop_segment(0)
-            self._head_offset = 0
-            self._write_head()
-        return dropped
 
     def _tail_segment(self, need: int) -> _Segment:
         last = self._segments[-1] if self._segments else None

@@ -13,11 +13,11 @@ The XADDs carry no MAXLEN: a stream is trimmed only by the workers, below what t
 (workers/streams.py), so an entry no worker has read is never lost to trimming. Instead the gateway
 watches its own backlog: every XADD round trip also asks XLEN of the streams it wrote (the same pipeline,
 one more reply per stream). When one holds more than ``stream_max_backlog`` entries the cloud is behind,
-and the gateway acts as if Redis were away: it spools (or holds), tells ``on_available(False)`` (the
-intake then holds too), counts ``cloud_behind_events`` and shows the ``cloud_behind`` gauge. While
-behind, each try first re-checks the lengths (XLEN only, with the usual back-off) and sends again once
-every stream is below three quarters of the bound; the gap keeps the gateway from switching at every
-trim, which removes acknowledged entries every few seconds in one step. A watcher thread re-checks too
+and the gateway acts as if Redis were away: it spools (or holds: the inputs behind wait unacknowledged at
+the broker), tells ``on_available(False)``, counts ``cloud_behind_events`` and shows the ``cloud_behind``
+gauge. While behind, each try first re-checks the lengths (XLEN only, with the usual back-off) and sends
+again once every stream is below three quarters of the bound; the gap keeps the gateway from switching at
+every trim, which removes acknowledged entries every few seconds in one step. A watcher thread re-checks too
 (every ``retry_max_s``) while behind, so that status and metrics clear when nothing is being sent.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import redis
 
 from gateway.config import GatewaySettings
 from gateway.metrics import Metrics
-from gateway.spool import Spool
+from gateway.spool import Spool, SpoolFull
 from schemas.names import FIELD
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,19 @@ class Upstream:
         if self.spool.pending == 0 and self._xadd(entries):
             return True
         try:
-            dropped = self.spool.append(entries)
+            self.spool.append(entries)
+        except SpoolFull as e:
+            self.metrics.inc("spool_full")
+            if not e.fits_ever:  # larger than the whole spool: straight to Redis, retrying
+                return self._send_retrying(entries, give_up)
+            log.warning("%s: holding %d messages until the replay makes room", e, len(entries))
+            if not self._wait_for_room(entries, give_up):
+                return False
         except OSError as e:  # the spool took the batch back whole (gateway/spool.py)
             self.metrics.inc("spool_write_errors")
             log.error("cannot write the spool (%s): holding %d messages until Redis takes them", e, len(entries))
             return self._send_retrying(entries, give_up)
         self.metrics.inc("spooled", len(entries))
-        if dropped:
-            self.metrics.inc("spool_dropped", dropped)
         self._gauges()
         self._wake.set()
         return True
@@ -213,6 +218,18 @@ class Upstream:
             except redis.RedisError as e:
                 self._set_available(False)
                 log.warning("backlog check failed (%s: %s)", type(e).__name__, e)
+
+    def _wait_for_room(self, entries: list[tuple[str, bytes]], give_up: Callable[[], bool]) -> bool:
+        """Append ``entries`` once the replay has made room (the caller's inputs stay unacknowledged at
+        the broker meanwhile, and the spool's order is kept); False when ``give_up()`` turns true."""
+        delay = self.s.retry_initial_s
+        while not (give_up() or self._sleep(delay, give_up)):
+            try:
+                self.spool.append(entries)
+                return True
+            except SpoolFull:
+                delay = min(max(delay * 2, 0.01), self.s.retry_max_s)
+        return False
 
     def _send_retrying(self, entries: list[tuple[str, bytes]], give_up: Callable[[], bool]) -> bool:
         delay = self.s.retry_initial_s

@@ -315,19 +315,37 @@ def test_spool_keeps_order_across_reopen_and_cuts_a_torn_record(tmp_path):
     assert again.pending == 0 and not list(tmp_path.glob("*.seg"))
 
 
-def test_spool_is_bounded_and_counts_what_it_drops(tmp_path):
-    from gateway.spool import Spool
+def test_a_full_spool_refuses_a_batch_and_keeps_every_record_it_holds(tmp_path):
+    """Every spooled record stands for inputs already acknowledged to the broker: a full spool drops none
+    of them (it dropped the oldest before), refuses the new batch whole, and takes it once the replay has
+    made room."""
+    from gateway.spool import Spool, SpoolFull
 
     spool = Spool(tmp_path, 64 * 1024, fsync=False)
-    n = 3000
-    dropped = sum(spool.append([("s", i.to_bytes(4, "big") + b"x" * 96)]) for i in range(n))
+    kept = 0
+    with pytest.raises(SpoolFull) as full:
+        for i in range(3000):
+            spool.append([("s", i.to_bytes(4, "big") + b"x" * 96)])
+            kept += 1
     on_disk = sum(p.stat().st_size for p in tmp_path.glob("*.seg"))
-    print(f"\n[spool bound] appended={n} kept={spool.pending} dropped={dropped} bytes_on_disk={on_disk}")
-    assert on_disk <= 64 * 1024 and dropped == spool.dropped > 0
-    assert spool.pending + dropped == n
+    print(f"\n[spool bound] kept={kept} bytes_on_disk={on_disk} refused_at={kept}")
+    assert full.value.fits_ever and on_disk <= 64 * 1024 and spool.pending == kept > 100
+    records, pos = spool.read(100)
+    assert [int.from_bytes(m[:4], "big") for _, m in records] == list(range(len(records)))  # oldest first
+    spool.commit(pos)
+    with pytest.raises(SpoolFull) as alone:
+        spool.append([("s", b"y" * (64 * 1024))])
+    assert not alone.value.fits_ever
+    while True:  # room again: the refused batch goes in, behind everything kept
+        try:
+            spool.append([("s", (kept).to_bytes(4, "big") + b"x" * 96)])
+            break
+        except SpoolFull:
+            records, pos = spool.read(50)
+            spool.commit(pos)
     firsts = []
     while spool.pending:
         records, pos = spool.read(1000)
         firsts += [int.from_bytes(m[:4], "big") for _, m in records]
         spool.commit(pos)
-    assert firsts == list(range(n - len(firsts), n))  # the newest are kept, in order
+    assert firsts == sorted(firsts) and firsts[-1] == kept
