@@ -108,8 +108,9 @@ class ResultsRelay:
             try:
                 if last is None:
                     stored = self.redis.get(self.cursor_key)
-                    last = max(stored.decode() if stored else "0-0", self._read_local_cursor(), key=_entry_key)
-                    self._load_seen()
+                    cursor = max(stored.decode() if stored else "0-0", self._read_local_cursor(), key=_entry_key)
+                    self._load_seen()  # before the cursor is taken: a failure here is retried whole
+                    last = cursor
                     log.info("relaying results from %s after entry %s (%d ids in the dedup window)",
                              self.stream, last, len(self.seen))
                 resp = self.redis.xread({self.stream: last}, count=self.s.results_batch,
