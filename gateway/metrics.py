@@ -27,7 +27,7 @@ COUNTERS = {
     "spooled": "messages written to the on-disk spool while Redis was unreachable",
     "replayed": "spooled messages handed on to Redis once it was back",
     "duplicate_chunks": "audio chunks received twice (same utterance and seq): acknowledged and dropped",
-    "spool_dropped": "spooled messages dropped (oldest first) because the spool was full",
+    "spool_full": "batches the full spool could not take: their inputs were held at the broker until it had room",
     "cloud_behind_events": "times a stream's backlog went over stream_max_backlog (the gateway spooled or held)",
     "spool_write_errors": "spool appends that failed (full disk, I/O error): the batch was held instead",
 }
@@ -36,6 +36,12 @@ LABELLED = {
     "rejected_by_device": ("device", "inputs rejected, by device"),
     "dropped": ("device", "camera frames dropped as stale under sustained overload, by device"),
 }
+
+
+MAX_LABELS = 1000
+"""Distinct labels kept per labelled counter."""
+OTHER_LABEL = "(other)"
+"""The label that counts the rest past MAX_LABELS."""
 
 
 class Metrics:
@@ -56,9 +62,14 @@ class Metrics:
             self._counts[name] += n
 
     def inc_label(self, name: str, label: str, n: int = 1) -> None:
-        """Add ``n`` to a labelled counter, e.g. ``inc_label("rejected", "too large")``."""
+        """Add ``n`` to a labelled counter, e.g. ``inc_label("rejected", "too large")``; past
+        ``MAX_LABELS`` distinct labels of one counter, new ones are counted under ``OTHER_LABEL`` (any
+        device name may appear on an open broker: the stats and every scrape must stay bounded)."""
         with self._lock:
-            self._labelled[name][label] += n
+            values = self._labelled[name]
+            if label not in values and len(values) >= MAX_LABELS:
+                label = OTHER_LABEL
+            values[label] += n
 
     def set_gauge(self, name: str, value: float) -> None:
         """Record a current value (queue depth, open utterances)."""

@@ -57,6 +57,29 @@ def test_chunks_of_a_completed_utterance_delivered_again_are_duplicates():
     assert len(a) == 0 and a.held() == 0
 
 
+def test_a_new_seq_under_a_completed_utterance_id_is_a_new_utterance_not_a_duplicate():
+    """Firmware that sends no boot id and reuses its utterance ids: only the seqs the completed utterance
+    held are duplicates; a chunk with a new seq under the same id starts a new utterance."""
+    a = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5)
+    a.add(_chunk(0), _item(0))
+    done, _, _ = a.add(_chunk(1, final=True), _item(1))
+    assert done is not None
+    fresh = _item(7)
+    assert a.add(_chunk(7), fresh) == (None, [], [])       # held, not dropped as a duplicate
+    again, _, _ = a.add(_chunk(8, final=True), _item(8))
+    assert again is not None and again.seq == 7 and [i.mid for i in again.inputs] == [7, 8]
+
+
+def test_labelled_counters_stay_bounded_whatever_the_device_names():
+    from gateway.metrics import MAX_LABELS, OTHER_LABEL, Metrics
+
+    m = Metrics()
+    for i in range(MAX_LABELS + 500):
+        m.inc_label("dropped", f"cam{i}")
+    snap = m.snapshot()["dropped"]
+    assert len(snap) == MAX_LABELS + 1 and snap[OTHER_LABEL] == 500 and m.count("dropped") == MAX_LABELS + 500
+
+
 def test_duplicates_do_not_refresh_the_timeout_and_a_disconnection_does():
     a = UtteranceAssembler(max_seconds=10, max_open=4, timeout_s=5)
     a.add(_chunk(0), _item(0))
@@ -219,3 +242,50 @@ def test_the_example_config_file_is_valid():
     example = Path(__file__).resolve().parents[1] / "gateway" / "example.yaml"
     s = load_settings({}, config_file=example, env={})
     assert s.bundles == ("bundles/glasses", "bundles/digit") and s.mqtt_protocol == "5" and s.wait_ms == 5.0
+
+
+def test_a_duplicate_chunk_is_acknowledged_only_after_its_utterance_is_handed_on():
+    """After a reconnect one micro-batch can hold an utterance's chunks from the old connection (which
+    complete it) and the broker's copies of them (duplicates, acknowledgeable now). The copies must wait
+    for the utterance to be handed on: acknowledged first, a crash in between would lose the utterance."""
+    import numpy as np
+
+    from gateway.config import GatewaySettings
+    from gateway.extraction import ExtractionLoop
+    from gateway.metrics import Metrics
+    from schemas import Names
+
+    events: list[tuple[str, list[int]]] = []
+
+    class Intake:  # what the loop asks of the MQTT side: queues, acknowledgements, connection state
+        queues = {"audio": DeviceQueues()}
+        epoch = 2
+
+        class connected:  # noqa: N801
+            @staticmethod
+            def is_set() -> bool:
+                return True
+
+        def ack(self, items):
+            events.append(("ack", [i.mid for i in items]))
+
+    class Upstream:
+        def send(self, entries, give_up):
+            events.append(("send", [len(entries)]))
+            return True
+
+    class Model:
+        def preprocess(self, raw):
+            return np.zeros((1, 4, 4), np.float32)
+
+        def extract_batch(self, xs):
+            return np.zeros((len(xs), 8), np.float32)
+
+    manifest = {"task": "digit", "model": "digit-000000000000", "labels": ["a", "b"]}
+    loop = ExtractionLoop("audio", Model(), manifest, GatewaySettings(), Names(), Intake(), Upstream(), Metrics(),
+                          lambda *a: None)
+    chunks = [_chunk(0), _chunk(1, final=True)]
+    old = [Inbound("audio", "mic1", "privedge/mic1/audio", c.encode(), 10 + c.seq, 1, 1) for c in chunks]
+    new = [Inbound("audio", "mic1", "privedge/mic1/audio", c.encode(), 20 + c.seq, 1, 2) for c in chunks]
+    loop.process(old + new)
+    assert events[0] == ("send", [1]) and ("ack", [20, 21]) in events[1:], events
