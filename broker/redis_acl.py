@@ -3,8 +3,9 @@
 - gateway ``gateway-{id}``: XADD and XLEN on its own streams only, ``{p}:features:*:{id}`` (and
   ``{p}:media:*:{id}`` for the cloud-only baseline; schemas.names); XREAD/XTRIM of its own results stream
   ``{p}:results:{id}``, GET/SET of its cursor and its dedup window; nothing else. It cannot read
-  features, write or trim another home's streams, trim or delete its own features (the workers trim them
-  below what they have acknowledged), nor read another home's results.
+  features, write or trim another home's streams, nor read another home's results. (An ACL cannot refuse
+  XADD's MAXLEN or MINID argument, so a gateway can drop its own unread entries: that harms its own home
+  only. The workers trim every stream below what they have acknowledged.)
 - worker ``worker``: SCAN (to discover the streams, one per gateway), XREADGROUP, XAUTOCLAIM, XPENDING,
   XACK, XGROUP CREATE, XINFO GROUPS, EXISTS and XTRIM on the features and media streams, TIME; XADD to
   results and dead-letter streams only (it cannot add features).

@@ -37,6 +37,9 @@ from workers.streams import StreamSet, check_origin
 
 log = logging.getLogger(__name__)
 
+DEAD_LETTER_BYTES = DEFAULT_LIMITS.max_feature_payload
+"""Most bytes of an entry's message copied into its dead letter (64 KiB: any valid feature message fits)."""
+
 
 def default_name() -> str:
     """A consumer name unique across machines and restarts: hostname-pid-random."""
@@ -239,12 +242,14 @@ class Worker:
         for reply, encoded in results:
             pipe.xadd(reply, {FIELD: encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
         for stream, eid, fields, err in dead:
-            task = self.streams.get(stream) or next(iter(self.stream_set.tasks), "unknown")
+            task = (self.stream_set.streams.get(stream, (None, None))[0]
+                    or next(iter(self.stream_set.tasks), "unknown"))
             log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
             report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
                                  detail=err.detail[:200], ts=time.time())
             pipe.xadd(self.names.dead(task), {"reason": err.reason, "entry": _id(eid), "error": report.encode(),
-                                              FIELD: fields.get(FIELD.encode(), b"")},
+                                              # bounded: a hostile entry is kept for inspection, not whole
+                                              FIELD: fields.get(FIELD.encode(), b"")[:DEAD_LETTER_BYTES]},
                       maxlen=self.settings.dead_maxlen, approximate=True)
         for stream, ids in acks.items():
             if ids:
