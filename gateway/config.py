@@ -151,7 +151,9 @@ class GatewaySettings:
     results cursor is kept there too.
     None: no spool; inputs are held unacknowledged (up to receive_maximum) until Redis answers."""
     spool_max_bytes: int = 256 * 1024 * 1024
-    """Bound of the spool on disk (bytes); past it the oldest spooled messages are dropped and counted."""
+    """Bound of the spool on disk (bytes). A full spool drops nothing (what it holds was acknowledged): it
+    refuses the next batch, whose inputs then wait unacknowledged at the broker until the replay makes room
+    (counted in ``spool_full``)."""
     spool_fsync: bool = True
     """fsync each spooled batch before acknowledging its inputs (survives a power cut, not only a crash)."""
     spool_replay_batch: int = 256
