@@ -24,7 +24,6 @@ benchmarks and the tests load bundles they made themselves.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -34,47 +33,16 @@ import torch
 from torch import nn
 
 from models import signing
+from models.manifest import (ANALYZER_FILE, EXTRACTOR_FILE, FEATURE_DTYPES, FORMAT, MANIFEST,  # noqa: F401
+                             REQUIRED, BundleError, HashMismatchError, MissingFileError, checked_manifest,
+                             model_id, read_manifest, sha256_file, verified_path, write_manifest)
 from models.serving import Analyzer, Extractor, FullModel, TorchForward, softmax  # noqa: F401 (re-exported)
 from models.speech import SpeechConfig
 from models.split import arch_of, build_from_arch
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
-MANIFEST = "manifest.json"
-EXTRACTOR_FILE = "extractor.pt"
-ANALYZER_FILE = "analyzer.pt"
-# Keys the caller of save_bundle provides; save_bundle adds format, files and model.
-REQUIRED = ("task", "modality", "labels", "input", "cut", "embedding", "feature", "pca_dims", "noise_std", "arch")
-FEATURE_DTYPES = ("float32", "float16", "int8")  # int8 carries a per-dimension scale (models.release)
 
-
-class BundleError(Exception):
-    """A bundle cannot be used: malformed manifest, wrong format, unbuildable architecture."""
-
-
-class HashMismatchError(BundleError):
-    """A weight file's sha256 (or the manifest's model id) does not match the manifest."""
-
-
-class MissingFileError(BundleError):
-    """A file the bundle needs is not there."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def model_id(manifest: dict) -> str:
-    """``{task}-{first 12 hex of sha256}`` of the canonical JSON of the manifest without model, metrics and
-    onnx (the ONNX copies are another runtime's form of the same weights, checked against them on load)."""
-    core = {k: v for k, v in manifest.items() if k not in ("model", "metrics", "onnx")}
-    digest = hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-    return f"{manifest['task']}-{digest[:12]}"
 
 
 def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest: dict, onnx: bool = True,
@@ -96,7 +64,7 @@ def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest:
     for name, module in ((EXTRACTOR_FILE, extractor), (ANALYZER_FILE, analyzer)):
         state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
         torch.save(state, out / name)
-        files[name] = _sha256(out / name)
+        files[name] = sha256_file(out / name)
     full = {k: v for k, v in manifest.items() if k not in ("model", "files", "format")}
     full = {"format": FORMAT, **full, "files": files}
     full = json.loads(json.dumps(full))  # plain JSON types only, so the id is what a reader recomputes
@@ -104,59 +72,11 @@ def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest:
     write_manifest(out, full)
     log.info("saved bundle %s to %s", full["model"], out)
     if onnx:
-        from models.onnx_runtime import export_bundle
-
-        export_bundle(out)
+        export_onnx(out)
     sign_key = sign_key if sign_key is not None else signing.signing_key_from_env()
     if sign_key is not None:
         signing.sign_bundle(out, sign_key)
     return full["model"]
-
-
-def write_manifest(dir, manifest: dict) -> None:
-    """Write ``manifest.json`` (sorted keys, so equal manifests are equal files)."""
-    (Path(dir) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-
-
-def read_manifest(dir) -> dict:
-    """The parsed ``manifest.json`` of a bundle directory; checks only that it is a JSON object."""
-    path = Path(dir) / MANIFEST
-    if not path.is_file():
-        raise MissingFileError(f"{path}: no manifest (is {dir} a privedge bundle?)")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(f"{path}: not valid JSON: {e}") from e
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{path}: manifest must be a JSON object")
-    return manifest
-
-
-def _checked_manifest(dir) -> dict:
-    manifest = read_manifest(dir)
-    if manifest.get("format") != FORMAT:
-        raise BundleError(f"{dir}: unsupported bundle format {manifest.get('format')!r} (want {FORMAT})")
-    missing = [k for k in (*REQUIRED, "files", "model") if k not in manifest]
-    if missing:
-        raise BundleError(f"{dir}: manifest lacks {missing}")
-    expected = model_id(manifest)
-    if manifest["model"] != expected:
-        raise HashMismatchError(f"{dir}: manifest says model {manifest['model']!r} but its content hashes to "
-                                f"{expected!r}; the manifest was edited")
-    return manifest
-
-
-def verified_path(dir, name: str, want: str | None, manifest: dict) -> Path:
-    """``dir/name`` once its sha256 is ``want`` (from the manifest); MissingFileError / HashMismatchError."""
-    path = Path(dir) / name
-    if not path.is_file():
-        raise MissingFileError(f"{path}: missing (bundle {manifest['model']})")
-    got = _sha256(path)
-    if got != want:
-        raise HashMismatchError(f"{path}: sha256 {got[:16]}... does not match the manifest's "
-                                f"{str(want)[:16]}... for bundle {manifest['model']}; refusing a modified or "
-                                "foreign weight file")
-    return path
 
 
 def _load_state(dir, name: str, manifest: dict) -> dict:
@@ -191,13 +111,28 @@ def _forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str, th
     return onnx_forward(dir, manifest, half, module, runtime, threads)
 
 
+def export_onnx(dir) -> dict:
+    """Export the halves whose torch weights ``dir`` holds to ONNX (:mod:`models.onnx_runtime`) and record
+    them in the manifest; the model id does not change, a signature the bundle had is removed. Returns the
+    manifest's new ``onnx`` entry."""
+    from models.onnx_runtime import export_halves
+
+    dir = Path(dir)
+    if signing.unsign(dir):
+        log.warning("%s: exporting ONNX voids the bundle's signature; it must be signed again", dir)
+    halves = {"extractor": load_extractor(dir).module}
+    if (dir / ANALYZER_FILE).is_file():
+        halves["analyzer"] = load_analyzer(dir).module
+    return export_halves(dir, checked_manifest(dir), halves)
+
+
 def load_extractor(dir, *, rng: np.random.Generator | None = None,
                    shift_semitones: tuple[float, float] | None = None, runtime: str = "torch",
                    threads: int | None = None) -> Extractor:
     """Verify the manifest and ``extractor.pt`` (and ``extractor.onnx`` when it serves) and build the
     gateway half (``analyzer.*`` not needed). ``shift_semitones``: the home's secret pitch-shift range,
     replacing the bundle's (speech only). ``threads``: ONNX Runtime threads (default: torch's)."""
-    manifest = _checked_manifest(dir)
+    manifest = checked_manifest(dir)
     state = _load_state(dir, EXTRACTOR_FILE, manifest)
     ext = _load_into(_build(manifest)[0], state, "extractor", manifest)
     return Extractor(manifest, ext, rng, _forward(dir, manifest, "extractor", ext, runtime, threads),
@@ -206,7 +141,7 @@ def load_extractor(dir, *, rng: np.random.Generator | None = None,
 
 def load_analyzer(dir, *, runtime: str = "torch", threads: int | None = None) -> Analyzer:
     """Verify the manifest and ``analyzer.pt`` (and ``analyzer.onnx`` when it serves); the cloud half."""
-    manifest = _checked_manifest(dir)
+    manifest = checked_manifest(dir)
     state = _load_state(dir, ANALYZER_FILE, manifest)
     ana = _load_into(_build(manifest)[1], state, "analyzer", manifest)
     return Analyzer(manifest, ana, _forward(dir, manifest, "analyzer", ana, runtime, threads))
@@ -215,7 +150,7 @@ def load_analyzer(dir, *, runtime: str = "torch", threads: int | None = None) ->
 def load_full(dir, *, rng: np.random.Generator | None = None, runtime: str = "torch",
               threads: int | None = None) -> FullModel:
     """Both halves, joined: for serving without a split."""
-    manifest = _checked_manifest(dir)
+    manifest = checked_manifest(dir)
     ext_state = _load_state(dir, EXTRACTOR_FILE, manifest)
     ana_state = _load_state(dir, ANALYZER_FILE, manifest)
     ext, ana = _build(manifest)

@@ -1,7 +1,7 @@
 """ONNX copies of a bundle's halves, and ONNX Runtime sessions that serve them.
 
 torch stays the training and reference runtime; ONNX Runtime is the serving one where it is faster (on
-the gateway's small convolutions about 4x on one core). :func:`export_bundle` writes ``extractor.onnx``
+the gateway's small convolutions about 4x on one core). :func:`export_halves` writes ``extractor.onnx``
 (and ``analyzer.onnx`` where ``analyzer.pt`` is present) with a dynamic batch dimension and records their
 sha256 under the manifest's ``onnx`` key, which the ``model`` id leaves out (see :mod:`models.bundle`).
 Loading an ONNX half checks its hash, then runs it and the torch half on a fixed probe batch and refuses
@@ -10,9 +10,9 @@ the file if they disagree, so what ONNX Runtime serves is what the id names.
 The PCA noise of ``Project`` (when a bundle has any) is not in the graph: it is exported noise-free and the
 noise, ``noise_std * std`` per dimension, is drawn by :class:`OrtForward` after each run.
 
-Add ONNX to existing bundles::
+Add ONNX to existing bundles (:func:`models.bundle.export_onnx`)::
 
-    python -m models.onnx_runtime export [--sign-key KEY] DIR [DIR ...]
+    privedge bundle export [--sign-key KEY] DIR [DIR ...]
 
 Exporting rewrites the manifest and adds files, so it voids a bundle's signature (:mod:`models.signing`):
 the old ``signature.json`` is removed, and the bundle is signed again with ``--sign-key`` (default
@@ -20,12 +20,10 @@ the old ``signature.json`` is removed, and the bundle is signed again with ``--s
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import logging
 import os
-import sys
 import warnings
 from pathlib import Path
 
@@ -33,16 +31,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from models import signing
-from models.bundle import (HashMismatchError, MissingFileError, _sha256, load_analyzer, load_extractor,
-                           verified_path, write_manifest)
+from models.manifest import HashMismatchError, MissingFileError, sha256_file, verified_path, write_manifest
 from models.pca import Project
+from models.runtimes import RUNTIMES
 from models.serving import TorchForward
 
 log = logging.getLogger(__name__)
 
-RUNTIMES = ("auto", "onnx", "torch")
-"""``torch``: the reference; ``onnx``: ONNX Runtime, the file must be there; ``auto``: ONNX when it is."""
 ONNX_FILES = {"extractor": "extractor.onnx", "analyzer": "analyzer.onnx"}
 OPSET = 17
 PROBE_BATCH = 3
@@ -83,26 +78,18 @@ def export_module(module: nn.Module, in_shape: tuple[int, ...], path: Path) -> s
     tmp = path.with_suffix(".onnx.tmp")
     tmp.write_bytes(buf.getvalue())
     os.replace(tmp, path)  # never a half-written file under the real name
-    return _sha256(path)
+    return sha256_file(path)
 
 
-def export_bundle(dir) -> dict:
-    """Export the halves whose torch weights ``dir`` holds to ONNX and record them in the manifest.
-
-    The model id does not change; a signature the bundle had is removed (it no longer covers the files).
-    Returns the manifest's new ``onnx`` entry."""
+def export_halves(dir, manifest: dict, halves: dict[str, nn.Module]) -> dict:
+    """Write each half of ``halves`` ({"extractor": module, "analyzer": module}) as ONNX into ``dir`` and
+    record the files under the manifest's ``onnx`` key (the model id does not change). Returns that entry.
+    (:func:`models.bundle.export_onnx` loads a bundle's halves and calls this.)"""
     dir = Path(dir)
-    if signing.unsign(dir):
-        log.warning("%s: exporting ONNX voids the bundle's signature; it must be signed again", dir)
-    halves = [("extractor", load_extractor(dir))]
-    if (dir / "analyzer.pt").is_file():
-        halves.append(("analyzer", load_analyzer(dir)))
-    manifest = halves[0][1].manifest
     shapes = {"extractor": tuple(manifest["arch"]["net"]["in_shape"]),
               "analyzer": (int(np.prod(manifest["feature"]["shape"])),)}
-    files = {}
-    for half, model in halves:
-        files[ONNX_FILES[half]] = export_module(model.module, shapes[half], dir / ONNX_FILES[half])
+    files = {ONNX_FILES[half]: export_module(module, shapes[half], dir / ONNX_FILES[half])
+             for half, module in halves.items()}
     entry = {"opset": OPSET, "exporter": f"torch {torch.__version__} (TorchScript)", "files": files}
     write_manifest(dir, {**manifest, "onnx": entry})
     log.info("exported %s of bundle %s to ONNX", ", ".join(files), manifest["model"])
@@ -190,7 +177,7 @@ def onnx_forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str
         return TorchForward(module)
     if not listed:
         raise MissingFileError(f"{dir}: bundle {manifest['model']} has no {name} (add it with "
-                               f"python -m models.onnx_runtime export {dir})")
+                               f"privedge bundle export {dir})")
     path = verified_path(dir, name, listed, manifest)
     threads = threads if threads is not None else torch.get_num_threads()
     with noise_free(module) as noise:
@@ -201,26 +188,3 @@ def onnx_forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str
     diff = check_agrees(forward, module, in_shape, f"{path} (bundle {manifest['model']})")
     log.info("%s: ONNX Runtime, %d thread(s), agrees with torch to %.1e", path, threads, diff)
     return forward
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m models.onnx_runtime", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-    exp = sub.add_parser("export", help="add extractor.onnx (and analyzer.onnx) to existing bundles")
-    exp.add_argument("dirs", nargs="+", help="bundle directories")
-    exp.add_argument("--sign-key", default=os.environ.get(signing.ENV_SIGNING_KEY),
-                     help="provider private key to sign the bundles again with (default: PRIVEDGE_SIGNING_KEY)")
-    args = p.parse_args(argv)
-    for d in args.dirs:
-        entry = export_bundle(d)
-        print(f"{d}: {', '.join(f'{n} sha256 {h[:16]}...' for n, h in entry['files'].items())}")
-        if args.sign_key:
-            doc = signing.sign_bundle(d, args.sign_key)
-            print(f"{d}: signed again with key {doc['key'][:16]}...")
-        else:
-            print(f"{d}: unsigned now; sign it again with privedge bundle sign --key KEY {d}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,12 +2,14 @@
 
 It only picks the subcommand and hands the remaining arguments to the module that owns it, so that
 ``privedge sensor`` never imports torch and each package keeps its own argument parser. ``privedge
-bundle`` (keygen, sign, verify) is parsed here and calls :mod:`models.signing`, which imports no torch.
+bundle`` (keygen, sign, verify, export) is parsed here and calls :mod:`models.signing`, which imports no
+torch (``export`` calls :func:`models.bundle.export_onnx`, which does).
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # subcommand -> (module, one-line help). Each module exposes ``main(argv: list[str]) -> int``.
@@ -20,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sensor": ("sensors.cli", "run a camera or microphone sensor client"),
     "broker": ("broker.tool", "start a local mosquitto broker, enrol devices"),
     "bench": ("bench.cli", "benchmark split vs cloud-only vs local-only"),
-    "bundle": ("privedge.cli:bundle_main", "make a provider key, sign a bundle, verify a bundle's signature"),
+    "bundle": ("privedge.cli:bundle_main", "provider keys, bundle signatures, ONNX copies of a bundle's halves"),
 }
 
 
@@ -45,14 +47,21 @@ def bundle_parser() -> argparse.ArgumentParser:
                         help="full: every signed file; home: all but analyzer.*; auto (default): home when "
                              "the bundle holds no analyzer file")
     verify.add_argument("dirs", nargs="+", metavar="DIR", help="bundle directories")
+    export = sub.add_parser("export", help="add extractor.onnx (and analyzer.onnx) to existing bundles; "
+                                           "voids their signature unless signed again")
+    export.add_argument("--sign-key", default=os.environ.get("PRIVEDGE_SIGNING_KEY"),
+                        help="provider private key to sign the bundles again with (default: PRIVEDGE_SIGNING_KEY)")
+    export.add_argument("dirs", nargs="+", metavar="DIR", help="bundle directories")
     return p
 
 
 def bundle_main(argv: list[str]) -> int:
-    """``privedge bundle keygen|sign|verify``; 0 on success, 1 when a key or a bundle fails."""
+    """``privedge bundle keygen|sign|verify|export``; 0 on success, 1 when a key or a bundle fails."""
     from models import signing
 
     args = bundle_parser().parse_args(argv)
+    if args.action == "export":
+        return _export(args.dirs, args.sign_key)
     try:
         if args.action == "keygen":
             key, pub = signing.generate_key(args.out)
@@ -74,6 +83,26 @@ def bundle_main(argv: list[str]) -> int:
                 v = signing.verify_bundle(d, key, args.part)
                 print(f"{d}: OK, model {v.model} signed by {v.key[:16]}... ({v.part} part, {len(v.files)} files)")
         except (signing.SignatureError, OSError) as e:
+            print(f"{d}: FAILED: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _export(dirs: list[str], sign_key: str | None) -> int:
+    from models import signing
+    from models.bundle import BundleError, export_onnx
+
+    failed = 0
+    for d in dirs:
+        try:
+            entry = export_onnx(d)
+            print(f"{d}: {', '.join(f'{n} sha256 {h[:16]}...' for n, h in entry['files'].items())}")
+            if sign_key:
+                doc = signing.sign_bundle(d, sign_key)
+                print(f"{d}: signed again with key {doc['key'][:16]}...")
+            else:
+                print(f"{d}: unsigned now; sign it again with privedge bundle sign --key KEY {d}")
+        except (BundleError, signing.SignatureError, OSError) as e:
             print(f"{d}: FAILED: {e}", file=sys.stderr)
             failed += 1
     return 1 if failed else 0

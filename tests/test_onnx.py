@@ -13,8 +13,10 @@ from gateway import extraction
 from gateway.config import RUNTIMES as GATEWAY_RUNTIMES
 from models import onnx_runtime
 from models.bundle import (HashMismatchError, MissingFileError, load_analyzer, load_extractor, load_full,
-                           make_manifest, make_untrained_bundle, read_manifest, save_bundle, write_manifest)
+                           make_manifest, make_untrained_bundle, read_manifest, save_bundle, sha256_file,
+                           write_manifest)
 from models.onnx_runtime import ONNX_FILES, OnnxMismatchError
+from privedge.cli import bundle_main
 from schemas.media import decode_image
 from tests.gateway_fixtures import (Listener, full_bundles, gateway_bundles, image_frame,  # noqa: F401
                                     make_gateway, utterance)
@@ -39,7 +41,7 @@ def _inputs(shape, n, seed=0) -> list[np.ndarray]:
 
 
 def test_the_settings_offer_the_runtimes_the_loader_knows():
-    assert GATEWAY_RUNTIMES == WORKER_RUNTIMES == onnx_runtime.RUNTIMES
+    assert GATEWAY_RUNTIMES is WORKER_RUNTIMES is onnx_runtime.RUNTIMES  # one definition (models.runtimes)
 
 
 @pytest.mark.parametrize("modality", ["image", "speech"])
@@ -93,7 +95,7 @@ def test_a_foreign_onnx_file_with_a_rewritten_hash_is_refused(bundles, tmp_path)
     make_untrained_bundle(other, "image", seed=8)
     shutil.copy(other / "extractor.onnx", d / "extractor.onnx")
     m = read_manifest(d)
-    m["onnx"]["files"]["extractor.onnx"] = onnx_runtime._sha256(d / "extractor.onnx")
+    m["onnx"]["files"]["extractor.onnx"] = sha256_file(d / "extractor.onnx")
     write_manifest(d, m)
     with pytest.raises(OnnxMismatchError, match="differ from the torch weights"):
         load_extractor(d, runtime="auto")
@@ -110,9 +112,9 @@ def test_model_id_ignores_onnx_and_export_adds_it_to_an_old_bundle(bundles, tmp_
         (d / name).unlink()
     write_manifest(d, m)
     assert load_extractor(d, runtime="auto").runtime == "torch"
-    with pytest.raises(MissingFileError, match="models.onnx_runtime export"):
+    with pytest.raises(MissingFileError, match="privedge bundle export"):
         load_extractor(d, runtime="onnx")
-    assert onnx_runtime.main(["export", str(d)]) == 0
+    assert bundle_main(["export", str(d)]) == 0
     m2 = read_manifest(d)
     assert m2["model"] == mid and set(m2["onnx"]["files"]) == set(ONNX_FILES.values())
     ext = load_extractor(d, runtime="auto")

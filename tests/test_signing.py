@@ -201,7 +201,7 @@ def test_bundle_cli_keygen_sign_verify_exit_codes(signed, tmp_path):
 
 def test_onnx_export_signs_again_or_says_it_must_be_signed(signed, keys, tmp_path):
     d = copy(signed, tmp_path)
-    cmd = [sys.executable, "-m", "models.onnx_runtime", "export", str(d)]
+    cmd = [sys.executable, "-m", "privedge.cli", "bundle", "export", str(d)]
     env = {k: v for k, v in os.environ.items() if k != signing.ENV_SIGNING_KEY}
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0 and "sign it again" in out.stdout, out.stderr
