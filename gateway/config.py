@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from models.runtimes import RUNTIMES
 from schemas.errors import BadName
 from schemas.names import check_name, check_prefix
 
@@ -34,7 +35,6 @@ REMOVED = {
                         "window); stale camera frames are dropped by age (image_max_age_s)",
 }
 """Settings that older versions had, and what replaces each: naming one is an error that says so."""
-RUNTIMES = ("auto", "onnx", "torch")  # models.onnx_runtime.RUNTIMES, repeated so settings import no torch
 SECRET_FIELDS = ("mqtt_password", "redis_password")
 
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from models.runtimes import RUNTIMES  # the one definition; imports no torch
+
 MODES = ("split", "cloud_only")
-RUNTIMES = ("auto", "onnx", "torch")  # models.onnx_runtime.RUNTIMES, repeated so settings import no torch
 
 
 SOCKET_TIMEOUT_S = 10.0
