@@ -1,6 +1,6 @@
 """Redis ACL users for privedge: each client may run only the commands it needs, on the keys it owns.
 
-- gateway ``gateway-{id}``: XADD and XLEN on its own streams only, ``{p}:features:*:{id}`` (and
+- gateway ``gateway-{id}``: XADD, XLEN and XINFO GROUPS (its backlog) on its own streams only, ``{p}:features:*:{id}`` (and
   ``{p}:media:*:{id}`` for the cloud-only baseline; schemas.names); XREAD/XTRIM of its own results stream
   ``{p}:results:{id}``, GET/SET of its cursor and its dedup window; nothing else. It cannot read
   features, write or trim another home's streams, nor read another home's results. (An ACL cannot refuse
@@ -64,7 +64,7 @@ def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> Ac
     gw = check_name(gateway_id, "gateway id")
     results = names.results(gw)
     own = " ".join(f"~{pattern}" for pattern in names.gateway_stream_patterns(gw))
-    rules = (f"+xadd +xlen {own} "
+    rules = (f"+xadd +xlen +xinfo|groups {own} "
              f"(+xread +xtrim +get +set ~{results} ~{names.results_cursor(gw)}) "
              # The results relay's dedup window (gateway/results.py), written with the cursor.
              f"(+zadd +zrange +zremrangebyrank ~{names.results_seen(gw)})")

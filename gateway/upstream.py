@@ -11,13 +11,14 @@ keeps the batch's MQTT messages unacknowledged meanwhile, so the broker holds th
 
 The XADDs carry no MAXLEN: a stream is trimmed only by the workers, below what they have acknowledged
 (workers/streams.py), so an entry no worker has read is never lost to trimming. Instead the gateway
-watches its own backlog: every XADD round trip also asks XLEN of the streams it wrote (the same pipeline,
-one more reply per stream). When one holds more than ``stream_max_backlog`` entries the cloud is behind,
-and the gateway acts as if Redis were away: it spools (or holds: the inputs behind wait unacknowledged at
+watches its own backlog: every XADD round trip also asks XLEN and XINFO GROUPS of the streams it wrote
+(the same pipeline, two more replies per stream), and a stream's backlog is what no worker has finished,
+the group's lag plus its pending entries (acknowledged entries the workers still keep do not count). When
+one holds more than ``stream_max_backlog`` entries the cloud is behind, and the gateway acts as if Redis were away: it spools (or holds: the inputs behind wait unacknowledged at
 the broker), tells ``on_available(False)``, counts ``cloud_behind_events`` and shows the ``cloud_behind``
-gauge. While behind, each try first re-checks the lengths (XLEN only, with the usual back-off) and sends
+gauge. While behind, each try first re-checks the backlog (no XADD, with the usual back-off) and sends
 again once every stream is below three quarters of the bound; the gap keeps the gateway from switching at
-every trim, which removes acknowledged entries every few seconds in one step. A watcher thread re-checks too
+every batch the workers finish. A watcher thread re-checks too
 (every ``retry_max_s``) while behind, so that status and metrics clear when nothing is being sent.
 """
 from __future__ import annotations
@@ -77,7 +78,7 @@ class Upstream:
         self.available = True          # Redis answers
         self.behind = False            # a stream's backlog is over stream_max_backlog
         self._reported = True          # what on_available was last told (available and not behind)
-        self._lengths: dict[str, int] = {}  # our streams -> XLEN at the last round trip
+        self._lengths: dict[str, int] = {}  # our streams -> backlog at the last round trip (_backlogs)
         self._state = threading.Lock()      # behind, _lengths and _reported: loops, replay and watcher
         self._watcher: threading.Thread | None = None
         self._wake = threading.Event()
@@ -148,7 +149,7 @@ class Upstream:
         return True
 
     def _xadd(self, entries: list[tuple[str, bytes]]) -> bool:
-        """One pipelined round trip of XADDs and the XLEN of each stream written; False (counted, logged)
+        """One pipelined round trip of XADDs and the backlog of each stream written; False (counted, logged)
         when Redis did not take them, or when the cloud is behind and still is (nothing sent then)."""
         t0 = time.perf_counter()
         try:
@@ -159,9 +160,8 @@ class Upstream:
             for stream, message in entries:
                 pipe.xadd(stream, {FIELD: message})
             streams = sorted({stream for stream, _ in entries})
-            for stream in streams:
-                pipe.xlen(stream)
-            lengths = pipe.execute()[len(entries):]
+            _ask_backlog(pipe, streams)
+            lengths = _backlogs(pipe.execute()[len(entries):])
         except redis.RedisError as e:
             self.metrics.inc("upstream_retries")
             self._set_available(False)
@@ -176,12 +176,11 @@ class Upstream:
         return True
 
     def _caught_up(self) -> bool:
-        """While behind: XLEN of our streams again; True once all are below 3/4 of the bound."""
+        """While behind: the backlog of our streams again; True once all are below 3/4 of the bound."""
         streams = list(self._lengths)
         pipe = self.redis.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xlen(stream)
-        lengths = pipe.execute()
+        _ask_backlog(pipe, streams)
+        lengths = _backlogs(pipe.execute())
         with self._state:
             self._lengths.update(zip(streams, lengths))
         self._set_available(True)
@@ -293,6 +292,25 @@ class Upstream:
             changed, self._reported = ok != self._reported, ok
         if changed:
             self._on_available(ok)
+
+
+def _ask_backlog(pipe, streams: list[str]) -> None:
+    """Queue, per stream, the XLEN and XINFO GROUPS that :func:`_backlogs` reads."""
+    for stream in streams:
+        pipe.xlen(stream)
+        pipe.xinfo_groups(stream)
+
+
+def _backlogs(replies: list) -> list[int]:
+    """Per stream, the entries no worker has finished: the group's lag (not yet delivered) plus its
+    pending entries (delivered, not acknowledged); the whole XLEN when no group reads the stream yet or
+    Redis cannot say the lag. Acknowledged entries the workers keep for a while do not count: a stream
+    holding only those is not behind."""
+    out = []
+    for length, groups in zip(replies[::2], replies[1::2]):
+        known = [g["lag"] + g["pending"] for g in groups if g.get("lag") is not None]
+        out.append(max(known) if known and len(known) == len(groups) else int(length))
+    return out
 
 
 def safe_url(url: str) -> str:
