@@ -86,6 +86,13 @@ class Listener:
         self.client.disconnect()
 
 
+def features_in(r, task: str, gateway: str = "gw1") -> list:
+    """The FeatureMessages in a gateway's features stream of ``task``, in order."""
+    from schemas import FeatureMessage, Names
+
+    return [FeatureMessage.decode(f[b"m"]) for _, f in r.xrange(Names().features(task, gateway))]
+
+
 def wait_until(pred, timeout: float = 20.0, step: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
