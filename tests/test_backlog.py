@@ -3,6 +3,7 @@ only what their group has acknowledged, and a gateway whose streams hold more th
 entries treats the cloud as behind (spools or holds, says so) and resumes without losing anything."""
 from __future__ import annotations
 
+import functools
 import threading
 import time
 
@@ -15,6 +16,7 @@ from gateway.upstream import Upstream, connect_redis, open_spool
 from models.bundle import make_untrained_bundle, read_manifest
 from schemas.features import FeatureMessage
 from schemas.names import GROUP, Names
+from tests.gateway_fixtures import wait_until
 from workers.config import RedisSettings, WorkerSettings
 from workers.service import Worker
 from workers.streams import StreamSet
@@ -24,13 +26,8 @@ STREAM = "privedge:features:glasses:gw"  # gateway gw's features stream (schemas
 OLD_MAXLEN = 100_000  # the MAXLEN ~ the gateway's XADD used to carry
 
 
-def _wait(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+_wait = functools.partial(wait_until, timeout=30.0)
+"""Wait for a condition, 30 s at most (trimming and discovery run every few seconds)."""
 
 
 def test_without_a_worker_the_gateway_keeps_every_entry_past_the_old_maxlen(tmp_path, redis_server):

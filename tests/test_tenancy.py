@@ -4,6 +4,7 @@ home than the stream it came from is dead-lettered and never reaches that home's
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import numpy as np
@@ -16,6 +17,7 @@ from broker.redis_acl import AclUser, gateway_user, worker_user
 from schemas.features import FeatureMessage
 from schemas.names import GROUP, Names
 from schemas.results import Result
+from tests.gateway_fixtures import wait_until
 from workers.config import RedisSettings, WorkerSettings
 from workers.service import Worker
 
@@ -127,10 +129,5 @@ def test_an_entry_naming_another_home_is_dead_lettered(tmp_path, acl_redis):
     assert worker.stats.as_dict()["loop_errors"] == 0
 
 
-def _wait_for(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+_wait_for = functools.partial(wait_until, timeout=30.0)
+"""Wait for a condition, 30 s at most (trimming and discovery run every few seconds)."""

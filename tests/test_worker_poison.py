@@ -3,6 +3,7 @@ a reason, an exception raised by one entry never ends the worker's loop (nor tha
 reclaims the entry), and a worker process whose loop thread dies anyway exits non-zero."""
 from __future__ import annotations
 
+import functools
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,7 @@ from models.bundle import make_untrained_bundle, read_manifest
 from schemas.features import FeatureMessage
 from schemas.names import GROUP, Names
 from schemas.results import Result
+from tests.gateway_fixtures import wait_until
 from workers.config import RedisSettings, WorkerSettings
 from workers.service import Worker
 
@@ -38,13 +40,8 @@ def _message(manifest, seq: int, value: float, gateway: str = "gw") -> bytes:
                                      reply=NAMES.results(gateway)).encode()
 
 
-def _wait(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+_wait = functools.partial(wait_until, timeout=30.0)
+"""Wait for a condition, 30 s at most (trimming and discovery run every few seconds)."""
 
 
 def _results(r) -> list[str]:
