@@ -48,6 +48,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from models.manifest import sha256_file
+
 log = logging.getLogger(__name__)
 
 SIGNATURE = "signature.json"
@@ -93,14 +95,6 @@ class Verified:
     """sha256 fingerprint (hex) of the public key that signed."""
     files: tuple[str, ...]
     """The files whose hashes were checked."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # keys ---------------------------------------------------------------------------------------------------
@@ -242,7 +236,7 @@ def sign_bundle(dir: str | os.PathLike, key: str | os.PathLike | Ed25519PrivateK
     dir = Path(dir)
     if not isinstance(key, Ed25519PrivateKey):
         key = load_private_key(key)
-    files = {name: _sha256(dir / name) for name in sorted(_file_names(dir))}
+    files = {name: sha256_file(dir / name) for name in sorted(_file_names(dir))}
     doc = {"format": FORMAT, "algorithm": ALGORITHM, "key": fingerprint(key.public_key()),
            "model": _model_of(dir), "files": files}
     doc["signature"] = base64.b64encode(key.sign(_payload(doc))).decode()
@@ -328,7 +322,7 @@ def verify_bundle(dir: str | os.PathLike, public_key: str | os.PathLike | Ed2551
         raise SignatureError(f"{dir}: {', '.join(missing)} signed but missing (removed after signing; "
                              f"checked as the {part} part)")
     for name in needed:
-        got = _sha256(dir / name)
+        got = sha256_file(dir / name)
         if got != listed[name]:
             raise SignatureError(f"{dir}/{name}: sha256 {got[:16]}... is not the signed {listed[name][:16]}... "
                                  "(changed after signing)")

@@ -16,6 +16,7 @@ import pytest
 
 from models import signing
 from models.bundle import load_extractor, make_untrained_bundle, model_id, read_manifest, write_manifest
+from models.manifest import sha256_file
 from tests.conftest import REPO
 from tests.gateway_fixtures import Listener, wait_until
 
@@ -70,7 +71,7 @@ def _replaced_onnx(d: Path, other: Path) -> None:
     # Another graph with the manifest's ONNX hash updated: the model id leaves the onnx key out.
     shutil.copy(other / "extractor.onnx", d / "extractor.onnx")
     m = read_manifest(d)
-    m["onnx"]["files"]["extractor.onnx"] = signing._sha256(d / "extractor.onnx")
+    m["onnx"]["files"]["extractor.onnx"] = sha256_file(d / "extractor.onnx")
     write_manifest(d, m)
 
 
@@ -93,7 +94,7 @@ def _edited_listing(d: Path, other: Path) -> None:
     # The listing itself edited to match a replaced file: the signature no longer covers it.
     _replaced_onnx(d, other)
     doc = json.loads((d / signing.SIGNATURE).read_text())
-    doc["files"] = {n: signing._sha256(d / n) for n in doc["files"]}
+    doc["files"] = {n: sha256_file(d / n) for n in doc["files"]}
     (d / signing.SIGNATURE).write_text(json.dumps(doc))
 
 
