@@ -35,7 +35,7 @@ from sensors.publisher import PublisherSettings, SensorPublisher
 from tests.gateway_fixtures import image_frame, wait_until
 
 GW = "home"
-FSDD = Path(os.environ.get("PRIVEDGE_DATA", "/work/shared/data")) / "fsdd"
+FSDD = Path(os.environ.get("PRIVEDGE_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")) / "fsdd"
 ADMIN = AclUser("admin", "admin-pw", "+@all ~*")  # the test's own inspection user
 
 
