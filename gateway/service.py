@@ -304,8 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     stop_requested = threading.Event()
 
     def on_signal(signum, frame):
+        # Set the event from another thread: the handler runs in the main thread, possibly while that thread
+        # holds the event's own lock inside stop_requested.wait(), and set() would then wait for it forever.
         log.info("signal %s: stopping", signal.Signals(signum).name)
-        stop_requested.set()
+        threading.Thread(target=stop_requested.set, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)

@@ -69,12 +69,18 @@ class Child:
             return None
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Idempotent; returns the exit status."""
+        """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL. Idempotent; returns the exit status.
+
+        Before the SIGKILL, SIGUSR1 asks the child (a ``privedge`` command, see privedge/cli.py) to print every
+        thread's stack into its log, so that the reason it did not stop is there to read."""
         if self.proc is None:
             return None
         self.signal(signal.SIGTERM)
         if self.wait(timeout) is None:
-            log.warning("%s (pid %s) still running %.0f s after SIGTERM: killing it", self.name, self.pid, timeout)
+            log.warning("%s (pid %s) still running %.0f s after SIGTERM: its stacks go to %s, then it is killed",
+                        self.name, self.pid, timeout, self.log_path)
+            self.signal(signal.SIGUSR1)
+            self.wait(1.0)
             self.proc.kill()
             self.proc.wait()
         return self.proc.returncode

@@ -8,8 +8,10 @@ torch (``export`` calls :func:`models.bundle.export_onnx`, which does).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import os
+import signal
 import sys
 
 # subcommand -> (module, one-line help). Each module exposes ``main(argv: list[str]) -> int``.
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if name not in COMMANDS:
         print(f"privedge: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # SIGUSR1 prints every thread's stack to stderr (the log): how a process that will not stop is diagnosed.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     module_name, _, function = COMMANDS[name][0].partition(":")
     module = importlib.import_module(module_name)
     return int(getattr(module, function or "main")(rest) or 0)

@@ -230,7 +230,8 @@ class Demo:
             for child in group:
                 rc = child.stop(5.0 if self.hurry.is_set() else timeout)
                 if rc not in (0, None, -signal.SIGTERM):
-                    problems.append(f"{child.name} exited with status {rc} (log {child.log_path})")
+                    problems.append(f"{child.name} exited with status {rc} (log {child.log_path})"
+                                    + (f"; its log ends:\n{child.tail(3000)}" if rc == -signal.SIGKILL else ""))
         if self.tap is not None:
             try:
                 self.tap.stop()  # the final count of what went up, after the gateway drained
@@ -245,7 +246,8 @@ class Demo:
 
 def _install_signals(demo_stop: threading.Event, hurry: threading.Event) -> None:
     def on_signal(signum, frame):
-        (hurry if demo_stop.is_set() else demo_stop).set()
+        # Set from another thread: set() in the handler can deadlock on the lock the main thread's wait() holds.
+        threading.Thread(target=(hurry if demo_stop.is_set() else demo_stop).set, daemon=True).start()
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal went away
         signal.signal(sig, on_signal)
 

@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_SOURCE, EXIT_CONNECT, EXIT_PUBLISH = 0, 2, 3, 4
 
 
+STOP_FLUSH_S = 5.0
+"""Seconds a stopped sensor waits for the broker to acknowledge what it sent (then it reports what is missing)."""
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privedge sensor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,7 +86,9 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
             if period and not pace:
                 t_next += period
                 stop.wait(max(0.0, t_next - time.monotonic()))
-        publisher.flush()
+        # Asked to stop (SIGTERM from a supervisor that kills after a grace period): wait a bounded time for the
+        # broker's acknowledgements, and say so if some are missing, rather than be killed mid-wait.
+        publisher.flush(STOP_FLUSH_S if stop.is_set() else None)
     except SourceError as e:
         print(f"privedge sensor: {e}", file=sys.stderr)
         status = EXIT_SOURCE
@@ -91,7 +96,7 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
         print(f"privedge sensor: {e}", file=sys.stderr)
         status = EXIT_PUBLISH
     finally:
-        publisher.close(timeout_s=5.0)
+        publisher.close(timeout_s=2.0 if stop.is_set() else 5.0)
     log.info("%s %s: %d %s, %d messages, %d bytes acknowledged", args.kind, args.device, done,
              "frames" if args.kind == "camera" else "utterances", publisher.sent, publisher.bytes_sent)
     return status
@@ -104,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     previous = {}
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, frame: stop.set())
+            # From another thread: stop.set() in the handler itself can deadlock on the lock that the main
+            # thread's stop.wait() holds at that moment (the process then hangs until SIGKILL).
+            previous[sig] = signal.signal(
+                sig, lambda signum, frame: threading.Thread(target=stop.set, daemon=True).start())
     try:
         return run(args, stop)
     finally:

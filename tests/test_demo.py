@@ -16,9 +16,11 @@ import pytest
 
 from models import signing
 from models.bundle import make_untrained_bundle
+from privedge.children import Child
 from privedge.demo_bundles import bundle_key, cached_bundle, ensure_bundles, resolved_settings, train_argv
 from privedge.demo_view import Tally, percentile
 from tests.conftest import FAST, REPO
+from tests.gateway_fixtures import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -209,3 +211,19 @@ def test_tally_counts_each_result_once_and_percentiles_interpolate():
     assert not t.answered()
     t.add_dead("analysis failed")  # a dead-lettered input is answered too: the demo stops waiting for it
     assert t.answered() and t.summary()["dead_reasons"] == {"analysis failed": 1}
+
+
+def test_a_child_that_ignores_sigterm_leaves_its_stacks_in_its_log_then_is_killed(tmp_path):
+    # As privedge/cli.py does for every command: SIGUSR1 prints the stacks. The child ignores SIGTERM, so
+    # stop() must escalate, and the log must say where it was stuck.
+    hang = ("import faulthandler, signal, time\n"
+            "faulthandler.register(signal.SIGUSR1, all_threads=True)\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+            "print('ready', flush=True)\n"
+            "def stuck_here():\n"
+            "    time.sleep(60)\n"
+            "stuck_here()\n")
+    child = Child("stubborn", [sys.executable, "-c", hang], tmp_path).start()
+    wait_until(lambda: "ready" in child.tail(), 30)
+    assert child.stop(timeout=0.5) == -signal.SIGKILL
+    assert "stuck_here" in child.tail()

@@ -310,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+        # From another thread: done.set() in the handler itself can deadlock on the lock done.wait() holds.
+        signal.signal(sig, lambda *_: threading.Thread(target=done.set, daemon=True).start())
     try:
         worker.start()
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
