@@ -1,4 +1,4 @@
-"""privedge datasets: real (FSDD, ORL), user (CSV / labelled folder) and built-in synthetic ones.
+"""privedge datasets: real (FSDD, ORL, LibriSpeech, Speech Commands), user (CSV / labelled folder) and built-in synthetic ones.
 
 Everything is reached through :func:`load_protocol`, which returns a fixed evaluation protocol
 (DESIGN.md, "Evaluation protocols") as four :class:`Samples` splits.
@@ -19,14 +19,16 @@ def load_protocol(modality: str, data: str, *, seed: int = 0, size: str = "full"
 
     Args:
         modality: "image" | "speech".
-        data: "synthetic", or a path to the FSDD folder (speech), the ORL folder (image), a
+        data: "synthetic", or a path to the FSDD, LibriSpeech or Speech Commands folder (speech), the ORL
+            folder (image), a
             ``path,primary,identity`` CSV file or a ``<primary>/<identity>/<file>`` folder.
-        seed: decides the people split of synthetic / user datasets and the synthetic content
-            (FSDD and ORL splits are fixed and ignore it).
+        seed: decides the people split of synthetic / user / LibriSpeech / Speech Commands datasets and
+            the synthetic content (FSDD and ORL splits are fixed and ignore it).
         size: "full" | "small" (a quick subset for smoke tests and CI).
 
     Returns:
-        Protocol "fsdd" | "orl-unseen" | "synthetic-faces" | "synthetic-speech" | "csv" | "folder".
+        Protocol "fsdd" | "orl-unseen" | "librispeech" | "speech-commands" | "synthetic-faces" |
+        "synthetic-speech" | "csv" | "folder".
 
     Raises:
         FileNotFoundError: the path does not exist (or lacks the files it names).
@@ -43,7 +45,7 @@ def load_protocol(modality: str, data: str, *, seed: int = 0, size: str = "full"
         from models.data.synth_speech import synthetic_speech_protocol
         return synthetic_speech_protocol(seed=seed, size=size)
 
-    from models.data import fsdd, generic, orl
+    from models.data import fsdd, generic, librispeech, orl, speech_commands
 
     path = Path(data).expanduser()
     if not path.exists():
@@ -56,4 +58,10 @@ def load_protocol(modality: str, data: str, *, seed: int = 0, size: str = "full"
         if modality != "image":
             raise ValueError(f"{path} is the ORL face dataset, but modality {modality!r} was asked for")
         return orl.orl_protocol(path)
+    for is_set, make in ((librispeech.is_librispeech, librispeech.librispeech_protocol),
+                         (speech_commands.is_speech_commands, speech_commands.speech_commands_protocol)):
+        if path.is_dir() and is_set(path):
+            if modality != "speech":
+                raise ValueError(f"{path} is a speech dataset, but modality {modality!r} was asked for")
+            return make(path, seed=seed, size=size)
     return generic.generic_protocol(path, modality, seed=seed, size=size)
