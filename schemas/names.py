@@ -121,6 +121,11 @@ class Names:
         """Topic of a gateway's periodic JSON stats (its counters and gauges)."""
         return f"{self.prefix}/gateway/{check_name(gateway, 'gateway id')}/stats"
 
+    def state(self, device: str, task: str) -> str:
+        """Retained topic of a device's latest result per task (JSON): what Home Assistant shows after a
+        restart. The per-result event stream stays on :meth:`result`."""
+        return f"{self.prefix}/{check_device(device)}/state/{check_name(task, 'task')}"
+
     def sensor_wildcards(self, kinds: tuple[str, ...] = SENSOR_KINDS) -> list[str]:
         """Subscriptions that receive every sensor's data of ``kinds`` (not status or results)."""
         bad = [k for k in kinds if k not in SENSOR_KINDS]
@@ -132,11 +137,15 @@ class Names:
         """Subscription that receives every device's Result JSON."""
         return f"{self.prefix}/+/result"
 
+    def state_wildcard(self) -> str:
+        """Subscription that receives every device's retained latest results."""
+        return f"{self.prefix}/+/state/+"
+
     def status_wildcard(self) -> str:
         """Subscription that receives every sensor's availability."""
         return f"{self.prefix}/+/status"
 
-    def mosquitto_acl(self, role: str, user: str | None = None) -> list[str]:
+    def mosquitto_acl(self, role: str, user: str | None = None, ha_prefix: str | None = None) -> list[str]:
         """The mosquitto ACL lines of one role (``device`` patterns apply to every user through ``%u``;
         ``gateway`` and ``app`` are granted to ``user``)."""
         p = self.prefix
@@ -144,10 +153,14 @@ class Names:
             return [f"pattern write {p}/%u/{k}" for k in (*SENSOR_KINDS, "status")] + [f"pattern read {p}/%u/result"]
         name = check_name(user, "broker user")
         if role == "gateway":
+            ha = check_prefix(ha_prefix or HA_PREFIX)
             return ([f"user {name}"] + [f"topic read {t}" for t in (*self.sensor_wildcards(), self.status_wildcard())]
-                    + [f"topic write {self.result_wildcard()}", f"topic readwrite {p}/gateway/{name}/#"])
+                    + [f"topic write {self.result_wildcard()}", f"topic write {self.state_wildcard()}",
+                       f"topic readwrite {p}/gateway/{name}/#", f"topic read {ha_status(ha)}"]
+                    + [f"topic write {ha}/{component}/#" for component in HA_COMPONENTS])
         if role == "app":
-            return [f"user {name}", f"topic read {self.result_wildcard()}", f"topic read {self.status_wildcard()}"]
+            return [f"user {name}", f"topic read {self.result_wildcard()}", f"topic read {self.state_wildcard()}",
+                    f"topic read {self.status_wildcard()}"]
         raise BadName(f"unknown broker role {role!r}")
 
     def parse_sensor_topic(self, topic: str) -> tuple[str, str]:
@@ -230,6 +243,24 @@ class Names:
     def dead(self, task: str) -> str:
         """Dead-letter stream of one task: messages that failed or were redelivered too often."""
         return f"{self._key}:dead:{check_name(task, 'task')}"
+
+
+HA_PREFIX = "homeassistant"
+"""Home Assistant's default MQTT discovery prefix."""
+HA_COMPONENTS = ("sensor", "binary_sensor")
+"""The Home Assistant entity kinds the gateway announces: a sensor per (device, task), and the gateway's
+own connectivity as a binary sensor (the device every sensor's ``via_device`` points to)."""
+
+
+def ha_config(discovery_prefix: str, component: str, node: str, obj: str) -> str:
+    """Home Assistant discovery topic ``<prefix>/<component>/<node_id>/<object_id>/config``."""
+    return (f"{check_prefix(discovery_prefix)}/{check_name(component, 'HA component')}/"
+            f"{check_name(node, 'HA node id')}/{check_name(obj, 'HA object id')}/config")
+
+
+def ha_status(discovery_prefix: str) -> str:
+    """Topic where Home Assistant announces itself ``online`` (then every config is sent again)."""
+    return f"{check_prefix(discovery_prefix)}/status"
 
 
 DEFAULT_NAMES = Names()
