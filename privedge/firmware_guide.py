@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from string import Template
 
 from schemas import AudioChunk, ImageFrame, Result
 from schemas import errors as schema_errors
@@ -46,7 +47,9 @@ C_SKETCH = '''\
 #include "mqtt_client.h"
 #include "mpack.h"
 
-#define DEVICE_ID "doorcam"
+#define DEVICE_ID    "$device"
+#define IMAGE_TOPIC  "$image_topic"
+#define STATUS_TOPIC "$status_topic"
 
 static uint64_t seq;      /* increases by one per message */
 static uint64_t boot_id;  /* esp_random() once at start: the gateway tells restarts apart by it */
@@ -70,7 +73,7 @@ void publish_frame(esp_mqtt_client_handle_t mqtt, double unix_time) {
     mpack_finish_map(&w);
     if (mpack_writer_destroy(&w) == mpack_ok) {
         /* QoS 1, not retained; the gateway acknowledges once the frame is handed on */
-        esp_mqtt_client_publish(mqtt, "privedge/" DEVICE_ID "/image", buf, (int)size, 1, 0);
+        esp_mqtt_client_publish(mqtt, IMAGE_TOPIC, buf, (int)size, 1, 0);
         free(buf);
     }
     esp_camera_fb_return(fb);
@@ -79,7 +82,7 @@ void publish_frame(esp_mqtt_client_handle_t mqtt, double unix_time) {
 /* At connect: a retained "online"; the last will (set in esp_mqtt_client_config_t) is a retained
  * "offline" on the same topic, published by the broker if the camera drops off. */
 void on_connected(esp_mqtt_client_handle_t mqtt) {
-    esp_mqtt_client_publish(mqtt, "privedge/" DEVICE_ID "/status", "online", 0, 1, 1);
+    esp_mqtt_client_publish(mqtt, STATUS_TOPIC, "online", 0, 1, 1);
 }
 '''
 
@@ -97,6 +100,8 @@ def _error_rows() -> str:
 def render() -> str:
     n = Names()
     lim = DEFAULT_LIMITS
+    c_sketch = Template(C_SKETCH).substitute(device=DEVICE, image_topic=n.image(DEVICE),
+                                             status_topic=n.status(DEVICE))
     return f"""# Writing firmware for privedge sensors
 
 <!-- Rendered by `python -m privedge.firmware_guide` from the schemas' own declarations; do not edit by
@@ -179,7 +184,7 @@ mosquitto_sub -h BROKER -p 1883 -t '{n.result(DEVICE)}' -C 2   # the two results
 ## A C sketch for an ESP32-class camera
 
 ```c
-{C_SKETCH}```
+{c_sketch}```
 """
 
 
