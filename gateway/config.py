@@ -216,7 +216,8 @@ def _validate(s: GatewaySettings) -> None:
         _check_type(f.name, getattr(s, f.name))
     need(s.mode in MODES, f"mode must be one of {MODES}, got {s.mode!r}")
     need(s.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {s.runtime!r}")
-    need(s.face_detector in FACE_DETECTORS, f"face_detector must be one of {FACE_DETECTORS}, got {s.face_detector!r}")
+    need(s.face_detector in FACE_DETECTORS,
+         f"face_detector must be one of {FACE_DETECTORS}, got {s.face_detector!r}")
     for check, value in ((lambda v: check_name(v, "gateway id"), s.id), (check_prefix, s.prefix)):
         try:
             check(value)

@@ -22,8 +22,8 @@ counted per device (``dropped``) without being decoded further; audio chunks are
 
 A refused payload is never parsed again for the error report: its ``seq`` is reported when the bounded
 decode got as far as a map (a field failed validation), else null. Stage timers: ``decode`` (msgpack,
-validation, pixels/PCM), ``detect`` (the face stage), ``preprocess`` (resize / pitch shift + log-mel), ``extract`` (the network),
-``publish`` (the pipelined XADD, in upstream).
+validation, pixels/PCM), ``detect`` (the face stage), ``preprocess`` (resize / pitch shift + log-mel),
+``extract`` (the network), ``publish`` (the pipelined XADD, in upstream).
 """
 from __future__ import annotations
 
