@@ -46,7 +46,7 @@ from schemas.results import NO_FACE
 log = logging.getLogger(__name__)
 
 LEDGER_SIZE = 32_768
-"""Faces whose box the ledger holds while their results are out (about 5 MB at most; the oldest go first)."""
+"""Faces whose box the ledger holds while their results are out (a few MB at most; the oldest go first)."""
 
 
 class FaceStageError(RuntimeError):
@@ -107,6 +107,8 @@ class FaceLedger:
         with self._lock:
             entry = self._entries.pop(result.id, None)
         if entry is None:
+            if result.box is None and result.faces_found is None and result.faces_answered is None:
+                return result
             return dataclasses.replace(result, box=None, faces_found=None, faces_answered=None)
         box, found, answered = entry
         return dataclasses.replace(result, box=box, faces_found=found, faces_answered=answered)
