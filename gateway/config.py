@@ -22,11 +22,13 @@ from urllib.parse import urlparse
 
 import yaml
 
+from models.faces import DETECTORS
 from models.runtimes import RUNTIMES
 from schemas.errors import BadName
 from schemas.names import check_name, check_prefix
 
 MODES = ("split", "cloud_only", "local_only")
+FACE_DETECTORS = (*DETECTORS, "none")
 REMOVED = {
     "overflow": "the gateway no longer drops inputs from a full queue: the MQTT receive window "
                 "(receive_maximum) bounds what it holds, and only stale camera frames are dropped "
@@ -159,6 +161,24 @@ class GatewaySettings:
     spool_replay_batch: int = 256
     """Spooled messages handed on per pipelined round trip when Redis is back."""
 
+    face_detector: str = "blazeface"
+    """What finds the faces in a camera frame before the image extractor (gateway/faces.py): a
+    ``models.faces`` backend (``blazeface``: short-range BlazeFace on LiteRT, the one measured best by
+    ``bench.face_detectors``; ``haar``, ``dlib_hog``, ``mtcnn``), or ``none``. With a detector each face of
+    a frame is cropped as the networks were trained and sent on its own, and a frame without one sends
+    nothing up (it gets a ``no_face`` result). ``none`` takes every frame whole, as a face crop. On by
+    default: every image bundle privedge trains is trained on face crops (ORL, synthetic faces)."""
+    max_faces: int = 8
+    """Faces sent per frame at most, the largest first; the others are counted (``faces_over_max``)."""
+    min_face_px: int = 32
+    """Faces whose box is narrower or shorter than this (frame pixels) are not sent, only counted
+    (``faces_skipped_small``): the 64x64 network input of a smaller face is mostly upscaling blur."""
+    face_crop_max_px: int = 128
+    """A frame no larger than this on both sides is a face crop already and is taken whole, under the
+    frame's own id, as before the face stage (ORL's 92x112 photos, the synthetic 64x64 faces): a face
+    detector needs a scene around the face, and such a frame is what the networks were trained on.
+    0: every frame is searched."""
+
     pitch_shift: str | None = None
     """This home's secret pitch-shift range for speech, ``"LO,HI"`` semitones (0 <= LO <= HI <= 12; the
     sign is random per utterance). It replaces the bundle's range at the extractor and is never sent; the
@@ -196,6 +216,8 @@ def _validate(s: GatewaySettings) -> None:
         _check_type(f.name, getattr(s, f.name))
     need(s.mode in MODES, f"mode must be one of {MODES}, got {s.mode!r}")
     need(s.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {s.runtime!r}")
+    need(s.face_detector in FACE_DETECTORS,
+         f"face_detector must be one of {FACE_DETECTORS}, got {s.face_detector!r}")
     for check, value in ((lambda v: check_name(v, "gateway id"), s.id), (check_prefix, s.prefix)):
         try:
             check(value)
@@ -207,10 +229,11 @@ def _validate(s: GatewaySettings) -> None:
     need(urlparse(s.redis).scheme in ("redis", "rediss"), f"redis must be redis://HOST:PORT, got {s.redis!r}")
     for name in ("batch", "audio_max_chunks", "audio_max_bytes", "receive_maximum", "stream_max_backlog",
                  "results_batch", "results_block_ms", "dedupe_size", "audio_max_open", "torch_threads", "keepalive_s",
-                 "spool_max_bytes", "spool_replay_batch"):
+                 "spool_max_bytes", "spool_replay_batch", "max_faces", "min_face_px"):
         need(getattr(s, name) >= 1, f"{name} must be >= 1, got {getattr(s, name)}")
     need(s.receive_maximum <= 65535, f"receive_maximum must be <= 65535, got {s.receive_maximum}")
-    for name in ("wait_ms", "session_expiry_s", "retry_initial_s"):
+    need(s.max_faces <= 100, f"max_faces must be <= 100, got {s.max_faces}")
+    for name in ("wait_ms", "session_expiry_s", "retry_initial_s", "face_crop_max_px"):
         need(getattr(s, name) >= 0, f"{name} must be >= 0, got {getattr(s, name)}")
     for name in ("audio_max_seconds", "audio_timeout_s", "image_max_age_s", "stats_interval_s", "retry_max_s",
                  "drain_timeout_s", "connect_timeout_s"):

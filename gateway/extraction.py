@@ -7,6 +7,9 @@ Per mode (the same loop, a different last step):
   frame is validated but its pixels are not decoded: that work belongs to the worker in this mode);
 - ``local_only``: whole network -> Result JSON straight to ``{p}/{device}/result``; nothing goes up.
 
+In an image loop the face stage (gateway/faces.py) comes between decode and preprocess: each frame becomes
+one input per face, acknowledged once its last face is handed on; a frame without a face sends nothing.
+
 Every rejected input is reported (errors topic, counters by reason and by device) and acknowledged; the
 loop goes on. Whatever exception one input's decode, preprocessing or model run raises, of any type,
 rejects that input alone: an unexpected type is logged with its traceback (it is a bug to fix), but one
@@ -19,8 +22,8 @@ counted per device (``dropped``) without being decoded further; audio chunks are
 
 A refused payload is never parsed again for the error report: its ``seq`` is reported when the bounded
 decode got as far as a map (a field failed validation), else null. Stage timers: ``decode`` (msgpack,
-validation, pixels/PCM), ``preprocess`` (resize / pitch shift + log-mel), ``extract`` (the network),
-``publish`` (the pipelined XADD, in upstream).
+validation, pixels/PCM), ``detect`` (the face stage), ``preprocess`` (resize / pitch shift + log-mel),
+``extract`` (the network), ``publish`` (the pipelined XADD, in upstream).
 """
 from __future__ import annotations
 
@@ -34,6 +37,7 @@ import numpy as np
 
 from gateway.audio import Rejected, Utterance, UtteranceAssembler
 from gateway.config import GatewaySettings
+from gateway.faces import FaceStage
 from gateway.intake import DeviceQueues, Inbound, Intake
 from gateway.metrics import Metrics
 from gateway.staleness import DeviceClocks
@@ -67,6 +71,18 @@ class Ready:
     media: ImageFrame | Utterance   # the validated frame, or the assembled utterance
     raw: Any = None                 # image: uint8 HxW[xC]; speech: (wave float32, rate Hz)
     x: np.ndarray | None = None     # preprocessed network input
+    face: Any = None                # gateway.faces.Face: this input is one face of the frame (raw: its crop)
+    frame: Any = None               # gateway.faces.FrameAck shared by the faces of one frame
+
+    @property
+    def face_index(self) -> int | None:
+        """The face's index in its frame (in its id after ``#``), None for a whole input."""
+        return None if self.face is None else self.face.index
+
+    def to_ack(self) -> list[Inbound]:
+        """What to acknowledge now that this input is handed on or rejected: its MQTT messages, or for a
+        face, its frame's once the frame's last face is done."""
+        return self.items if self.frame is None else self.frame.done()
 
 
 class ExtractionLoop:
@@ -74,7 +90,8 @@ class ExtractionLoop:
 
     def __init__(self, kind: str, model: Any, manifest: dict, settings: GatewaySettings, names: Names,
                  intake: Intake, upstream: Upstream | None, metrics: Metrics,
-                 report: Callable[[str, int | None, str, str, str], None]) -> None:
+                 report: Callable[[str, int | None, str, str, str], None],
+                 faces: FaceStage | None = None) -> None:
         self.kind = kind
         self.model = model                # Extractor (split), FullModel (local_only), None (cloud_only)
         self.manifest = manifest
@@ -88,6 +105,7 @@ class ExtractionLoop:
         self.upstream = upstream
         self.metrics = metrics
         self._report = report
+        self.faces = faces                # the face stage of an image loop (gateway/faces.py), or None
         self.reply = names.results(settings.id)
         stream_of = names.media if settings.mode == "cloud_only" else names.features
         self.stream = stream_of(self.task, settings.id)  # this home's own stream (schemas.names)
@@ -150,6 +168,8 @@ class ExtractionLoop:
         t0 = time.perf_counter()
         ready = [r for item in items for r in self._decode(item)]
         self.metrics.observe("decode", time.perf_counter() - t0, len(items))
+        if self.faces is not None:  # one input per face (gateway/faces.py)
+            ready = self.faces.split(ready, self._reject_ready, self.intake.ack)
         if not ready:
             return
         if self.s.mode == "cloud_only":
@@ -177,7 +197,8 @@ class ExtractionLoop:
                 try:
                     msgs.append(FeatureMessage.from_array(z, gateway=self.s.id, device=r.device, seq=r.seq,
                                                           boot=r.media.boot, ts=r.ts, ts_sent=now, task=self.task,
-                                                          model=self.model_id, reply=self.reply).encode())
+                                                          model=self.model_id, reply=self.reply,
+                                                          face=r.face_index).encode())
                     kept.append(r)
                 except Exception as e:  # noqa: BLE001 (one input's features that do not encode: reject it)
                     self._reject_ready(r, "model failed", f"features not sendable: {_describe(e)}")
@@ -289,6 +310,8 @@ class ExtractionLoop:
                                  model=self.model_id, reply=self.reply, seq=r.seq, payload=payload).encode()
 
     def _hand_on(self, ready: list[Ready], messages: list[bytes]) -> None:
+        if self.faces is not None:  # the boxes stay at home, for the results relay (gateway/faces.py)
+            self.faces.remember(ready)
         ok = self.upstream.send([(self.stream, m) for m in messages],
                                 give_up=lambda: self.draining and time.monotonic() > self.drain_deadline)
         if not ok:
@@ -298,7 +321,7 @@ class ExtractionLoop:
             return
         for r in ready:
             log.debug("handed on %s/%s/%s (mids %s)", self.s.id, r.device, r.seq, [i.mid for i in r.items])
-            self.intake.ack(r.items)
+            self.intake.ack(r.to_ack())
 
     def _publish_results(self, ready: list[Ready], probs: np.ndarray) -> None:
         t0 = time.perf_counter()
@@ -320,7 +343,7 @@ class ExtractionLoop:
 
     def _reject_ready(self, r: Ready, reason: str, detail: str) -> None:
         self._report(r.device, r.seq, r.items[0].topic, reason, detail)
-        self.intake.ack(r.items)
+        self.intake.ack(r.to_ack())
 
     def _reject_many(self, r: Rejected) -> None:
         self._report(r.device, r.seq, r.items[0].topic if r.items else "", r.reason, r.detail)

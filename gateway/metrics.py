@@ -2,8 +2,8 @@
 
 One :class:`Metrics` per gateway (so several gateways in one process do not mix): plain counters, counters
 with one label (reason, device), and stage timers (total seconds and count per stage: ``decode``,
-``extract``, ``publish``, ``relay``). The Prometheus exporter reads the same numbers when scraped, so there
-is one bookkeeping and no drift between the two views.
+``detect`` (the face stage), ``extract``, ``publish``, ``relay``). The Prometheus exporter reads the same
+numbers when scraped, so there is one bookkeeping and no drift between the two views.
 """
 from __future__ import annotations
 
@@ -30,6 +30,10 @@ COUNTERS = {
     "spool_full": "batches the full spool could not take: their inputs were held at the broker until it had room",
     "cloud_behind_events": "times a stream's backlog went over stream_max_backlog (the gateway spooled or held)",
     "spool_write_errors": "spool appends that failed (full disk, I/O error): the batch was held instead",
+    "faces_found": "faces the face stage found in camera frames, before the size and count bounds",
+    "faces_skipped_small": "faces found smaller than min_face_px: not sent",
+    "faces_over_max": "faces past a frame's max_faces largest: not sent",
+    "frames_without_faces": "camera frames with no face to answer: nothing sent, a no_face result published",
 }
 LABELLED = {
     "rejected": ("reason", "inputs rejected, by reason"),

@@ -14,6 +14,9 @@ holds twice the window) before the local cursor is written. Both are loaded at s
 then cursor) means a crash between the two can only make the relay read entries again and drop them, never
 skip one. A crash after the broker acknowledged a batch and before the pipeline ran (milliseconds)
 publishes that batch once more: QoS 1 is at-least-once, and an app sees the same ``id`` twice.
+
+A face's result (id ``...#{face}``) gets its box and its frame's summary from the face stage's ledger
+(gateway/faces.py) as it is published: the cloud never had them.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import paho.mqtt.client as mqtt
 import redis
 
 from gateway.config import GatewaySettings
+from gateway.faces import FaceLedger
 from gateway.intake import Intake
 from gateway.metrics import Metrics
 from schemas import Names, Result, SchemaError
@@ -67,12 +71,13 @@ class ResultsRelay:
     """Reads this gateway's results stream and publishes each new result to ``{p}/{device}/result``."""
 
     def __init__(self, settings: GatewaySettings, names: Names, client: redis.Redis, intake: Intake,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, faces: FaceLedger | None = None) -> None:
         self.s = settings
         self.names = names
         self.redis = client
         self.intake = intake
         self.metrics = metrics
+        self.faces = faces
         self.stream = names.results(settings.id)
         self.cursor_key = names.results_cursor(settings.id)
         # With a spool directory the cursor is also kept on local disk, written before Redis: a gateway
@@ -149,6 +154,8 @@ class ResultsRelay:
                 log.debug("duplicate result %s dropped", result.id)
                 continue
             self.seen.add(result.id)
+            if self.faces is not None:
+                result = self.faces.annotate(result)
             relayed.append((result.id, entry_id.decode()))
             infos.append(_queued(self.intake.publish(self.names.result(device), result.to_json(), qos=1)))
             log.debug("relayed result %s (%s %.3f)", result.id, result.label, result.score)

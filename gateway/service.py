@@ -21,6 +21,7 @@ import numpy as np
 
 from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_settings
 from gateway.extraction import ExtractionLoop
+from gateway.faces import FaceLedger, FaceStage, FaceStageError
 from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, serve_prometheus
 from gateway.results import STOP_GRACE_S, ResultsRelay
@@ -92,6 +93,7 @@ class Gateway:
         self.loops: list[ExtractionLoop] = []
         self.intake: Intake | None = None
         self.relay: ResultsRelay | None = None
+        self.face_ledger = FaceLedger()  # the boxes of the faces whose results are out (gateway/faces.py)
         self.redis = None
         self.upstream: Upstream | None = None
         self._stopped = threading.Event()
@@ -111,6 +113,7 @@ class Gateway:
                 warm_up(model, kind)
             log.info("warmed up in %.1f s", time.perf_counter() - t0)
         self.intake = Intake(self.s, self.names, self.metrics, tuple(models), self.report)
+        faces = {kind: self._face_stage(kind, manifest) for kind, (_, manifest) in models.items()}
         upstream = None
         if self.s.mode != "local_only":
             self.redis = connect_redis(self.s)
@@ -122,11 +125,11 @@ class Gateway:
                 raise GatewayError(str(e)) from e
         for kind, (model, manifest) in models.items():
             self.loops.append(ExtractionLoop(kind, model, manifest, self.s, self.names, self.intake, upstream,
-                                             self.metrics, self.report))
+                                             self.metrics, self.report, faces=faces[kind]))
         for loop in self.loops:
             loop.start()
         if self.s.mode != "local_only":
-            self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics)
+            self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics, self.face_ledger)
         if self.s.metrics_port is not None:
             self._metrics_server = serve_prometheus(self.metrics, self.s.id, self.s.metrics_port,
                                                     self.s.metrics_host)[0]
@@ -195,6 +198,17 @@ class Gateway:
         return None
 
     # helpers ---------------------------------------------------------------------------------------
+    def _face_stage(self, kind: str, manifest: dict) -> FaceStage | None:
+        """The image loop's face stage (gateway/faces.py), when the settings ask for one; split mode only
+        (the comparison baselines serve frames whole)."""
+        if kind != "image" or self.s.mode != "split":
+            return None
+        try:
+            return FaceStage.from_settings(self.s, manifest, metrics=self.metrics, ledger=self.face_ledger,
+                                           intake=self.intake, names=self.names)
+        except FaceStageError as e:
+            raise GatewayError(str(e)) from e
+
     def report(self, device: str, seq: int | None, topic: str, reason: str, detail: str) -> None:
         """Count a rejected input (by reason, and by device) and publish ``{device, seq, reason, ...}`` on
         the errors topic (QoS 0)."""

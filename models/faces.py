@@ -20,7 +20,8 @@ No backend downloads anything: every weight file is inside an installed registry
 anchors and box decoding are written out here (after MediaPipe's ``ssd_anchors_calculator``) because the
 only package shipping the models imports TensorFlow for them.
 
-:func:`crop_face` is the one crop that training, the audit and the gateway call. The networks are trained
+:func:`crop_face` is the one crop that training, the audit and the gateway call (the gateway through
+:func:`crop_square`, the same square before the extractor's own ``image_to_input``). The networks are trained
 on ORL's own crops, which ``image_to_input`` takes as the centre 92x92 square of a 92x112 photo: that square
 is 92/72 = 1.28 times ORL's face box and its centre sits 12/72 = 0.17 box sides above the face box's
 centre (it shows the top of the head and stops just under the chin). :func:`crop_face` takes the same framing around any
@@ -302,11 +303,13 @@ def crop_box(box: FaceBox) -> tuple[int, int, int]:
     return int(round(cx - side / 2)), int(round(cy - side / 2)), side
 
 
-def crop_face(frame: np.ndarray, box: FaceBox) -> np.ndarray:
-    """The network input for one detected face: float32 (1, 64, 64) in [0, 1], grey.
+def crop_square(frame: np.ndarray, box: FaceBox) -> np.ndarray:
+    """The pixels of one detected face's network crop: uint8 (side, side, 3), side = :func:`crop_box`'s.
 
     The square of :func:`crop_box` (1.28 face box sides, centred 0.17 sides above the box's centre),
-    edge pixels repeated where it leaves the frame, then :func:`models.preprocess.image_to_input`."""
+    edge pixels repeated where it leaves the frame. :func:`crop_face` turns it into the network input;
+    the gateway hands it to its extractor, whose ``preprocess`` is that same
+    :func:`models.preprocess.image_to_input`."""
     rgb = check_frame(frame)
     if not (np.isfinite([box.x, box.y, box.w, box.h]).all() and box.w > 0 and box.h > 0):
         raise ValueError(f"face box must have finite coordinates and positive sides, got {box}")
@@ -314,8 +317,14 @@ def crop_face(frame: np.ndarray, box: FaceBox) -> np.ndarray:
     x0, y0, side = crop_box(box)
     xs = np.clip(np.arange(x0, x0 + side), 0, w - 1)
     ys = np.clip(np.arange(y0, y0 + side), 0, h - 1)
-    square = rgb[ys[:, None], xs[None, :]]  # (side, side, 3)
-    out = image_to_input(square)
+    return rgb[ys[:, None], xs[None, :]]  # (side, side, 3)
+
+
+def crop_face(frame: np.ndarray, box: FaceBox) -> np.ndarray:
+    """The network input for one detected face: float32 (1, 64, 64) in [0, 1], grey.
+
+    :func:`models.preprocess.image_to_input` of :func:`crop_square`."""
+    out = image_to_input(crop_square(frame, box))
     if out.shape != (1, IMAGE_SIZE, IMAGE_SIZE):
         raise ValueError(f"crop gave shape {out.shape}")
     return out

@@ -33,24 +33,59 @@ class InferenceId(NamedTuple):
     boot: int | None = None
 
 
-def make_id(gateway: str, device: str, seq: int, boot: int | None = None) -> str:
+FACE_SEP = "#"
+"""Separates a frame's id from the index of one of its faces (``{frame id}#{face}``)."""
+
+MAX_FACE = 9999
+"""Largest face index an id may carry (the gateway sends at most ``max_faces`` per frame)."""
+
+
+def make_id(gateway: str, device: str, seq: int, boot: int | None = None, face: int | None = None) -> str:
     """The inference id: ``{gateway}/{device}/{boot}-{seq}``, or ``{gateway}/{device}/{seq}`` without a
-    boot id. Stable across retries (duplicates are dropped by it); the boot id keeps the ids of a sensor
-    whose seqs restart after a reboot apart from those it sent before. Only this function and
-    :func:`split_id` know the format."""
+    boot id; with ``face`` (the index of one face the gateway found in a camera frame, largest first)
+    ``#{face}`` follows. Stable across retries (duplicates are dropped by it); the boot id keeps the ids
+    of a sensor whose seqs restart after a reboot apart from those it sent before, and the face index
+    keeps the faces of one frame apart. Only this function, :func:`split_id` and :func:`face_of` know the
+    format."""
     head = f"{check_name(gateway, 'gateway id')}/{check_device(device)}/"
-    return head + (f"{int(seq)}" if boot is None else f"{int(boot)}-{int(seq)}")
+    frame = head + (f"{int(seq)}" if boot is None else f"{int(boot)}-{int(seq)}")
+    if face is None:
+        return frame
+    if isinstance(face, bool) or not isinstance(face, int) or not 0 <= face <= MAX_FACE:
+        raise BadName(f"bad face index {face!r}: want an int 0..{MAX_FACE}")
+    return f"{frame}{FACE_SEP}{face}"
+
+
+def _split_face(inference_id: str) -> tuple[str, int | None]:
+    """``(frame id, face index or None)``; raises BadName for a malformed ``#`` suffix."""
+    frame, sep, face = inference_id.partition(FACE_SEP)
+    if not sep:
+        return inference_id, None
+    canonical = face == "0" or face[:1] != "0"  # one spelling per face: the dedup window compares ids
+    if face.isascii() and face.isdigit() and canonical and int(face) <= MAX_FACE:
+        return frame, int(face)
+    raise BadName(f"bad inference id {inference_id!r}: the face index after {FACE_SEP!r} must be 0..{MAX_FACE}")
 
 
 def split_id(inference_id: str) -> InferenceId:
-    """An id made by :func:`make_id` -> ``InferenceId(gateway, device, seq, boot)``; raises BadName otherwise."""
-    parts = inference_id.split("/") if isinstance(inference_id, str) else []
+    """An id made by :func:`make_id` -> ``InferenceId(gateway, device, seq, boot)`` of its input (a face's id
+    gives its frame's parts; :func:`face_of` gives the face); raises BadName otherwise."""
+    frame = _split_face(inference_id)[0] if isinstance(inference_id, str) else None
+    parts = frame.split("/") if isinstance(frame, str) else []
     if len(parts) == 3:
         boot, dash, seq = parts[2].rpartition("-")
         if seq.isascii() and seq.isdigit() and (not dash or (boot.isascii() and boot.isdigit())):
             return InferenceId(check_name(parts[0], "gateway id"), check_device(parts[1]), int(seq),
                                int(boot) if dash else None)
-    raise BadName(f"bad inference id {inference_id!r}: want GATEWAY/DEVICE/SEQ or GATEWAY/DEVICE/BOOT-SEQ")
+    raise BadName(f"bad inference id {inference_id!r}: want GATEWAY/DEVICE/SEQ or GATEWAY/DEVICE/BOOT-SEQ, "
+                  f"then #FACE for one face of a frame")
+
+
+def face_of(inference_id: str) -> int | None:
+    """The face index of a face's id (``...#2`` -> 2), None for the id of a whole input; BadName when
+    the id does not parse (see :func:`split_id`)."""
+    split_id(inference_id)
+    return _split_face(inference_id)[1]
 
 
 def check_tensor(dtype: str, shape: tuple[int, ...], data: bytes, limits: Limits,
@@ -88,8 +123,8 @@ class FeatureMessage(Message):
     """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``)."""
 
     PAYLOAD_LIMIT = "max_feature_payload"
-    id: str = spec("inference id {gateway}/{device}/{boot}-{seq} (or .../{seq} without boot), stable "
-                   "across retries")
+    id: str = spec("inference id {gateway}/{device}/{boot}-{seq} (or .../{seq} without boot), then "
+                   "#{face} for one face of a camera frame; stable across retries")
     gateway: str = spec("gateway id")
     device: str = spec("sensor device id")
     seq: int = spec("sequence number of the (last) sensor message of this input", lo=0, hi=2**63 - 1)
@@ -109,10 +144,11 @@ class FeatureMessage(Message):
     @classmethod
     def from_array(cls, features: np.ndarray, *, gateway: str, device: str, seq: int, ts: float,
                    ts_sent: float, task: str, model: str, reply: str,
-                   boot: int | None = None) -> "FeatureMessage":
-        """Build from a feature array (one input, e.g. shape (8,)); ``id`` is derived."""
+                   boot: int | None = None, face: int | None = None) -> "FeatureMessage":
+        """Build from a feature array (one input, e.g. shape (8,)); ``id`` is derived (with ``face``, the
+        index of the face of the frame these features describe)."""
         dtype, shape, data = tensor_bytes(features)
-        return cls(id=make_id(gateway, device, seq, boot), gateway=gateway, device=device, seq=seq,
+        return cls(id=make_id(gateway, device, seq, boot, face), gateway=gateway, device=device, seq=seq,
                    boot=boot, ts=ts, ts_sent=ts_sent, task=task, model=model, dtype=dtype, shape=shape, data=data,
                    reply=reply)
 

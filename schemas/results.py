@@ -1,4 +1,11 @@
-"""What comes back: the analyzer's Result, and the ErrorReport for rejected inputs."""
+"""What comes back: the analyzer's Result, and the ErrorReport for rejected inputs.
+
+A camera frame is answered per face (gateway/faces.py): each face has its own id (the frame's id, then
+``#{face}``) and its own Result, to which the gateway adds the face's ``box`` in frame pixels and the
+frame's ``faces_found`` / ``faces_answered`` before publishing it; these stay at home, the workers never
+see them. A frame in which no face is answered gets one Result from the gateway itself, labelled
+:data:`NO_FACE`, under the frame's id. Results without these optional fields decode as before.
+"""
 from __future__ import annotations
 
 import json
@@ -6,7 +13,12 @@ import time
 from dataclasses import dataclass
 
 from schemas.codec import Message, spec
-from schemas.features import split_id
+from schemas.errors import WrongType
+from schemas.features import face_of, split_id
+from schemas.limits import Limits
+
+NO_FACE = "no_face"
+"""Label of the Result the gateway publishes for a camera frame in which it answered no face."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +35,26 @@ class Result(Message):
     ts: float = spec("capture time of the input, Unix seconds (copied)", lo=0)
     ts_done: float = spec("time the worker finished, Unix seconds", lo=0)
     worker: str = spec("consumer name of the worker")
+    box: tuple[int, ...] | None = spec("the face's box in frame pixels: x, y (top-left corner), w, h; face "
+                                       "results only, added at the gateway", default=None, max_len=4)
+    faces_found: int | None = spec("faces the gateway found in the frame (face and no-face results)",
+                                   default=None, lo=0, hi=2**31 - 1)
+    faces_answered: int | None = spec("faces of the frame sent for analysis, one Result each", default=None,
+                                      lo=0, hi=2**31 - 1)
+
+    def _check_invariants(self, limits: Limits) -> None:
+        if self.box is not None and len(self.box) != 4:
+            raise WrongType(f"box must be [x, y, w, h], got {list(self.box)}", field="box")
+        if (self.faces_found is None) != (self.faces_answered is None):
+            raise WrongType("faces_found and faces_answered go together", field="faces_found")
+        if self.faces_found is not None and self.faces_answered > self.faces_found:
+            raise WrongType(f"faces_answered {self.faces_answered} > faces_found {self.faces_found}",
+                            field="faces_answered")
+
+    @property
+    def face(self) -> int | None:
+        """Index of the face this result answers (largest first), from ``id``; None for a whole input."""
+        return face_of(self.id)
 
     @property
     def gateway(self) -> str:
@@ -48,7 +80,9 @@ class Result(Message):
         """The MQTT result for home apps (UTF-8 JSON).
 
         ``latency_ms`` is capture-to-``now`` in milliseconds (``now`` defaults to the current time:
-        the gateway calls this just before publishing, so it is the end-to-end latency).
+        the gateway calls this just before publishing, so it is the end-to-end latency). A face's result
+        adds ``face`` (its index), ``box`` ``[x, y, w, h]`` and ``faces`` ``{"found", "answered"}`` (the
+        frame's summary); a no-face result adds ``faces`` alone.
         """
         gateway, device, seq, boot = split_id(self.id)
         now = time.time() if now is None else now
@@ -56,6 +90,12 @@ class Result(Message):
                 "task": self.task, "model": self.model, "label": self.label, "score": self.score,
                 "scores": self.scores or {}, "ts": self.ts, "ts_done": self.ts_done,
                 "latency_ms": round((now - self.ts) * 1000.0, 3), "worker": self.worker}
+        if self.face is not None:
+            body["face"] = self.face
+        if self.box is not None:
+            body["box"] = list(self.box)
+        if self.faces_found is not None:
+            body["faces"] = {"found": self.faces_found, "answered": self.faces_answered}
         return json.dumps(body, separators=(",", ":")).encode()
 
 

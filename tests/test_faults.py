@@ -232,12 +232,14 @@ def test_overload_three_times_capacity(rig):
     frames a fast machine served 650/s, and the publisher, at about 1,500/s, could not offer 3x that).
     ``image_max_age_s`` 0.5 instead of 30: the policy drops a frame only once it has waited that long, so
     with the default a flood would have to last far longer than a test may (a 3x flood builds a backlog
-    of 2 s per second, so frames turn stale after 15 s of it); 0.5 s shows the same policy in seconds."""
+    of 2 s per second, so frames turn stale after 15 s of it); 0.5 s shows the same policy in seconds.
+    ``face_detector`` none: the frames are gradients without faces, which the face stage would answer
+    with no_face results after a detection pass (tens of ms each) instead of sending them up."""
     first, size = 40_000, (480, 640)
     rig.gateway.send_signal(signal.SIGTERM)
     rig.gateway.wait(30)
     rig.listener.stats = {}
-    rig.gateway = rig.start_gateway(PRIVEDGE_BATCH="2", PRIVEDGE_IMAGE_MAX_AGE_S="0.5")
+    rig.gateway = rig.start_gateway(PRIVEDGE_BATCH="2", PRIVEDGE_IMAGE_MAX_AGE_S="0.5", PRIVEDGE_FACE_DETECTOR="none")
     rig.wait_ready()
     rss0 = peak_rss_mb(rig.gateway.pid)
 
