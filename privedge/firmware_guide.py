@@ -152,7 +152,10 @@ utterance when its final chunk arrives.
 ## Result JSON (`{n.result(DEVICE)}` and `{n.state(DEVICE, "TASK")}`)
 
 UTF-8 JSON with the fields of the Result below, and `gateway`, `device`, `seq`, `boot` (read back from
-`id`) and `latency_ms` (capture to publication, milliseconds).
+`id`) and `latency_ms` (capture to publication, milliseconds). A camera frame gets one result per face the
+gateway found in it, each with `face` (its index, largest face first, also the `#N` at the end of `id`),
+`box` and `faces` (`{{"found": N, "answered": M}}`, the frame's summary); a frame without a face gets one
+result labelled `no_face` with `faces` alone. Boxes never leave the home: the gateway adds them.
 
 {field_table(Result, type_header="JSON type")}
 
