@@ -7,50 +7,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
 
-from schemas.codec import Message, spec
-from schemas.errors import BadName, BadTensor, TooLarge
+from schemas.codec import spec
+from schemas.envelope import Envelope, InferenceId, make_id, split_id
+from schemas.errors import BadTensor, TooLarge
 from schemas.limits import DEFAULT_LIMITS, Limits
-from schemas.names import check_device, check_name
+
+__all__ = ["TENSOR_DTYPES", "FeatureMessage", "InferenceId", "check_tensor", "make_id", "split_id",
+           "tensor_array", "tensor_bytes"]
 
 TENSOR_DTYPES = ("float32", "float16", "int8", "uint8")
 """Feature dtypes a decoder accepts."""
-
-
-BOOT_DOC = "boot id of the sensor, chosen afresh at each sensor start (its seqs may restart at 0)"
-"""Field doc shared by every message that carries ``boot``."""
-
-
-class InferenceId(NamedTuple):
-    """The parts of an inference id; ``boot`` is None for a sensor that sends none."""
-
-    gateway: str
-    device: str
-    seq: int
-    boot: int | None = None
-
-
-def make_id(gateway: str, device: str, seq: int, boot: int | None = None) -> str:
-    """The inference id: ``{gateway}/{device}/{boot}-{seq}``, or ``{gateway}/{device}/{seq}`` without a
-    boot id. Stable across retries (duplicates are dropped by it); the boot id keeps the ids of a sensor
-    whose seqs restart after a reboot apart from those it sent before. Only this function and
-    :func:`split_id` know the format."""
-    head = f"{check_name(gateway, 'gateway id')}/{check_device(device)}/"
-    return head + (f"{int(seq)}" if boot is None else f"{int(boot)}-{int(seq)}")
-
-
-def split_id(inference_id: str) -> InferenceId:
-    """An id made by :func:`make_id` -> ``InferenceId(gateway, device, seq, boot)``; raises BadName otherwise."""
-    parts = inference_id.split("/") if isinstance(inference_id, str) else []
-    if len(parts) == 3:
-        boot, dash, seq = parts[2].rpartition("-")
-        if seq.isascii() and seq.isdigit() and (not dash or (boot.isascii() and boot.isdigit())):
-            return InferenceId(check_name(parts[0], "gateway id"), check_device(parts[1]), int(seq),
-                               int(boot) if dash else None)
-    raise BadName(f"bad inference id {inference_id!r}: want GATEWAY/DEVICE/SEQ or GATEWAY/DEVICE/BOOT-SEQ")
 
 
 def check_tensor(dtype: str, shape: tuple[int, ...], data: bytes, limits: Limits,
@@ -84,20 +53,11 @@ def tensor_array(dtype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FeatureMessage(Message):
-    """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``)."""
+class FeatureMessage(Envelope):
+    """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``);
+    the envelope's fields (schemas.envelope) first, then the tensor."""
 
     PAYLOAD_LIMIT = "max_feature_payload"
-    id: str = spec("inference id {gateway}/{device}/{boot}-{seq} (or .../{seq} without boot), stable "
-                   "across retries")
-    gateway: str = spec("gateway id")
-    device: str = spec("sensor device id")
-    seq: int = spec("sequence number of the (last) sensor message of this input", lo=0, hi=2**63 - 1)
-    boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
-    ts: float = spec("capture time of the input, Unix seconds", lo=0)
-    ts_sent: float = spec("time the gateway sent the features, Unix seconds", lo=0)
-    task: str = spec("task name, e.g. glasses or digit")
-    model: str = spec("bundle id of the extractor that made the features")
     dtype: str = spec("element type of data", choices=TENSOR_DTYPES)
     shape: tuple[int, ...] = spec("tensor shape, elements per axis")
     data: bytes = spec("tensor elements, little-endian, C order", max_len="max_feature_payload")
