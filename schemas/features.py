@@ -7,19 +7,47 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from schemas.codec import spec
-from schemas.envelope import Envelope, InferenceId, make_id, split_id
-from schemas.errors import BadTensor, TooLarge
+from schemas.envelope import Envelope
+from schemas.errors import BadName, BadTensor, TooLarge
 from schemas.limits import DEFAULT_LIMITS, Limits
-
-__all__ = ["TENSOR_DTYPES", "FeatureMessage", "InferenceId", "check_tensor", "make_id", "split_id",
-           "tensor_array", "tensor_bytes"]
+from schemas.names import check_device, check_name
 
 TENSOR_DTYPES = ("float32", "float16", "int8", "uint8")
 """Feature dtypes a decoder accepts."""
+
+
+class InferenceId(NamedTuple):
+    """The parts of an inference id; ``boot`` is None for a sensor that sends none."""
+
+    gateway: str
+    device: str
+    seq: int
+    boot: int | None = None
+
+
+def make_id(gateway: str, device: str, seq: int, boot: int | None = None) -> str:
+    """The inference id: ``{gateway}/{device}/{boot}-{seq}``, or ``{gateway}/{device}/{seq}`` without a
+    boot id. Stable across retries (duplicates are dropped by it); the boot id keeps the ids of a sensor
+    whose seqs restart after a reboot apart from those it sent before. Only this function and
+    :func:`split_id` know the format."""
+    head = f"{check_name(gateway, 'gateway id')}/{check_device(device)}/"
+    return head + (f"{int(seq)}" if boot is None else f"{int(boot)}-{int(seq)}")
+
+
+def split_id(inference_id: str) -> InferenceId:
+    """An id made by :func:`make_id` -> ``InferenceId(gateway, device, seq, boot)``; raises BadName otherwise."""
+    parts = inference_id.split("/") if isinstance(inference_id, str) else []
+    if len(parts) == 3:
+        boot, dash, seq = parts[2].rpartition("-")
+        if seq.isascii() and seq.isdigit() and (not dash or (boot.isascii() and boot.isdigit())):
+            return InferenceId(check_name(parts[0], "gateway id"), check_device(parts[1]), int(seq),
+                               int(boot) if dash else None)
+    raise BadName(f"bad inference id {inference_id!r}: want GATEWAY/DEVICE/SEQ or GATEWAY/DEVICE/BOOT-SEQ")
 
 
 def check_tensor(dtype: str, shape: tuple[int, ...], data: bytes, limits: Limits,
@@ -54,7 +82,7 @@ def tensor_array(dtype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureMessage(Envelope):
-    """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``);
+    """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``):
     the envelope's fields (schemas.envelope) first, then the tensor."""
 
     PAYLOAD_LIMIT = "max_feature_payload"

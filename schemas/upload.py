@@ -11,7 +11,8 @@ import dataclasses
 from dataclasses import dataclass
 
 from schemas.codec import spec
-from schemas.envelope import Envelope, make_id
+from schemas.envelope import Envelope
+from schemas.features import make_id
 from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.media import AudioChunk, ImageFrame
 
