@@ -5,6 +5,7 @@ COPY pyproject.toml ./
 COPY privedge privedge
 COPY schemas schemas
 COPY models models
+COPY common common
 COPY gateway gateway
 COPY workers workers
 COPY sensors sensors

@@ -37,7 +37,7 @@ OTHER_NOISE = {"fsdd": "0.35", "orl": "0.5"}
 def configs(set_name: str) -> dict[str, tuple[str, list[str]]]:
     """name -> (embedding, extra ``privedge train`` arguments). The paper's three take their defaults (cut
     after block3, PCA-8); each mechanism alone sits on top of the paper's advanced embedding at the setting
-    the probes found best (models/embeddings.py); private is the default combination."""
+    the probes found best (models/embedding_training.py); private is the default combination."""
     floor = str(CLASSES[set_name] - 1)
     return {
         "simple": ("simple", []),

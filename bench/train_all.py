@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from bench.report import header, machine, setup_lines, table_head
-from models import train
+from models import train_cli
 
 SETS = {"fsdd": ("speech", "fsdd"), "orl": ("image", "orl")}
 EMBEDDINGS = ("simple", "siamese", "advanced")
@@ -78,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         modality, folder = SETS[name]
         for emb in args.embeddings.split(","):
             bundle = out / f"{name}-{emb}"
-            targs = train.build_parser().parse_args([
+            targs = train_cli.build_parser().parse_args([
                 "--modality", modality, "--data", str(Path(args.data_root) / folder), "--embedding", emb,
                 "--seed", str(args.seed), "--threads", str(args.threads), "--out", str(bundle)])
-            m = train.run(targs)
+            m = train_cli.run(targs)
             rows.append({"set": name, "target": TARGETS[name], **m})
             print(f"{name} {emb}: accuracy {m['primary_accuracy']:.4f}, {m['feature_bytes']} B, "
                   f"{m['seconds']:.0f} s", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Gateway settings: one frozen, typed dataclass, read once at the entry point.
+"""Gateway settings: one frozen, typed dataclass, read once at the entry point (by common.settings, the
+loader the worker uses too).
 
 Sources, highest first: command-line flags, ``PRIVEDGE_<FIELD>`` environment variables (e.g.
 ``PRIVEDGE_BATCH=64``, ``PRIVEDGE_BUNDLES=/a,/b``), a config file (YAML or TOML, flat keys named like the
@@ -14,14 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import urlparse
 
-import yaml
-
+from common.settings import Keys, SettingsError, check_type, env_names, keys_of, merge
 from models.faces import DETECTORS
 from models.runtimes import RUNTIMES
 from schemas.errors import BadName
@@ -40,8 +39,9 @@ REMOVED = {
 SECRET_FIELDS = ("mqtt_password", "redis_password")
 
 
-class ConfigError(ValueError):
-    """The settings are invalid: unknown key, wrong type, value out of range, unreadable file."""
+ConfigError = SettingsError
+"""The settings are invalid: unknown key, wrong type, value out of range, unreadable file (the loader's
+error, shared with the worker, under the gateway's older name)."""
 
 
 @dataclass(frozen=True)
@@ -142,7 +142,8 @@ class GatewaySettings:
     metrics_host: str = "127.0.0.1"
     """Address the Prometheus endpoint binds to."""
     retry_initial_s: float = 0.1
-    """First back-off delay when Redis is unreachable (seconds); doubles up to retry_max_s."""
+    """First back-off delay when Redis is unreachable (seconds); doubles up to retry_max_s, each delay
+    drawn from its upper half (jitter, common.backoff)."""
     retry_max_s: float = 5.0
     """Largest back-off delay (seconds)."""
     drain_timeout_s: float = 30.0
@@ -204,7 +205,9 @@ class GatewaySettings:
         return dataclasses.replace(self, **changes)
 
 
-_FIELDS = {f.name: f for f in fields(GatewaySettings)}
+KEYS = Keys(types=keys_of(GatewaySettings), env=env_names(keys_of(GatewaySettings)), removed=REMOVED,
+            secrets=SECRET_FIELDS, config_env="PRIVEDGE_CONFIG")
+"""What a gateway's file, environment and flags may set: every field, each from ``PRIVEDGE_<FIELD>``."""
 
 
 def _validate(s: GatewaySettings) -> None:
@@ -212,8 +215,8 @@ def _validate(s: GatewaySettings) -> None:
         if not cond:
             raise ConfigError(msg)
 
-    for f in fields(s):
-        _check_type(f.name, getattr(s, f.name))
+    for name, want in KEYS.types.items():
+        check_type(name, want, getattr(s, name))
     need(s.mode in MODES, f"mode must be one of {MODES}, got {s.mode!r}")
     need(s.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {s.runtime!r}")
     need(s.face_detector in FACE_DETECTORS,
@@ -254,78 +257,6 @@ def parse_pitch_shift(text: str) -> tuple[float, float]:
     return (lo, hi)
 
 
-def _check_type(name: str, value: Any) -> None:
-    want = _FIELDS[name].type
-    ok = {
-        "str": isinstance(value, str),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
-        "bool": isinstance(value, bool),
-        "str | None": value is None or isinstance(value, str),
-        "int | None": value is None or (isinstance(value, int) and not isinstance(value, bool)),
-        "tuple[str, ...]": isinstance(value, tuple) and all(isinstance(v, str) for v in value),
-    }[want]
-    if not ok:
-        raise ConfigError(f"{name} must be {want}, got {type(value).__name__} {value!r}")
-
-
-def _coerce(name: str, value: Any, source: str) -> Any:
-    """Turn a value from a file, the environment or a flag into the field's type."""
-    if name in REMOVED:
-        raise ConfigError(f"{source}: setting {name!r} was removed: {REMOVED[name]}")
-    if name not in _FIELDS:
-        raise ConfigError(f"{source}: unknown setting {name!r}; valid settings: {', '.join(sorted(_FIELDS))}")
-    want = _FIELDS[name].type
-    try:
-        if want == "tuple[str, ...]":
-            if isinstance(value, str):
-                return tuple(v for v in value.split(",") if v)
-            if isinstance(value, (list, tuple)):
-                return tuple(str(v) for v in value)
-        elif want in ("int", "int | None") and isinstance(value, str):
-            return None if want == "int | None" and value.lower() in ("", "none") else int(value)
-        elif want == "float" and isinstance(value, (str, int)) and not isinstance(value, bool):
-            return float(value)
-        elif want == "bool" and isinstance(value, str):
-            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
-                raise ValueError(value)
-            return value.lower() in ("1", "true", "yes")
-        elif want in ("str", "str | None") and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)  # e.g. mqtt_protocol: 5 in YAML
-    except ValueError as e:
-        raise ConfigError(f"{source}: {name} must be {want}, got {value!r}") from e
-    return value
-
-
-def read_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a flat YAML (.yaml/.yml) or TOML (.toml) mapping of setting names to values."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read config file {path}: {e}") from e
-    try:
-        data = tomllib.loads(text) if path.suffix == ".toml" else yaml.safe_load(text)
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as e:
-        raise ConfigError(f"config file {path} is not valid {'TOML' if path.suffix == '.toml' else 'YAML'}: {e}") from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must hold a mapping of settings, got {type(data).__name__}")
-    for secret in SECRET_FIELDS:
-        if secret in data:
-            raise ConfigError(f"config file {path}: {secret} is a secret; set PRIVEDGE_{secret.upper()} or "
-                              f"{secret}_file instead")
-    return {k: _coerce(str(k), v, f"config file {path}") for k, v in data.items()}
-
-
-def _read_secret_file(path: str, what: str) -> str:
-    try:
-        return Path(path).read_text().splitlines()[0].strip()
-    except (OSError, IndexError) as e:
-        raise ConfigError(f"cannot read {what} from {path}: {e}") from e
-
-
 def load_settings(flags: Mapping[str, Any] | None = None, *, config_file: str | Path | None = None,
                   env: Mapping[str, str] | None = None) -> GatewaySettings:
     """Merge flags > ``PRIVEDGE_*`` environment > config file > defaults into validated settings.
@@ -334,19 +265,4 @@ def load_settings(flags: Mapping[str, Any] | None = None, *, config_file: str | 
     come from ``PRIVEDGE_CONFIG``. Raises ConfigError on any invalid or unknown setting.
     """
     env = os.environ if env is None else env
-    merged: dict[str, Any] = {}
-    config_file = config_file or env.get("PRIVEDGE_CONFIG")
-    if config_file:
-        merged.update(read_config_file(config_file))
-    for name in (*REMOVED, *_FIELDS):
-        key = f"PRIVEDGE_{name.upper()}"
-        if key in env:
-            merged[name] = _coerce(name, env[key], f"environment {key}")
-    for name, value in (flags or {}).items():
-        if value is not None:
-            merged[name] = _coerce(name, value, f"flag --{name.replace('_', '-')}")
-    for secret in SECRET_FIELDS:
-        path = merged.get(f"{secret}_file")
-        if path and not merged.get(secret):
-            merged[secret] = _read_secret_file(path, secret)
-    return GatewaySettings(**merged)
+    return GatewaySettings(**merge(KEYS, flags, config_file=config_file, env=env))

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from common.top_k import top_k
 from gateway.audio import Rejected, Utterance, UtteranceAssembler
 from gateway.config import GatewaySettings
 from gateway.faces import FaceStage
@@ -49,10 +50,6 @@ from schemas.media import AudioChunk, ImageFrame, decode_image
 from schemas.upload import MediaMessage
 
 log = logging.getLogger(__name__)
-
-TOP_K = 5
-"""Scores kept in a local_only Result (top-k labels)."""
-
 
 class DeviceMismatch(SchemaError):
     """The payload names another device than its topic (a device may speak only for itself)."""
@@ -326,10 +323,9 @@ class ExtractionLoop:
     def _publish_results(self, ready: list[Ready], probs: np.ndarray) -> None:
         t0 = time.perf_counter()
         for r, p in zip(ready, probs):  # p: (C,) probabilities
-            order = np.argsort(p)[::-1][:TOP_K]
+            best = top_k(p, self.labels)
             result = Result(id=make_id(self.s.id, r.device, r.seq, r.media.boot), task=self.task, model=self.model_id,
-                            label=self.labels[order[0]], score=float(p[order[0]]),
-                            scores={self.labels[i]: float(p[i]) for i in order}, ts=r.ts,
+                            label=best[0][0], score=best[0][1], scores=dict(best), ts=r.ts,
                             ts_done=time.time(), worker=self.s.id)
             self.intake.publish(self.names.result(r.device), result.to_json(), qos=1)
             self.intake.ack(r.items)

@@ -30,6 +30,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import redis
 
+from common.backoff import Backoff
 from gateway.config import GatewaySettings
 from gateway.faces import FaceLedger
 from gateway.intake import Intake
@@ -108,7 +109,7 @@ class ResultsRelay:
 
     def _loop(self) -> None:
         last: str | None = None
-        delay = self.s.retry_initial_s
+        backoff = Backoff(self.s.retry_initial_s, self.s.retry_max_s)
         while not self.stop_event.is_set():
             try:
                 if last is None:
@@ -120,13 +121,13 @@ class ResultsRelay:
                              self.stream, last, len(self.seen))
                 resp = self.redis.xread({self.stream: last}, count=self.s.results_batch,
                                         block=self.s.results_block_ms)
-                delay = self.s.retry_initial_s
+                backoff.reset()
             except redis.RedisError as e:
                 self.metrics.inc("results_errors")
+                delay = backoff.next()
                 log.warning("reading %s failed (%s: %s); retrying in %.2f s", self.stream, type(e).__name__,
                             e, delay)
                 self.stop_event.wait(delay)
-                delay = min(max(delay * 2, 0.01), self.s.retry_max_s)
                 continue
             if not resp:
                 continue

@@ -17,8 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
+from common.warm_up import warm_up
 from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_settings
 from gateway.extraction import ExtractionLoop
 from gateway.faces import FaceLedger, FaceStage, FaceStageError
@@ -74,13 +73,6 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
     if not out:
         raise GatewayError("no bundle given (--bundle DIR)")
     return out
-
-
-def warm_up(model: object, kind: str) -> None:
-    """One dummy inference, so that torch and librosa/numba compile before the first real input."""
-    raw = np.zeros((64, 64), np.uint8) if kind == "image" else (np.zeros(4000, np.float32), 8000)
-    x = model.preprocess(raw)
-    (model.extract_batch if hasattr(model, "extract_batch") else model.predict_batch)([x])
 
 
 class Gateway:

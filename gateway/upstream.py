@@ -30,6 +30,8 @@ from typing import Callable
 
 import redis
 
+from common.backoff import Backoff
+from common.redis_connection import RedisSettings
 from gateway.config import GatewaySettings
 from gateway.metrics import Metrics
 from gateway.spool import Spool, SpoolFull
@@ -44,15 +46,14 @@ class UpstreamRefused(RuntimeError):
 
 
 def connect_redis(settings: GatewaySettings) -> redis.Redis:
-    """A redis-py client for the gateway (timeouts bounded so a dead server cannot hang a loop forever).
+    """A redis-py client for the gateway, built as the worker's is (common.redis_connection), with a reply
+    timeout a little above the results loop's BLOCK.
 
     User and password come from the URL (``redis://USER:PASSWORD@HOST:PORT``) or, for the password,
     from ``redis_password`` (environment or file); the URL's wins.
     """
-    return redis.Redis.from_url(
-        settings.redis, password=settings.redis_password or None,
-        socket_timeout=max(5.0, settings.results_block_ms / 1000 + 5.0), socket_connect_timeout=2.0,
-        health_check_interval=30)
+    return RedisSettings.from_dsn(settings.redis, settings.redis_password or None).client(
+        socket_timeout=max(5.0, settings.results_block_ms / 1000 + 5.0))
 
 
 def open_spool(settings: GatewaySettings) -> Spool | None:
@@ -120,7 +121,8 @@ class Upstream:
     def send(self, entries: list[tuple[str, bytes]], *, give_up: Callable[[], bool] = lambda: False) -> bool:
         """Hand every ``(stream, message)`` on; True once each is in Redis or safely in the spool.
 
-        Without a spool: on a Redis error, waits (``retry_initial_s`` doubling to ``retry_max_s``) and
+        Without a spool: on a Redis error, waits (``retry_initial_s`` doubling to ``retry_max_s``, with
+        jitter: common.backoff) and
         resends the whole batch (at-least-once: a batch cut in the middle may be added twice; ids make that
         harmless). Returns False, with nothing handed on, when ``give_up()`` turns true between tries.
         """
@@ -221,23 +223,27 @@ class Upstream:
     def _wait_for_room(self, entries: list[tuple[str, bytes]], give_up: Callable[[], bool]) -> bool:
         """Append ``entries`` once the replay has made room (the caller's inputs stay unacknowledged at
         the broker meanwhile, and the spool's order is kept); False when ``give_up()`` turns true."""
-        delay = self.s.retry_initial_s
-        while not (give_up() or self._sleep(delay, give_up)):
+        backoff = self._backoff()
+        while not (give_up() or self._sleep(backoff.next(), give_up)):
             try:
                 self.spool.append(entries)
                 return True
             except SpoolFull:
-                delay = min(max(delay * 2, 0.01), self.s.retry_max_s)
+                pass
         return False
 
     def _send_retrying(self, entries: list[tuple[str, bytes]], give_up: Callable[[], bool]) -> bool:
-        delay = self.s.retry_initial_s
+        backoff = self._backoff()
         while not self._xadd(entries):
+            delay = backoff.next()
             log.info("retrying %d messages in %.2f s", len(entries), delay)
             if give_up() or self._sleep(delay, give_up):
                 return False
-            delay = min(max(delay * 2, 0.01), self.s.retry_max_s)
         return True
+
+    def _backoff(self) -> Backoff:
+        """The pause between tries: retry_initial_s doubling to retry_max_s, with jitter."""
+        return Backoff(self.s.retry_initial_s, self.s.retry_max_s)
 
     @staticmethod
     def _sleep(seconds: float, give_up: Callable[[], bool]) -> bool:
@@ -259,7 +265,7 @@ class Upstream:
             raise
 
     def _replay(self) -> None:
-        delay = self.s.retry_initial_s
+        backoff = self._backoff()
         while not self._stop.is_set():
             self._wake.clear()
             records, pos = self.spool.read(self.s.spool_replay_batch)
@@ -270,10 +276,9 @@ class Upstream:
                 self.spool.commit(pos)
                 self.metrics.inc("replayed", len(records))
                 self._gauges()
-                delay = self.s.retry_initial_s
+                backoff.reset()
                 continue
-            self._stop.wait(delay)
-            delay = min(max(delay * 2, 0.01), self.s.retry_max_s)
+            self._stop.wait(backoff.next())
 
     def _gauges(self) -> None:
         self.metrics.set_gauge("spool_pending", self.spool.pending)

@@ -10,8 +10,8 @@
   uniform distribution, a bounded form of gradient reversal);
 - ``PrivateLoss``: the weights of the two identity terms added to the primary cross-entropy.
 
-The loops that use them are in :mod:`models.loops` (plain and Siamese fitting) and :mod:`models.private`
-(the joint loop with the adversary).
+The loops that use them are in :mod:`models.training_loops` (plain and Siamese fitting) and
+:mod:`models.private` (the joint loop with the adversary).
 """
 from __future__ import annotations
 

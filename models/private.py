@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 from models.inputs import InputSet
-from models.loops import LoopConfig, recalibrate_batch_norm
 from models.losses import PrivateLoss, agnostic_contrastive_loss, confusion_loss
 from models.pca import Project
+from models.training_loops import LoopConfig, recalibrate_batch_norm
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import sys
 # subcommand -> (module, one-line help). Each module exposes ``main(argv: list[str]) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("privedge.demo", "run the whole system locally: broker, Redis, gateway, workers, sensors"),
-    "train": ("models.train", "train an extractor/analyzer bundle"),
+    "train": ("models.train_cli", "train an extractor/analyzer bundle"),
     "audit": ("models.audit.cli", "measure what an attacker learns from a bundle's features"),
     "gateway": ("gateway.service", "run the home gateway (MQTT in, features to Redis, results back)"),
     "worker": ("workers.service", "run a cloud analyzer worker (Redis Streams consumer)"),

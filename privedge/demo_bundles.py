@@ -70,7 +70,7 @@ def train_argv(modality: str, *, size: str = "small", epochs: int | None = None,
 
 def resolved_settings(argv: list[str]) -> dict:
     """Every setting ``privedge train argv`` would use, defaults filled in by its own parser."""
-    from models.train import build_parser
+    from models.train_cli import build_parser
 
     args = vars(build_parser().parse_args([*argv, "--out", "-"]))
     return {k: v for k, v in sorted(args.items()) if k not in _NOT_IN_KEY}
@@ -80,10 +80,10 @@ def bundle_key(argv: list[str]) -> str:
     """``{modality}-{embedding}-{hash}``: the cache entry of the bundle that ``privedge train argv`` makes."""
     import torch
 
-    from models import embeddings
+    from models import embedding_training
 
     settings = resolved_settings(argv)
-    versioned = {"train": settings, "training_version": getattr(embeddings, "TRAINING_VERSION", 0),
+    versioned = {"train": settings, "training_version": getattr(embedding_training, "TRAINING_VERSION", 0),
                  "torch": torch.__version__}
     digest = hashlib.sha256(json.dumps(versioned, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"{settings['modality']}-{settings['embedding']}-{digest}"

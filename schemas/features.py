@@ -11,17 +11,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from schemas.codec import Message, spec
+from schemas.codec import spec
+from schemas.envelope import Envelope
 from schemas.errors import BadName, BadTensor, TooLarge
 from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.names import check_device, check_name
 
 TENSOR_DTYPES = ("float32", "float16", "int8", "uint8")
 """Feature dtypes a decoder accepts."""
-
-
-BOOT_DOC = "boot id of the sensor, chosen afresh at each sensor start (its seqs may restart at 0)"
-"""Field doc shared by every message that carries ``boot``."""
 
 
 class InferenceId(NamedTuple):
@@ -119,20 +116,11 @@ def tensor_array(dtype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FeatureMessage(Message):
-    """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``)."""
+class FeatureMessage(Envelope):
+    """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``):
+    the envelope's fields (schemas.envelope) first, then the tensor."""
 
     PAYLOAD_LIMIT = "max_feature_payload"
-    id: str = spec("inference id {gateway}/{device}/{boot}-{seq} (or .../{seq} without boot), then "
-                   "#{face} for one face of a camera frame; stable across retries")
-    gateway: str = spec("gateway id")
-    device: str = spec("sensor device id")
-    seq: int = spec("sequence number of the (last) sensor message of this input", lo=0, hi=2**63 - 1)
-    boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
-    ts: float = spec("capture time of the input, Unix seconds", lo=0)
-    ts_sent: float = spec("time the gateway sent the features, Unix seconds", lo=0)
-    task: str = spec("task name, e.g. glasses or digit")
-    model: str = spec("bundle id of the extractor that made the features")
     dtype: str = spec("element type of data", choices=TENSOR_DTYPES)
     shape: tuple[int, ...] = spec("tensor shape, elements per axis")
     data: bytes = spec("tensor elements, little-endian, C order", max_len="max_feature_payload")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from schemas.codec import Message, spec
 from schemas.errors import TooLarge, UndecodableMedia, WrongType
-from schemas.features import BOOT_DOC
+from schemas.envelope import BOOT_DOC
 from schemas.limits import DEFAULT_LIMITS, Limits
 
 IMAGE_CODECS = ("jpeg", "png", "raw")
@@ -29,14 +29,20 @@ _PIL_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 
 
 @dataclass(frozen=True, kw_only=True)
-class ImageFrame(Message):
-    """One camera frame (topic ``{p}/{device}/image``)."""
+class SensorMessage(Message):
+    """The header every sensor message starts with (its fields first on the wire); not sent on its own."""
 
-    PAYLOAD_LIMIT = "max_image_payload"
     device: str = spec("sensor device id")
     seq: int = spec("message sequence number, increasing per device", lo=0, hi=2**63 - 1)
     boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
-    ts: float = spec("capture time, Unix seconds", lo=0)
+    ts: float = spec("capture time (of an audio chunk: its first sample), Unix seconds", lo=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageFrame(SensorMessage):
+    """One camera frame (topic ``{p}/{device}/image``): the sensor header, then the picture."""
+
+    PAYLOAD_LIMIT = "max_image_payload"
     codec: str = spec("encoding of data", choices=IMAGE_CODECS)
     w: int = spec("width, pixels", lo=1, hi=65535)
     h: int = spec("height, pixels", lo=1, hi=65535)
@@ -123,14 +129,11 @@ def decode_image(frame: ImageFrame, limits: Limits = DEFAULT_LIMITS) -> np.ndarr
 
 
 @dataclass(frozen=True, kw_only=True)
-class AudioChunk(Message):
-    """A piece of one utterance from a microphone (topic ``{p}/{device}/audio``)."""
+class AudioChunk(SensorMessage):
+    """A piece of one utterance from a microphone (topic ``{p}/{device}/audio``): the sensor header, then
+    the samples."""
 
     PAYLOAD_LIMIT = "max_audio_payload"
-    device: str = spec("sensor device id")
-    seq: int = spec("message sequence number, increasing per device", lo=0, hi=2**63 - 1)
-    boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
-    ts: float = spec("capture time of the chunk's first sample, Unix seconds", lo=0)
     utt: str = spec("utterance id, shared by all chunks of one utterance")
     rate: int = spec("sample rate, Hertz", lo=1000, hi=192000)
     width: int = spec("bytes per sample", choices=(2,))

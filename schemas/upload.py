@@ -10,8 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from schemas.codec import Message, spec
-from schemas.features import BOOT_DOC, make_id
+from schemas.codec import spec
+from schemas.envelope import Envelope
+from schemas.features import make_id
 from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.media import AudioChunk, ImageFrame
 
@@ -26,19 +27,11 @@ def inner_limits(limits: Limits = DEFAULT_LIMITS) -> Limits:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MediaMessage(Message):
-    """One input's raw media, sent by a gateway in cloud_only mode to ``{p}:media:{task}``."""
+class MediaMessage(Envelope):
+    """One input's raw media, sent by a gateway in cloud_only mode to ``{p}:media:{task}``; the
+    envelope's fields (schemas.envelope) first, then the media."""
 
     PAYLOAD_LIMIT = "max_image_payload"
-    id: str = spec("inference id (schemas.features.make_id), stable across retries")
-    gateway: str = spec("gateway id")
-    device: str = spec("sensor device id")
-    seq: int = spec("sequence number of the input (audio: the utterance's first chunk)", lo=0, hi=2**63 - 1)
-    boot: int | None = spec(BOOT_DOC, default=None, lo=0, hi=2**63 - 1)
-    ts: float = spec("capture time of the input, Unix seconds", lo=0)
-    ts_sent: float = spec("time the gateway sent the media, Unix seconds", lo=0)
-    task: str = spec("task name, e.g. glasses or digit")
-    model: str = spec("bundle id the gateway was configured with")
     reply: str = spec("Redis stream the Result goes to", max_len=512)
     kind: str = spec("what payload holds: an ImageFrame or an AudioChunk", choices=MEDIA_KINDS)
     payload: bytes = spec("encoded ImageFrame or AudioChunk (msgpack)", max_len="max_image_payload")

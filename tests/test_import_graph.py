@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("gateway", "workers", "sensors", "privedge", "broker", "models", "schemas", "bench")
+PACKAGES = ("common", "gateway", "workers", "sensors", "privedge", "broker", "models", "schemas", "bench")
 
 
 def import_graph() -> dict[str, set[str]]:
@@ -72,7 +72,7 @@ def test_the_cycle_check_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-def test_broker_and_schemas_import_no_service_or_cli():
+def test_broker_schemas_and_common_import_no_service_or_cli():
     graph = import_graph()
     for name, deps in graph.items():
         top = name.split(".")[0]
@@ -80,6 +80,8 @@ def test_broker_and_schemas_import_no_service_or_cli():
             assert not {d for d in deps if d.split(".")[0] == "privedge"}, (name, deps)
         if top == "schemas":
             assert all(d.split(".")[0] == "schemas" for d in deps), (name, deps)
+        if top == "common":  # what both services share: beside them, never above them
+            assert all(d.split(".")[0] in ("common", "schemas") for d in deps), (name, deps)
         if top in ("gateway", "workers"):
             other = "workers" if top == "gateway" else "gateway"
             assert not {d for d in deps if d.split(".")[0] == other}, (name, deps)

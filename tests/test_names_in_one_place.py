@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("gateway", "workers", "sensors", "privedge", "broker", "models", "schemas")
+PACKAGES = ("common", "gateway", "workers", "sensors", "privedge", "broker", "models", "schemas")
 ONE_PLACE = REPO / "schemas" / "names.py"
 PIECES = re.compile(r":(features|results|dead|media):|:(cursor|seen)\b|privedge[:/][A-Za-z0-9_{+]"
                     r"|/(status|stats|result|errors|image|audio)\b|/\+/|/gateway/|homeassistant/")

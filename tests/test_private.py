@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from models.bundle import load_analyzer, load_extractor, make_manifest, make_untrained_bundle, save_bundle
-from models.embeddings import EmbeddingConfig, train_embedding
+from models.embedding_training import EmbeddingConfig, train_embedding
 from models.losses import PrivateLoss, agnostic_contrastive_loss, confusion_loss
 from models.private import IdentityAdversary, fit_private
 from models.release import decode, encode, feature_spec, fit_scale, round_trip
-from models.train import build_parser
+from models.train_cli import build_parser
 from tests.training_data import faces, isolated_training, protocol  # noqa: F401 (isolated_training is a fixture)
 
 
@@ -73,7 +73,7 @@ def test_adversary_loop_hides_identity_from_a_trained_adversary():
     with torch.no_grad():  # start from a release that mixes both
         ext[1].weight.copy_(torch.tensor([[1.0, 1.0]]))
     ana = torch.nn.Sequential(torch.nn.Linear(1, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
-    from models.loops import LoopConfig
+    from models.training_loops import LoopConfig
     fit_private(ext, ana, data, who, LoopConfig(30, lr=1e-2), PrivateLoss(adversary_weight=1.0), rng)
     w = ext[1].weight.detach()[0]
     # the person's coordinate is (nearly) ignored; without the adversary its weight stays above 0.1 x

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.bundle import load_analyzer, load_extractor, read_manifest
-from models.embeddings import EmbeddingConfig, train_embedding
+from models.embedding_training import EmbeddingConfig, train_embedding
 from models.losses import contrastive_loss
 from tests.training_data import beeps, faces, isolated_training, protocol  # noqa: F401 (isolated_training is a fixture)
 
@@ -79,12 +79,12 @@ def test_embedding_config_validation():
 
 @pytest.mark.slow
 def test_train_cli_writes_bundle_and_metrics(tmp_path, monkeypatch):
-    from models import train
+    from models import train_cli
     monkeypatch.setenv("PRIVEDGE_CACHE", str(tmp_path / "cache"))
     proto = protocol(faces(4, 6, seed=0), faces(2, 6, seed=1))
     monkeypatch.setattr("models.data.load_protocol", lambda *a, **k: proto, raising=False)
     out = tmp_path / "bundle"
-    rc = train.main(["--modality", "image", "--data", "synthetic", "--embedding", "advanced", "--epochs", "2",
+    rc = train_cli.main(["--modality", "image", "--data", "synthetic", "--embedding", "advanced", "--epochs", "2",
                      "--siamese-epochs", "1", "--analyzer-epochs", "1", "--dims", "8", "--threads", "1",
                      "--no-progress", "--out", str(out)])
     assert rc == 0

@@ -8,7 +8,6 @@ benchmark's "raw media to the cloud" peer. Either way a message that cannot be a
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from common.warm_up import warm_up
 from models import bundle as bundles
 from models.release import BadFeatures, check_wire
 from models.signing import check_bundle
@@ -25,8 +25,6 @@ from schemas.media import ImageFrame, decode_image
 from schemas.upload import MediaMessage
 
 log = logging.getLogger(__name__)
-
-TOP_K = 3  # scores kept per result: enough for a home app to show alternatives, small on the wire
 
 
 class Rejected(Exception):
@@ -69,20 +67,9 @@ def load_served(bundle_dirs: tuple[Path, ...], mode: str, runtime: str = "torch"
                    feature_shape=tuple(int(n) for n in manifest["feature"]["shape"]), net=net)
         served[s.model_id] = s
         if mode == "cloud_only":
-            warm_up(s)
+            log.info("%s warmed up in %.1f s", s.model_id, warm_up(net, s.modality))
         log.info("serving %s (task %s, %s mode, %s) from %s", s.model_id, s.task, mode, net.runtime, d)
     return served
-
-
-def warm_up(served: Served) -> float:
-    """One dummy inference on raw media (cloud_only), so that the speech front end's librosa/numba
-    kernels compile at start-up instead of on the first utterance; returns the seconds it took."""
-    t0 = time.perf_counter()
-    raw = np.zeros((64, 64), np.uint8) if served.modality == "image" else (np.zeros(4000, np.float32), 8000)
-    run_network(served, [served.net.preprocess(raw)])
-    took = time.perf_counter() - t0
-    log.info("%s warmed up in %.1f s", served.model_id, took)
-    return took
 
 
 def decode_message(data: bytes, mode: str, limits) -> FeatureMessage | MediaMessage:
@@ -145,9 +132,3 @@ def run_network(served: Served, inputs: list[np.ndarray]) -> np.ndarray:
     if probs.shape != (len(inputs), len(served.labels)):
         raise Rejected("model output mismatch", f"got {probs.shape} for {len(inputs)} inputs")
     return probs
-
-
-def top_k(probs_row: np.ndarray, labels: tuple[str, ...], k: int = TOP_K) -> list[tuple[str, float]]:
-    """The k most probable (label, probability) pairs, best first."""
-    order = np.argsort(-probs_row)[:k]
-    return [(labels[i], float(probs_row[i])) for i in order]

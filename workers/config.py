@@ -1,68 +1,30 @@
-"""Worker settings: typed, frozen, read once at the entry point.
+"""Worker settings: typed, frozen, read once at the entry point by the loader the gateway uses too
+(common.settings).
 
-Precedence (DESIGN.md "Command line"): flags, then ``PRIVEDGE_*`` environment variables, then defaults.
+Precedence (DESIGN.md "Command line"): flags, then environment variables, then a config file
+(``--config FILE``, YAML or TOML, flat keys named like the fields below; unknown keys refused), then the
+defaults. The environment variables are the worker's own few (:data:`ENVIRONMENT`), not one per field: a
+worker started beside a gateway must not take the gateway's ``PRIVEDGE_BATCH``. In a file, ``redis`` is
+the URL; the password comes from ``PRIVEDGE_REDIS_PASSWORD`` or the file named by ``redis_password_file``,
+never from the config file.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from typing import Any, Mapping
 
+from common.redis_connection import RedisSettings
+from common.settings import Keys, SettingsError, check_type, keys_of, merge
 from models.runtimes import RUNTIMES  # the one definition; imports no torch
 
 MODES = ("split", "cloud_only")
+DEFAULT_REDIS = "redis://127.0.0.1:6379"
+"""The Redis URL when none is given."""
 
-
-SOCKET_TIMEOUT_S = 10.0
-"""Longest wait for one Redis reply, seconds (the worker's BLOCK is 100 ms by default)."""
-
-
-class SettingsError(ValueError):
-    """A setting has a value the worker cannot run with."""
-
-
-@dataclass(frozen=True)
-class RedisSettings:
-    """Where Redis is and how to log in; built from a ``redis://[user:pass@]host:port[/db]`` URL."""
-
-    host: str = "127.0.0.1"
-    port: int = 6379
-    db: int = 0
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-    ssl: bool = False
-
-    @classmethod
-    def from_dsn(cls, dsn: str, password: str | None = None) -> "RedisSettings":
-        """Parse ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` or ``rediss://`` (TLS) URLs; the path, if
-        any, is the database number. ``password`` is used when the URL carries none (e.g. from
-        ``PRIVEDGE_REDIS_PASSWORD``, so that it need not appear on a command line)."""
-        parts = urlsplit(dsn)
-        if parts.scheme not in ("redis", "rediss"):
-            raise SettingsError(f"redis URL must start with redis:// or rediss://, got {dsn!r}")
-        try:
-            db = int(parts.path.strip("/") or 0)
-            port = parts.port or 6379
-        except ValueError as e:
-            raise SettingsError(f"bad redis URL {dsn!r}: {e}") from e
-        return cls(host=parts.hostname or "127.0.0.1", port=port, db=db,
-                   username=unquote(parts.username) if parts.username else None,
-                   password=unquote(parts.password) if parts.password else password,
-                   ssl=parts.scheme == "rediss")
-
-    def client(self, **kwargs):
-        """A redis-py client that returns bytes (messages are msgpack).
-
-        Socket timeouts are bounded (``SOCKET_TIMEOUT_S``, well above any BLOCK the worker asks for): a
-        connection whose far end vanished without a word (a half-open TCP connection) would otherwise
-        hold a read forever, and the worker with it."""
-        import redis  # the worker's only transport; imported here so that settings stay importable alone
-
-        kwargs = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": 2.0,
-                  "health_check_interval": 30, **kwargs}
-        return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
-                           password=self.password, ssl=self.ssl, **kwargs)
+__all__ = ["DEFAULT_REDIS", "ENVIRONMENT", "KEYS", "MODES", "RUNTIMES", "RedisSettings", "SettingsError",
+           "WorkerSettings", "load_settings"]
 
 
 @dataclass(frozen=True)
@@ -97,8 +59,15 @@ class WorkerSettings:
     # PRIVEDGE_BUNDLE_KEY, also for settings built in code. None and not allow_unsigned: refuse to start.
     bundle_key: str | None = field(default_factory=lambda: os.environ.get("PRIVEDGE_BUNDLE_KEY") or None)
     allow_unsigned: bool = False           # load unsigned/wrongly signed bundles with a warning (development)
+    retry_initial_s: float = 0.1           # first pause after a failed step, seconds; doubles (with jitter)
+    retry_max_s: float = 5.0               # largest pause after failed steps, seconds
 
     def __post_init__(self) -> None:
+        for name, want in _FIELDS.items():
+            if name != "redis":  # a URL in a file, a RedisSettings here
+                check_type(name, want, getattr(self, name))
+        if not isinstance(self.redis, RedisSettings):
+            raise SettingsError(f"redis must be RedisSettings, got {type(self.redis).__name__}")
         if self.mode not in MODES:
             raise SettingsError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.runtime not in RUNTIMES:
@@ -112,9 +81,34 @@ class WorkerSettings:
             raise SettingsError("block_ms and claim_idle_ms must be >= 0")
         if self.discover_every_s <= 0 or self.trim_every_s <= 0 or self.trim_retention_s < 0:
             raise SettingsError("discover_every_s and trim_every_s must be > 0, trim_retention_s >= 0")
+        if self.retry_initial_s < 0 or self.retry_max_s <= 0:
+            raise SettingsError("retry_initial_s must be >= 0 and retry_max_s > 0")
         object.__setattr__(self, "bundles", tuple(Path(b) for b in self.bundles))
 
 
-def env_default(name: str, default: str | None = None) -> str | None:
-    """``PRIVEDGE_{NAME}`` from the environment, else ``default``."""
-    return os.environ.get(f"PRIVEDGE_{name.upper()}", default)
+_FIELDS = keys_of(WorkerSettings, redis="str")
+
+ENVIRONMENT = {"redis": "PRIVEDGE_REDIS", "redis_password": "PRIVEDGE_REDIS_PASSWORD",
+               "redis_password_file": "PRIVEDGE_REDIS_PASSWORD_FILE", "name": "PRIVEDGE_WORKER_NAME",
+               "prefix": "PRIVEDGE_PREFIX", "runtime": "PRIVEDGE_RUNTIME", "bundle_key": "PRIVEDGE_BUNDLE_KEY",
+               "allow_unsigned": "PRIVEDGE_ALLOW_UNSIGNED"}
+"""Setting -> the environment variable a worker reads it from; the other settings have none."""
+
+KEYS = Keys(types={**_FIELDS, "redis_password": "str | None", "redis_password_file": "str | None"},
+            env=ENVIRONMENT, secrets=("redis_password",))
+"""What a worker's config file, environment and flags may set: every field (``redis`` as a URL), and the
+Redis password (a secret: environment or ``redis_password_file`` only)."""
+
+
+def load_settings(flags: Mapping[str, Any] | None = None, *, config_file: str | Path | None = None,
+                  env: Mapping[str, str] | None = None) -> WorkerSettings:
+    """Merge flags > environment (:data:`ENVIRONMENT`) > config file > defaults into validated settings.
+
+    ``flags`` holds only the flags that were given (None values are ignored). Raises SettingsError on any
+    invalid or unknown setting (the message names the key and where it came from)."""
+    merged = merge(KEYS, flags, config_file=config_file, env=os.environ if env is None else env)
+    password = merged.pop("redis_password", None) or None
+    merged.pop("redis_password_file", None)
+    redis = RedisSettings.from_dsn(merged.pop("redis", DEFAULT_REDIS), password)
+    return WorkerSettings(redis=redis, **merged)
+

@@ -23,15 +23,18 @@ import socket
 import threading
 import time
 from collections import defaultdict
+from typing import Mapping
 
 import redis
 
+from common.backoff import Backoff
+from common.top_k import top_k
 from models.signing import SignatureError
 from schemas.limits import DEFAULT_LIMITS
 from schemas.names import FIELD, GROUP, Names
 from schemas.results import ErrorReport, Result
-from workers.analysis import Rejected, decode_message, load_served, model_input, run_network, top_k
-from workers.config import RedisSettings, WorkerSettings, env_default
+from workers.analysis import Rejected, decode_message, load_served, model_input, run_network
+from workers.config import MODES, SettingsError, WorkerSettings, load_settings
 from workers.stats import WorkerStats
 from workers.streams import StreamSet, check_origin
 
@@ -95,22 +98,24 @@ class Worker:
         return self._thread is not None and self._thread.is_alive()
 
     def run(self) -> None:
-        """The loop: steps until stop(); a failed step is logged, counted and retried after a pause."""
+        """The loop: steps until stop(); a failed step is logged, counted and retried after a pause
+        (retry_initial_s doubling to retry_max_s, with jitter: common.backoff)."""
         log.info("worker %s consuming %s", self.name, ", ".join(self.streams) or "(no streams yet)")
-        delay = 0.0
+        backoff = Backoff(self.settings.retry_initial_s, self.settings.retry_max_s)
         while not self._stop.is_set():
             try:
                 self.step()
-                delay = 0.0
+                backoff.reset()
             except redis.RedisError as e:
                 self.stats.add(redis_errors=1)
-                log.warning("redis round trip failed (%s); retrying", e)
-                self._stop.wait(1.0)
+                delay = backoff.next()
+                log.warning("redis round trip failed (%s); retrying in %.1f s", e, delay)
+                self._stop.wait(delay)
                 if isinstance(e, redis.ResponseError) and "NOGROUP" in str(e):
                     self._recover_groups()
             except Exception:  # a bug, not bad input: never let it end the loop
                 self.stats.add(loop_errors=1)
-                delay = min(max(delay * 2, 0.1), 5.0)
+                delay = backoff.next()
                 log.exception("worker step failed; retrying in %.1f s", delay)
                 self._stop.wait(delay)
 
@@ -262,35 +267,48 @@ def _id(eid) -> str:
     return eid.decode() if isinstance(eid, bytes) else str(eid)
 
 
-def parse_args(argv: list[str]) -> WorkerSettings:
+def build_parser() -> argparse.ArgumentParser:
+    """The worker's flags; each defaults to None (not given), so that the environment, a config file and
+    the settings' defaults apply below it (workers.config.load_settings)."""
     p = argparse.ArgumentParser(prog="privedge worker", description=__doc__.splitlines()[0])
-    p.add_argument("--redis", default=env_default("redis", "redis://127.0.0.1:6379"),
-                   help="redis://[USER:PASSWORD@]HOST:PORT[/DB] (password also from PRIVEDGE_REDIS_PASSWORD)")
-    p.add_argument("--bundle", action="append", required=True, help="bundle directory (repeatable)")
-    p.add_argument("--name", default=env_default("worker_name"))
-    p.add_argument("--mode", choices=("split", "cloud_only"), default="split")
-    p.add_argument("--prefix", default=env_default("prefix", "privedge"))
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--block-ms", type=int, default=100)
-    p.add_argument("--threads", type=int, default=1, help="torch and ONNX Runtime threads (default 1)")
-    p.add_argument("--runtime", choices=("auto", "onnx", "torch"), default=env_default("runtime", "auto"),
-                   help="network runtime (default auto: ONNX Runtime when the bundle carries the .onnx files)")
-    p.add_argument("--claim-idle-ms", type=int, default=30_000)
-    p.add_argument("--max-deliveries", type=int, default=5)
-    p.add_argument("--trim-every-s", type=float, default=5.0,
-                   help="seconds between trims of the acknowledged entries of each stream (XTRIM MINID)")
-    p.add_argument("--bundle-key", default=env_default("bundle_key"),
+    p.add_argument("--config", help="YAML or TOML settings file (flat keys named like the settings; "
+                                    "unknown keys are refused)")
+    p.add_argument("--redis", help="redis://[USER:PASSWORD@]HOST:PORT[/DB] (default redis://127.0.0.1:6379, or "
+                                   "PRIVEDGE_REDIS; password also from PRIVEDGE_REDIS_PASSWORD)")
+    p.add_argument("--redis-password-file", help="file holding the Redis password")
+    p.add_argument("--bundle", dest="bundles", action="append",
+                   help="bundle directory (repeatable; at least one, here or in the config file)")
+    p.add_argument("--name", help="consumer name (PRIVEDGE_WORKER_NAME; default hostname-pid-random)")
+    p.add_argument("--mode", choices=MODES, help="split (features, the default) or cloud_only (raw media)")
+    p.add_argument("--prefix", help="key prefix (PRIVEDGE_PREFIX; default privedge)")
+    p.add_argument("--batch", type=int, help="messages per XREADGROUP (default 64)")
+    p.add_argument("--block-ms", type=int, help="XREADGROUP BLOCK, milliseconds (default 100)")
+    p.add_argument("--threads", type=int, help="torch and ONNX Runtime threads (default 1)")
+    p.add_argument("--runtime", choices=("auto", "onnx", "torch"),
+                   help="network runtime (PRIVEDGE_RUNTIME; default auto: ONNX Runtime when the bundle carries "
+                        "the .onnx files)")
+    p.add_argument("--claim-idle-ms", type=int, help="pending entries idle this long are reclaimed (default 30000)")
+    p.add_argument("--max-deliveries", type=int, help="deliveries before an entry is dead-lettered (default 5)")
+    p.add_argument("--trim-every-s", type=float,
+                   help="seconds between trims of the acknowledged entries of each stream (XTRIM MINID; default 5)")
+    p.add_argument("--bundle-key",
                    help="the provider's public key file; bundles must be signed with it (PRIVEDGE_BUNDLE_KEY)")
-    p.add_argument("--allow-unsigned", action="store_true",
-                   default=env_default("allow_unsigned", "").lower() in ("1", "true", "yes"),
-                   help="load unsigned or wrongly signed bundles with a warning (development only)")
+    p.add_argument("--allow-unsigned", action="store_const", const=True,
+                   help="load unsigned or wrongly signed bundles with a warning (development only; "
+                        "PRIVEDGE_ALLOW_UNSIGNED)")
+    return p
+
+
+def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> WorkerSettings:
+    """The settings of ``privedge worker ARGV``: flags > environment > ``--config`` file > defaults.
+    Invalid settings end the program as a usage error does (exit status 2, the reason on stderr)."""
+    p = build_parser()
     a = p.parse_args(argv)
-    redis_settings = RedisSettings.from_dsn(a.redis, env_default("redis_password"))
-    return WorkerSettings(redis=redis_settings, bundles=tuple(a.bundle), name=a.name,
-                          mode=a.mode, prefix=a.prefix, batch=a.batch, block_ms=a.block_ms,
-                          threads=a.threads, runtime=a.runtime, claim_idle_ms=a.claim_idle_ms,
-                          max_deliveries=a.max_deliveries, trim_every_s=a.trim_every_s, bundle_key=a.bundle_key,
-                          allow_unsigned=a.allow_unsigned)
+    flags = {k: v for k, v in vars(a).items() if k != "config"}
+    try:
+        return load_settings(flags, config_file=a.config, env=env)
+    except SettingsError as e:
+        p.error(str(e))
 
 
 def main(argv: list[str] | None = None) -> int:

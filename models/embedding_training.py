@@ -35,7 +35,7 @@ from models.private import fit_private
 from models.release import RELEASE_DTYPES, feature_spec, fit_scale, round_trip
 from models.speech import SpeechConfig, SpeechFrontEnd
 from models.split import assemble
-from models.loops import LoopConfig, accuracy, deterministic, features, fit
+from models.training_loops import LoopConfig, accuracy, deterministic, features, fit
 
 log = logging.getLogger(__name__)
 

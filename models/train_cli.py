@@ -30,8 +30,8 @@ import torch
 
 from models import signing
 from models.bundle import make_manifest, save_bundle
-from models.embeddings import (DEFAULT_EMBEDDING, EMBEDDINGS, PRIVATE_DEFAULTS, PROJECTIONS, EmbeddingConfig,
-                               total_steps, train_embedding)
+from models.embedding_training import (DEFAULT_EMBEDDING, EMBEDDINGS, PRIVATE_DEFAULTS, PROJECTIONS,
+                                       EmbeddingConfig, total_steps, train_embedding)
 from models.release import RELEASE_DTYPES
 from models.nets import DEFAULT_CUT, count_cost
 

@@ -1,0 +1,73 @@
+"""Where Redis is, how to log in, and the one way both services build a client from that.
+
+The client's timeouts are bounded so that a dead server cannot hang a loop: a connection whose far end
+vanished without a word (a half-open TCP connection) would otherwise hold a read forever. Its own retry
+of a failed command is redis-py's ``Retry`` with ``ExponentialWithJitterBackoff``, spelled out here with
+the values redis-py 8 uses by default (10 tries, 10 ms doubling to 1 s) so that an upgrade cannot change
+it unnoticed; the services' own back-off between failed loop steps is :mod:`common.backoff`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from urllib.parse import unquote, urlsplit
+
+from common.settings import SettingsError
+
+SOCKET_TIMEOUT_S = 10.0
+"""Longest wait for one Redis reply, seconds (above any BLOCK the services ask for; the gateway asks for
+its results BLOCK plus 5 s instead)."""
+CONNECT_TIMEOUT_S = 2.0
+"""Longest wait for a TCP connection to Redis, seconds."""
+HEALTH_CHECK_INTERVAL_S = 30
+"""A pooled connection idle this long is PINGed before use, seconds."""
+COMMAND_RETRIES = 10
+"""Retries of one command on a connection or timeout error, inside redis-py."""
+COMMAND_RETRY_BASE_S = 0.01
+"""First delay of those retries, seconds (doubling, with jitter)."""
+COMMAND_RETRY_CAP_S = 1.0
+"""Largest delay of those retries, seconds."""
+
+
+@dataclass(frozen=True)
+class RedisSettings:
+    """Where Redis is and how to log in; built from a ``redis://[user:pass@]host:port[/db]`` URL."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    db: int = 0
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ssl: bool = False
+
+    @classmethod
+    def from_dsn(cls, dsn: str, password: str | None = None) -> "RedisSettings":
+        """Parse ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` or ``rediss://`` (TLS) URLs; the path, if
+        any, is the database number. ``password`` is used when the URL carries none (e.g. from
+        ``PRIVEDGE_REDIS_PASSWORD``, so that it need not appear on a command line)."""
+        parts = urlsplit(dsn)
+        if parts.scheme not in ("redis", "rediss"):
+            raise SettingsError(f"redis URL must start with redis:// or rediss://, got {dsn!r}")
+        try:
+            db = int(parts.path.strip("/") or 0)
+            port = parts.port or 6379
+        except ValueError as e:
+            raise SettingsError(f"bad redis URL {dsn!r}: {e}") from e
+        return cls(host=parts.hostname or "127.0.0.1", port=port, db=db,
+                   username=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else password,
+                   ssl=parts.scheme == "rediss")
+
+    def client(self, **kwargs):
+        """A redis-py client that returns bytes (messages are msgpack); ``kwargs`` override the bounded
+        defaults (``socket_timeout=...``)."""
+        # Imported here so that settings stay importable (and printable) without a Redis client.
+        import redis
+        from redis.backoff import ExponentialWithJitterBackoff
+        from redis.retry import Retry
+
+        retry = Retry(ExponentialWithJitterBackoff(cap=COMMAND_RETRY_CAP_S, base=COMMAND_RETRY_BASE_S),
+                      COMMAND_RETRIES)
+        kwargs = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
+                  "health_check_interval": HEALTH_CHECK_INTERVAL_S, "retry": retry, **kwargs}
+        return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
+                           password=self.password, ssl=self.ssl, **kwargs)

@@ -1,0 +1,31 @@
+"""One dummy inference at start-up, so that the first real input is not the one that waits.
+
+torch allocates and lays out its kernels on the first forward pass, and the speech front end's
+librosa/numba kernels compile on the first utterance (seconds). The gateway warms its extractors (and a
+local_only model), the worker a whole model in cloud_only mode; both through :func:`warm_up`.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+DUMMY_RATE = 8000
+"""Sample rate of the dummy utterance, Hertz (the front end resamples it: that compiles the resampler too)."""
+
+
+def dummy_input(modality: str) -> object:
+    """A raw input of ``modality`` as a model's ``preprocess`` takes it: a black 64x64 uint8 frame for
+    ``image``, else half a second of silence ``(float32 wave, rate)``."""
+    if modality == "image":
+        return np.zeros((64, 64), np.uint8)
+    return np.zeros(DUMMY_RATE // 2, np.float32), DUMMY_RATE
+
+
+def warm_up(model: object, modality: str) -> float:
+    """Preprocess one dummy input and run ``model`` on it (``extract_batch`` where it has one, else
+    ``predict_batch``); the output is thrown away. Returns the seconds it took."""
+    t0 = time.perf_counter()
+    x = model.preprocess(dummy_input(modality))
+    (model.extract_batch if hasattr(model, "extract_batch") else model.predict_batch)([x])
+    return time.perf_counter() - t0
