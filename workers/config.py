@@ -11,9 +11,6 @@ from urllib.parse import unquote, urlsplit
 
 from models.runtimes import RUNTIMES  # the one definition; imports no torch
 
-MODES = ("split", "cloud_only")
-
-
 SOCKET_TIMEOUT_S = 10.0
 """Longest wait for one Redis reply, seconds (the worker's BLOCK is 100 ms by default)."""
 
@@ -76,7 +73,6 @@ class WorkerSettings:
     redis: RedisSettings = RedisSettings()
     bundles: tuple[Path, ...] = ()
     name: str | None = None                # consumer name; None -> hostname-pid-random
-    mode: str = "split"                    # "split": features; "cloud_only": raw media, whole network
     prefix: str = "privedge"               # key prefix (schemas.names)
     batch: int = 64                        # messages per XREADGROUP, per stream
     block_ms: int = 100                    # XREADGROUP BLOCK, milliseconds
@@ -99,8 +95,6 @@ class WorkerSettings:
     allow_unsigned: bool = False           # load unsigned/wrongly signed bundles with a warning (development)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise SettingsError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.runtime not in RUNTIMES:
             raise SettingsError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if not self.bundles:

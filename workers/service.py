@@ -1,4 +1,4 @@
-"""``privedge worker``: one consumer in the ``analyzers`` group, features (or media) in, results out.
+"""``privedge worker``: one consumer in the ``analyzers`` group, features in, results out.
 
 Each loop: XREADGROUP COUNT B BLOCK T over every stream of the served tasks (one per gateway, found by
 workers.streams every few seconds), group the batch by ``model``, run the network once per group, then
@@ -30,7 +30,7 @@ from models.signing import SignatureError
 from schemas.limits import DEFAULT_LIMITS
 from schemas.names import FIELD, GROUP, Names
 from schemas.results import ErrorReport, Result
-from workers.analysis import Rejected, decode_message, load_served, model_input, run_network, top_k
+from workers.analysis import Analysis, FeatureAnalysis, Rejected, run_network, top_k
 from workers.config import RedisSettings, WorkerSettings, env_default
 from workers.stats import WorkerStats
 from workers.streams import StreamSet, check_origin
@@ -49,16 +49,18 @@ def default_name() -> str:
 class Worker:
     """A consumer of the ``analyzers`` group; ``start()`` runs it in a thread, ``stop()`` ends it."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, analysis: Analysis | None = None) -> None:
         self.settings = settings
+        self.analysis: Analysis = analysis or FeatureAnalysis()
         self.names = Names(settings.prefix)
         self.name = settings.name or default_name()
-        self.served = load_served(settings.bundles, settings.mode, settings.runtime, settings.threads,
-                                  bundle_key=settings.bundle_key, allow_unsigned=settings.allow_unsigned)
+        self.served = self.analysis.load(settings.bundles, settings.runtime, settings.threads,
+                                         bundle_key=settings.bundle_key, allow_unsigned=settings.allow_unsigned)
         self.stats = WorkerStats()
         self.redis = settings.redis.client()
-        self.stream_set = StreamSet(self.redis, self.names, settings.mode, {s.task for s in self.served.values()},
-                                    settings.max_streams, settings.trim_retention_s)
+        self.stream_set = StreamSet(self.redis, self.names, self.analysis.stream_kind,
+                                    {s.task for s in self.served.values()}, settings.max_streams,
+                                    settings.trim_retention_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_claim = 0.0
@@ -182,7 +184,7 @@ class Worker:
         raw = fields.get(FIELD.encode())
         if raw is None:
             raise Rejected("undecodable: missing field", f"stream entry has no field {FIELD}")
-        msg = decode_message(raw, self.settings.mode, DEFAULT_LIMITS)
+        msg = self.analysis.decode(raw, DEFAULT_LIMITS)
         served = self.served.get(msg.model)
         if served is None:
             raise Rejected("unknown model", msg.model)
@@ -192,7 +194,7 @@ class Worker:
         if served.task != task:
             raise Rejected("task mismatch", f"model {msg.model} serves {served.task}, stream {stream}")
         check_origin(msg, gateway, self.names)
-        return msg, served, model_input(msg, served)
+        return msg, served, self.analysis.model_input(msg, served)
 
     def handle(self, entries: list) -> None:
         """Analyze a batch of (stream, entry id, fields) and write results, dead letters and acks."""
@@ -242,8 +244,7 @@ class Worker:
         for reply, encoded in results:
             pipe.xadd(reply, {FIELD: encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
         for stream, eid, fields, err in dead:
-            task = (self.stream_set.streams.get(stream, (None, None))[0]
-                    or next(iter(self.stream_set.tasks), "unknown"))
+            task = self._task_of(stream)
             log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
             report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
                                  detail=err.detail[:200], ts=time.time())
@@ -258,17 +259,30 @@ class Worker:
         self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0)
 
 
+    def _task_of(self, stream: str) -> str:
+        """The task of a stream this worker read, whose dead letters go to ``{p}:dead:{task}``: from its
+        key (schemas.names), so that a stream forgotten since the read (NOGROUP recovery) still names its
+        own task and never another one's, or none."""
+        known = self.stream_set.streams.get(stream)
+        return known[0] if known is not None else self.names.split_stream(stream)[1]
+
+
 def _id(eid) -> str:
     return eid.decode() if isinstance(eid, bytes) else str(eid)
 
 
-def parse_args(argv: list[str]) -> WorkerSettings:
-    p = argparse.ArgumentParser(prog="privedge worker", description=__doc__.splitlines()[0])
+MODE_REMOVED = ("--mode was removed: a worker serves features only; the benchmark's cloud-only baseline is "
+                "a process of its own, python -m bench.baselines.cloud_worker (privedge bench starts it)")
+
+
+def build_parser(prog: str = "privedge worker", description: str | None = None) -> argparse.ArgumentParser:
+    """The worker's flags (the benchmark's cloud-only worker takes the same)."""
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     p.add_argument("--redis", default=env_default("redis", "redis://127.0.0.1:6379"),
                    help="redis://[USER:PASSWORD@]HOST:PORT[/DB] (password also from PRIVEDGE_REDIS_PASSWORD)")
     p.add_argument("--bundle", action="append", required=True, help="bundle directory (repeatable)")
     p.add_argument("--name", default=env_default("worker_name"))
-    p.add_argument("--mode", choices=("split", "cloud_only"), default="split")
+    p.add_argument("--mode", help=argparse.SUPPRESS)  # removed: refused below, saying what replaces it
     p.add_argument("--prefix", default=env_default("prefix", "privedge"))
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--block-ms", type=int, default=100)
@@ -284,18 +298,27 @@ def parse_args(argv: list[str]) -> WorkerSettings:
     p.add_argument("--allow-unsigned", action="store_true",
                    default=env_default("allow_unsigned", "").lower() in ("1", "true", "yes"),
                    help="load unsigned or wrongly signed bundles with a warning (development only)")
+    return p
+
+
+def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None) -> WorkerSettings:
+    p = parser or build_parser()
     a = p.parse_args(argv)
+    if a.mode is not None:
+        p.error(MODE_REMOVED)
     redis_settings = RedisSettings.from_dsn(a.redis, env_default("redis_password"))
     return WorkerSettings(redis=redis_settings, bundles=tuple(a.bundle), name=a.name,
-                          mode=a.mode, prefix=a.prefix, batch=a.batch, block_ms=a.block_ms,
+                          prefix=a.prefix, batch=a.batch, block_ms=a.block_ms,
                           threads=a.threads, runtime=a.runtime, claim_idle_ms=a.claim_idle_ms,
                           max_deliveries=a.max_deliveries, trim_every_s=a.trim_every_s, bundle_key=a.bundle_key,
                           allow_unsigned=a.allow_unsigned)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, analysis: Analysis | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """``privedge worker`` (features); the benchmark's cloud-only worker passes its own ``analysis``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = parse_args(list(argv or []))
+    settings = parse_args(list(argv or []), parser)
     try:  # credentials first: a refused login should not wait for the models to load
         settings.redis.client().ping()
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
@@ -304,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     except redis.RedisError as e:
         log.warning("Redis not reachable yet (%s); the worker retries", e)
     try:
-        worker = Worker(settings)
+        worker = Worker(settings, analysis)
     except SignatureError as e:
         log.error("refusing to serve: %s", e)
         return 1
