@@ -1,5 +1,6 @@
 """The three-way pipeline benchmark (DESIGN.md, "Benchmarks"): split vs cloud_only vs local_only, one
-run, same inputs, real mosquitto and redis-server, the gateway and the worker as ``privedge`` processes.
+run, same inputs, real mosquitto and redis-server, the gateway and the worker as ``privedge`` processes
+(split) or as the baselines' own processes (``bench/baselines/``: cloud_only, local_only).
 
 Per modality and mode:
 - ``throughput_per_s``: results per second over a steady window at saturation. The load generator keeps
@@ -26,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import redis
 
+from bench.baselines import CLOUD_PROCESS, HOME_PROCESS
 from bench.loadgen import Inputs, LoadGenerator, ResultListener
 from bench.procs import Service
 from broker import servers
@@ -115,7 +117,7 @@ def _await(gen: LoadGenerator, n: int, timeout: float, services: list[Service], 
             return True
         for s in services:
             if not s.alive():
-                raise BenchError(f"{s.argv[1]} exited ({s.proc.returncode}) during {what}:\n{s.tail()}")
+                raise BenchError(f"{s.name} exited ({s.proc.returncode}) during {what}:\n{s.tail()}")
     return gen.received() >= n
 
 
@@ -146,14 +148,14 @@ def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineS
     logs = stack.logs / f"{name}-{token}"
     listener = ResultListener(stack.mqtt.port, prefix, client_id=f"bench-listener-{token}")
     gateway = Service("gateway", ["--broker", stack.mqtt.url, "--redis", stack.redis.url, "--bundle", str(bundle),
-                                  "--id", gw_id, "--mode", mode, "--prefix", prefix,
+                                  "--id", gw_id, "--prefix", prefix,
                                   "--stats-interval-s", "60", "--log-level", "WARNING",
-                                  *s.gateway_args], logs / "gateway.log")
+                                  *s.gateway_args], logs / "gateway.log", module=HOME_PROCESS[mode])
     services = [gateway]
-    if mode != "local_only":
-        services.append(Service("worker", ["--redis", stack.redis.url, "--bundle", str(bundle), "--mode", mode,
+    if mode in CLOUD_PROCESS:
+        services.append(Service("worker", ["--redis", stack.redis.url, "--bundle", str(bundle),
                                            "--prefix", prefix, "--name", f"w-{token}", *s.worker_args],
-                                logs / "worker.log"))
+                                logs / "worker.log", module=CLOUD_PROCESS[mode]))
     gens: list[LoadGenerator] = []
 
     def generator(device: str) -> LoadGenerator:

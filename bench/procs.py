@@ -1,5 +1,5 @@
-"""The services under test as child processes (``privedge gateway``, ``privedge worker``), with the
-readings a benchmark takes of them: CPU seconds (utime + stime) and peak resident memory (VmHWM)."""
+"""The services under test as child processes (``privedge gateway``, ``privedge worker``, or a baseline's
+``python -m bench.baselines...``), with the readings a benchmark takes of them: CPU seconds (utime + stime) and peak resident memory (VmHWM)."""
 from __future__ import annotations
 
 import logging
@@ -38,10 +38,13 @@ def peak_rss_mb(pid: int) -> float:
 
 
 class Service:
-    """One ``privedge SUBCOMMAND ...`` child process, its output in ``log_path``."""
+    """One ``privedge SUBCOMMAND ...`` child process (or ``python -m MODULE ...`` when ``module`` is
+    given: a baseline standing in for that service), its output in ``log_path``."""
 
-    def __init__(self, subcommand: str, args: list[str], log_path: Path) -> None:
-        self.argv = [*privedge_command(), subcommand, *args]
+    def __init__(self, subcommand: str, args: list[str], log_path: Path, module: str | None = None) -> None:
+        self.name = subcommand
+        head = [sys.executable, "-m", module] if module else [*privedge_command(), subcommand]
+        self.argv = [*head, *args]
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self.log_path = log_path
         env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -77,7 +80,7 @@ class Service:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0f s: killing it", self.argv[1], timeout)
+                log.warning("%s did not stop in %.0f s: killing it", self.name, timeout)
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+from bench.baselines import CLOUD_PROCESS
 from bench.loadgen import Inputs, load_inputs
 from bench.procs import Service
 from bench.report import table_head
@@ -79,8 +80,9 @@ def drain_rate(redis_url: str, bundle: Path, inputs: Inputs, mode: str, workers:
     reply = Names(prefix).results(gateway)
     n = backlog or BACKLOG[mode]
     stream, msgs = _messages(bundle, inputs, mode, Names(prefix), gateway, n + 64 * workers)
-    procs = [Service("worker", ["--redis", redis_url, "--bundle", str(bundle), "--mode", mode, "--prefix", prefix,
-                                "--name", f"s{token}-{i}"], logs / f"scale-{mode}-{workers}-{token}-{i}.log")
+    procs = [Service("worker", ["--redis", redis_url, "--bundle", str(bundle), "--prefix", prefix,
+                                "--name", f"s{token}-{i}"], logs / f"scale-{mode}-{workers}-{token}-{i}.log",
+                     module=CLOUD_PROCESS[mode])
              for i in range(workers)]
     try:
         # A consumer shows in XINFO only once it has read something: wait for each worker's start-up line.

@@ -1,12 +1,13 @@
 """One dummy inference at start-up, so that the first real input is not the one that waits.
 
 torch allocates and lays out its kernels on the first forward pass, and the speech front end's
-librosa/numba kernels compile on the first utterance (seconds). The gateway warms its extractors (and a
-local_only model), the worker a whole model in cloud_only mode; both through :func:`warm_up`.
+librosa/numba kernels compile on the first utterance (seconds). The gateway warms its extractors, the
+benchmark's cloud-only worker its whole networks; both through :func:`warm_up`.
 """
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -22,10 +23,11 @@ def dummy_input(modality: str) -> object:
     return np.zeros(DUMMY_RATE // 2, np.float32), DUMMY_RATE
 
 
-def warm_up(model: object, modality: str) -> float:
-    """Preprocess one dummy input and run ``model`` on it (``extract_batch`` where it has one, else
-    ``predict_batch``); the output is thrown away. Returns the seconds it took."""
+def warm_up(preprocess: Callable[[object], np.ndarray], run: Callable[[list[np.ndarray]], object],
+            modality: str) -> float:
+    """Preprocess one dummy input of ``modality`` and ``run`` the network on it (a batch of one); the output is
+    thrown away. Returns the seconds it took. The gateway passes its extractor's preprocess and its loop's
+    forward pass; the benchmark's cloud-only worker its whole network's."""
     t0 = time.perf_counter()
-    x = model.preprocess(dummy_input(modality))
-    (model.extract_batch if hasattr(model, "extract_batch") else model.predict_batch)([x])
+    run([preprocess(dummy_input(modality))])
     return time.perf_counter() - t0

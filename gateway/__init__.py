@@ -9,6 +9,7 @@ Modules, one concept each:
   will) and the bounded per-device queues it fills;
 - ``audio``: joining AudioChunks into utterances, with length, count and time bounds;
 - ``extraction``: one micro-batching loop per modality (decode, extractor, hand on, acknowledge);
+- ``hand_on``: what the loops hand on: FeatureMessages to this home's features stream;
 - ``upstream``: pipelined XADD with back-off (common.backoff) and the on-disk spool;
 - ``results``: the results stream relayed to MQTT, duplicates dropped, cursor kept in Redis;
 - ``metrics``: counters and stage timers, JSON stats and Prometheus;

@@ -26,9 +26,12 @@ from models.runtimes import RUNTIMES
 from schemas.errors import BadName
 from schemas.names import check_name, check_prefix
 
-MODES = ("split", "cloud_only", "local_only")
 FACE_DETECTORS = (*DETECTORS, "none")
 REMOVED = {
+    "mode": "the gateway serves split only (features upstream); the benchmark's comparison baselines are "
+            "processes of their own: python -m bench.baselines.cloud_home (raw media upstream, with "
+            "python -m bench.baselines.cloud_worker) and python -m bench.baselines.local_home (the whole "
+            "network at home); privedge bench starts them",
     "overflow": "the gateway no longer drops inputs from a full queue: the MQTT receive window "
                 "(receive_maximum) bounds what it holds, and only stale camera frames are dropped "
                 "(image_max_age_s)",
@@ -51,11 +54,10 @@ class GatewaySettings:
     broker: str = "mqtt://127.0.0.1:1883"
     """MQTT broker URL, ``mqtt://HOST:PORT``."""
     redis: str = "redis://127.0.0.1:6379/0"
-    """Redis URL, ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` (an ACL user, see README "Security");
-    unused in local_only mode."""
+    """Redis URL, ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` (an ACL user, see README "Security")."""
     bundles: tuple[str, ...] = ()
-    """Bundle directories, at most one per modality (image, speech). Only manifest.json and extractor.pt
-    are read in split mode, only manifest.json in cloud_only mode, the whole model in local_only mode."""
+    """Bundle directories, at most one per modality (image, speech). Only manifest.json and the extractor
+    (extractor.pt, extractor.onnx) are read: a home never needs analyzer.*."""
     bundle_key: str | None = field(default_factory=lambda: os.environ.get("PRIVEDGE_BUNDLE_KEY") or None)
     """The provider's public key file (``privedge bundle keygen`` writes it as KEY.pub): every bundle must
     carry the provider's signature over all its files, checked at start (see models/signing.py). Default
@@ -67,8 +69,6 @@ class GatewaySettings:
     README "Security"); for development only."""
     id: str = "home"
     """Gateway name: MQTT client id ``privedge-gateway-{id}``, results stream, status/errors topics."""
-    mode: str = "split"
-    """``split`` (features upstream), ``cloud_only`` (raw media upstream), ``local_only`` (nothing up)."""
     prefix: str = "privedge"
     """Prefix of every MQTT topic and Redis key."""
     batch: int = 32
@@ -217,7 +217,6 @@ def _validate(s: GatewaySettings) -> None:
 
     for name, want in KEYS.types.items():
         check_type(name, want, getattr(s, name))
-    need(s.mode in MODES, f"mode must be one of {MODES}, got {s.mode!r}")
     need(s.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {s.runtime!r}")
     need(s.face_detector in FACE_DETECTORS,
          f"face_detector must be one of {FACE_DETECTORS}, got {s.face_detector!r}")

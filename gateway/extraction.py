@@ -1,11 +1,10 @@
-"""One extraction loop per modality: micro-batch, decode, run the model, hand on, then acknowledge.
+"""One extraction loop per modality: micro-batch, decode, run the network, hand on, then acknowledge.
 
-Per mode (the same loop, a different last step):
-
-- ``split``: extractor -> FeatureMessage -> ``{p}:features:{task}:{gateway}`` (privedge);
-- ``cloud_only``: the validated media -> MediaMessage -> ``{p}:media:{task}:{gateway}`` (comparison baseline; the
-  frame is validated but its pixels are not decoded: that work belongs to the worker in this mode);
-- ``local_only``: whole network -> Result JSON straight to ``{p}/{device}/result``; nothing goes up.
+The loop is the same whatever becomes of its inputs; the last step is its :class:`HandOn`. The gateway
+serves one, :class:`gateway.hand_on.FeaturesUpstream`: the extractor's output -> FeatureMessage ->
+``{p}:features:{task}:{gateway}``. The benchmark's comparison baselines (``bench/baselines/``) drive this
+same loop with hand-ons of their own. A hand-on without a network takes the inputs as validated media:
+their pixels are not decoded nor their utterances joined (whoever the hand-on gives them to does that).
 
 In an image loop the face stage (gateway/faces.py) comes between decode and preprocess: each frame becomes
 one input per face, acknowledged once its last face is handed on; a frame without a face sends nothing.
@@ -23,7 +22,8 @@ counted per device (``dropped``) without being decoded further; audio chunks are
 A refused payload is never parsed again for the error report: its ``seq`` is reported when the bounded
 decode got as far as a map (a field failed validation), else null. Stage timers: ``decode`` (msgpack,
 validation, pixels/PCM), ``detect`` (the face stage), ``preprocess`` (resize / pitch shift + log-mel),
-``extract`` (the network), ``publish`` (the pipelined XADD, in upstream).
+``extract`` (the network),
+``publish`` (the pipelined XADD, in upstream).
 """
 from __future__ import annotations
 
@@ -31,25 +31,24 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from common.top_k import top_k
+from common.warm_up import warm_up
 from gateway.audio import Rejected, Utterance, UtteranceAssembler
 from gateway.config import GatewaySettings
 from gateway.faces import FaceStage
 from gateway.intake import DeviceQueues, Inbound, Intake
 from gateway.metrics import Metrics
 from gateway.staleness import DeviceClocks
-from gateway.upstream import Upstream
-from schemas import FeatureMessage, Names, Result, SchemaError, make_id
+from schemas import Names, SchemaError
 from schemas.codec import unpack_map
 from schemas.limits import DEFAULT_LIMITS
 from schemas.media import AudioChunk, ImageFrame, decode_image
-from schemas.upload import MediaMessage
 
 log = logging.getLogger(__name__)
+
 
 class DeviceMismatch(SchemaError):
     """The payload names another device than its topic (a device may speak only for itself)."""
@@ -82,15 +81,33 @@ class Ready:
         return self.items if self.frame is None else self.frame.done()
 
 
-class ExtractionLoop:
-    """Serves one topic kind ("image" or "audio") with one model (Extractor, FullModel, or a manifest)."""
+class HandOn(Protocol):
+    """The last step of an extraction loop: what becomes of one micro-batch of decoded inputs.
 
-    def __init__(self, kind: str, model: Any, manifest: dict, settings: GatewaySettings, names: Names,
-                 intake: Intake, upstream: Upstream | None, metrics: Metrics,
-                 report: Callable[[str, int | None, str, str, str], None],
-                 faces: FaceStage | None = None) -> None:
+    ``network`` preprocesses raw media (``network.preprocess(raw) -> x``) and :meth:`run` runs it on a
+    batch; with ``network`` None the inputs are handed on as validated media, undecoded. :meth:`hand_on`
+    gets the inputs that made it through (with the network's output row of each, or None), and for each
+    either acknowledges it (:meth:`ExtractionLoop.acknowledge`), rejects it (:meth:`ExtractionLoop.reject`),
+    or leaves it unacknowledged for redelivery (:meth:`ExtractionLoop.leave_for_redelivery`)."""
+
+    network: Any | None
+
+    def run(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """The network on B preprocessed inputs: (B, ...) outputs."""
+
+    def hand_on(self, loop: "ExtractionLoop", ready: list[Ready], outputs: Any) -> None:
+        """Hand on ``ready`` (outputs: (B, ...) rows of :meth:`run`, or B Nones without a network)."""
+
+
+class ExtractionLoop:
+    """Serves one topic kind ("image" or "audio") of one bundle (``manifest``) through ``hand_on``."""
+
+    def __init__(self, kind: str, manifest: dict, settings: GatewaySettings, names: Names, intake: Intake,
+                 metrics: Metrics, report: Callable[[str, int | None, str, str, str], None],
+                 hand_on: HandOn, faces: FaceStage | None = None) -> None:
         self.kind = kind
-        self.model = model                # Extractor (split), FullModel (local_only), None (cloud_only)
+        self.hand_on = hand_on
+        self.faces = faces                # the face stage of an image loop (gateway/faces.py), or None
         self.manifest = manifest
         self.task = manifest["task"]
         self.model_id = manifest["model"]
@@ -99,13 +116,9 @@ class ExtractionLoop:
         self.names = names
         self.intake = intake
         self.queue: DeviceQueues = intake.queues[kind]
-        self.upstream = upstream
         self.metrics = metrics
         self._report = report
-        self.faces = faces                # the face stage of an image loop (gateway/faces.py), or None
         self.reply = names.results(settings.id)
-        stream_of = names.media if settings.mode == "cloud_only" else names.features
-        self.stream = stream_of(self.task, settings.id)  # this home's own stream (schemas.names)
         self.assembler = UtteranceAssembler(
             settings.audio_max_seconds, settings.audio_max_open, settings.audio_timeout_s,
             max_chunks=settings.audio_max_chunks, max_bytes=settings.audio_max_bytes,
@@ -117,6 +130,16 @@ class ExtractionLoop:
         self.drain_deadline = float("inf")
         self.thread = threading.Thread(target=self._run, name=f"gateway-{kind}", daemon=True)
         self.error: BaseException | None = None
+
+    @property
+    def model(self) -> Any | None:
+        """The network the hand-on runs (e.g. the bundle's Extractor), or None."""
+        return self.hand_on.network
+
+    def warm_up(self) -> None:
+        """One dummy inference (common.warm_up), so that the first real input does not wait for it."""
+        if self.model is not None:
+            warm_up(self.model.preprocess, self.hand_on.run, "image" if self.kind == "image" else "speech")
 
     # loop -----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,42 +188,19 @@ class ExtractionLoop:
         t0 = time.perf_counter()
         ready = [r for item in items for r in self._decode(item)]
         self.metrics.observe("decode", time.perf_counter() - t0, len(items))
-        if self.faces is not None:  # one input per face (gateway/faces.py)
-            ready = self.faces.split(ready, self._reject_ready, self.intake.ack)
+        if self.faces is not None and self.model is not None:  # one input per face (gateway/faces.py)
+            ready = self.faces.split(ready, self.reject, self.intake.ack)
         if not ready:
             return
-        if self.s.mode == "cloud_only":
-            kept, msgs = [], []
-            for r in ready:
-                try:  # a frame just under the payload limit may not fit once wrapped: reject that one
-                    msgs.append(self._media_message(r))
-                    kept.append(r)
-                except Exception as e:  # noqa: BLE001 (one input's message: reject it, go on)
-                    self._reject_ready(r, "too large" if isinstance(e, SchemaError) else "undecodable media",
-                                       f"media not sendable: {_describe(e)}")
-            if kept:
-                self._hand_on(kept, msgs)
-            return
-        ready = self._preprocess(ready)
-        if not ready:
-            return
-        outputs, ready = self._run_model(ready)
-        if self.s.mode == "local_only":
-            self._publish_results(ready, outputs)
-        else:
-            now = time.time()
-            kept, msgs = [], []
-            for r, z in zip(ready, outputs):
-                try:
-                    msgs.append(FeatureMessage.from_array(z, gateway=self.s.id, device=r.device, seq=r.seq,
-                                                          boot=r.media.boot, ts=r.ts, ts_sent=now, task=self.task,
-                                                          model=self.model_id, reply=self.reply,
-                                                          face=r.face_index).encode())
-                    kept.append(r)
-                except Exception as e:  # noqa: BLE001 (one input's features that do not encode: reject it)
-                    self._reject_ready(r, "model failed", f"features not sendable: {_describe(e)}")
-            if kept:
-                self._hand_on(kept, msgs)
+        outputs: Any = [None] * len(ready)
+        if self.model is not None:
+            ready = self._preprocess(ready)
+            if not ready:
+                return
+            outputs, ready = self._run_model(ready)
+        if self.faces is not None and ready:  # the boxes stay at home, for the results relay
+            self.faces.remember(ready)
+        self.hand_on.hand_on(self, ready, outputs)
 
     def _decode(self, item: Inbound) -> list[Ready]:
         """The inputs this MQTT message completes: a frame, an utterance's last chunk, or nothing."""
@@ -213,14 +213,14 @@ class ExtractionLoop:
             if self.kind == "image":
                 if self._stale(msg, item):
                     return []
-                raw = None if self.s.mode == "cloud_only" else decode_image(msg)
+                raw = None if self.model is None else decode_image(msg)
                 return [Ready(msg.device, msg.seq, msg.ts, [item], msg, raw)]
         except SchemaError as e:
             self._reject(item, _seq_of(obj), e.reason, str(e))
             return []
         except Exception as e:  # noqa: BLE001 (any failure of one input rejects that input only)
             log.exception("%s input from %s: unexpected failure while decoding", self.kind, item.device)
-            self._reject(item, _seq_of(obj), "undecodable media", f"decoding failed: {_describe(e)}")
+            self._reject(item, _seq_of(obj), "undecodable media", f"decoding failed: {describe(e)}")
             return []
         # Assembly: from here on the chunk belongs to its utterance, acknowledged with it.
         done, rejected, duplicates = self.assembler.add(msg, item)
@@ -234,12 +234,12 @@ class ExtractionLoop:
         if done is None:
             return []
         ready = Ready(done.device, done.seq, done.first.ts, done.inputs, done)
-        if self.s.mode != "cloud_only":
+        if self.model is not None:
             try:
                 ready.raw = done.wave()
             except Exception as e:  # noqa: BLE001 (this utterance only)
                 log.exception("%s/%s: unexpected failure joining the utterance", done.device, done.seq)
-                self._reject_ready(ready, "undecodable media", f"joining failed: {_describe(e)}")
+                self.reject(ready, "undecodable media", f"joining failed: {describe(e)}")
                 return []
         return [ready]
 
@@ -270,20 +270,20 @@ class ExtractionLoop:
             except Exception as e:  # noqa: BLE001 (any failure of one input rejects that input only)
                 if not isinstance(e, (ValueError, TypeError, RuntimeError)):
                     log.exception("%s/%s: unexpected failure in preprocessing", r.device, r.seq)
-                self._reject_ready(r, "undecodable media", f"preprocessing failed: {_describe(e)}")
+                self.reject(r, "undecodable media", f"preprocessing failed: {describe(e)}")
         self.metrics.observe("preprocess", time.perf_counter() - t0, len(ready))
         return out
 
     def _run_model(self, ready: list[Ready]) -> tuple[np.ndarray, list[Ready]]:
         """(B, ...) outputs for the inputs that ran; a failing batch is retried item by item to find
         the input that breaks it (reason ``model failed``)."""
-        run = self.model.extract_batch if self.s.mode == "split" else self.model.predict_batch
+        run = self.hand_on.run
         t0 = time.perf_counter()
         try:
             outputs = run([r.x for r in ready])  # (B, *feature_shape) or (B, C)
             kept = ready
         except Exception as e:  # noqa: BLE001 (find the input that breaks the batch, below)
-            log.warning("%s batch of %d failed (%s); retrying one by one", self.kind, len(ready), _describe(e))
+            log.warning("%s batch of %d failed (%s); retrying one by one", self.kind, len(ready), describe(e))
             outs, kept = [], []
             for r in ready:
                 try:
@@ -292,52 +292,35 @@ class ExtractionLoop:
                 except Exception as e1:  # noqa: BLE001 (any failure of one input rejects that input only)
                     if not isinstance(e1, (ValueError, TypeError, RuntimeError)):
                         log.exception("%s/%s: unexpected failure in the model", r.device, r.seq)
-                    self._reject_ready(r, "model failed", _describe(e1))
+                    self.reject(r, "model failed", describe(e1))
             outputs = np.stack(outs) if outs else np.zeros((0,))
         self.metrics.observe("extract", time.perf_counter() - t0, len(ready))
         self.metrics.inc("extracted", len(kept))
         return outputs, kept
 
-    def _media_message(self, r: Ready) -> bytes:
-        if self.kind == "image":
-            media, payload = r.media, r.items[0].payload  # the camera's bytes, unchanged
-        else:
-            media, payload = r.media.joined(), None  # one final chunk holding the whole utterance
-        return MediaMessage.wrap(media, gateway=self.s.id, ts_sent=time.time(), task=self.task,
-                                 model=self.model_id, reply=self.reply, seq=r.seq, payload=payload).encode()
-
-    def _hand_on(self, ready: list[Ready], messages: list[bytes]) -> None:
-        if self.faces is not None:  # the boxes stay at home, for the results relay (gateway/faces.py)
-            self.faces.remember(ready)
-        ok = self.upstream.send([(self.stream, m) for m in messages],
-                                give_up=lambda: self.draining and time.monotonic() > self.drain_deadline)
-        if not ok:
-            log.error("gave up handing on %d %s inputs at shutdown; left unacknowledged for redelivery",
-                      len(ready), self.kind)
-            self._duplicates = []  # redelivered too, with the rest
-            return
+    # what a hand-on may do with its inputs -----------------------------------------------------------
+    def acknowledge(self, ready: list[Ready]) -> None:
+        """Acknowledge handed-on inputs at the broker (once nothing of them can be lost any more)."""
         for r in ready:
             log.debug("handed on %s/%s/%s (mids %s)", self.s.id, r.device, r.seq, [i.mid for i in r.items])
             self.intake.ack(r.to_ack())
 
-    def _publish_results(self, ready: list[Ready], probs: np.ndarray) -> None:
-        t0 = time.perf_counter()
-        for r, p in zip(ready, probs):  # p: (C,) probabilities
-            best = top_k(p, self.labels)
-            result = Result(id=make_id(self.s.id, r.device, r.seq, r.media.boot), task=self.task, model=self.model_id,
-                            label=best[0][0], score=best[0][1], scores=dict(best), ts=r.ts,
-                            ts_done=time.time(), worker=self.s.id)
-            self.intake.publish(self.names.result(r.device), result.to_json(), qos=1)
-            self.intake.ack(r.items)
-        self.metrics.inc("results_relayed", len(ready))
-        self.metrics.observe("relay", time.perf_counter() - t0, len(ready))
+    def leave_for_redelivery(self, ready: list[Ready], why: str) -> None:
+        """Leave ``ready`` (and the duplicates this batch held) unacknowledged: the broker resends them."""
+        log.error("%s: %d %s inputs left unacknowledged for redelivery", why, len(ready), self.kind)
+        self._duplicates = []  # redelivered too, with the rest
+
+    def giving_up(self) -> bool:
+        """Whether a hand-on waiting for upstream should give up (stopping, past the drain deadline)."""
+        return self.draining and time.monotonic() > self.drain_deadline
 
     # rejections -------------------------------------------------------------------------------------
     def _reject(self, item: Inbound, seq: int | None, reason: str, detail: str) -> None:
         self._report(item.device, seq, item.topic, reason, detail)
         self.intake.ack([item])
 
-    def _reject_ready(self, r: Ready, reason: str, detail: str) -> None:
+    def reject(self, r: Ready, reason: str, detail: str) -> None:
+        """Reject one input: report it with ``reason`` and acknowledge it."""
         self._report(r.device, r.seq, r.items[0].topic, reason, detail)
         self.intake.ack(r.to_ack())
 
@@ -353,6 +336,6 @@ def _seq_of(obj: object) -> int | None:
     return seq if isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63 else None
 
 
-def _describe(e: BaseException) -> str:
+def describe(e: BaseException) -> str:
     """``Type: message`` of an exception, for an error report."""
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__

@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 COUNTERS = {
     "received": "MQTT inputs taken in (image frames and audio chunks)",
-    "extracted": "inputs run through the extractor (or the whole network in local_only)",
+    "extracted": "inputs run through the extractor (the whole network in the local-only baseline)",
     "published": "messages handed on upstream (feature or media messages added to Redis)",
     "results_relayed": "results published to MQTT result topics",
     "duplicates_dropped": "results dropped because their id was already relayed",

@@ -16,11 +16,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
-from common.warm_up import warm_up
+
 from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_settings
-from gateway.extraction import ExtractionLoop
+from gateway.extraction import ExtractionLoop, HandOn
 from gateway.faces import FaceLedger, FaceStage, FaceStageError
+from gateway.hand_on import FeaturesUpstream
 from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, serve_prometheus
 from gateway.results import STOP_GRACE_S, ResultsRelay
@@ -38,27 +40,57 @@ class GatewayError(RuntimeError):
     """The gateway cannot run with these settings or bundles."""
 
 
-def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
-    """kind -> (model, manifest) for each bundle; the model is an Extractor (split), FullModel
-    (local_only) or None (cloud_only: only the manifest is read). analyzer.pt is read in local_only only."""
-    from models.bundle import BundleError, load_extractor, load_full, read_manifest
-    from models.signing import SignatureError, check_bundle
+def open_extractor(d: str, settings: GatewaySettings) -> tuple[object, dict]:
+    """The home half of bundle ``d``: its signature checked first (``part="home"``: a home never reads
+    ``analyzer.*``), then its Extractor. Returns (extractor, manifest)."""
+    from models.bundle import load_extractor
+    from models.signing import check_bundle
 
-    out: dict[str, tuple[object, dict]] = {}
-    serve = {"runtime": settings.runtime, "threads": settings.torch_threads}
-    part = "full" if settings.mode == "local_only" else "home"  # a home never reads analyzer.*
+    # The provider's signature first: nothing is unpickled or run from an unauthenticated bundle.
+    check_bundle(d, key=settings.bundle_key, allow_unsigned=settings.allow_unsigned, part="home")
+    model = load_extractor(d, runtime=settings.runtime, threads=settings.torch_threads,
+                           shift_semitones=settings.pitch_shift_range)
+    return model, model.manifest
+
+
+class Serving(Protocol):
+    """What a gateway process serves: how it opens a bundle, and what its extraction loops hand on.
+
+    The gateway serves :class:`SplitServing` only; the benchmark's baselines (``bench/baselines/``) run
+    this same service with servings of their own."""
+
+    mode: str         # named in the stats
+    uses_cloud: bool  # connect to Redis: an upstream for the hand-ons, and the results relayed back
+
+    def open_bundle(self, d: str, settings: GatewaySettings) -> tuple[object | None, dict]:
+        """(network or None, manifest) of bundle directory ``d``, its signature checked first."""
+
+    def hand_on(self, gateway: "Gateway", kind: str, network: object | None, manifest: dict) -> HandOn:
+        """The hand-on of the ``kind`` loop (the gateway's upstream is made, not yet started)."""
+
+
+class SplitServing:
+    """privedge: the extractor at home, its features to this home's features stream."""
+
+    mode = "split"
+    uses_cloud = True
+
+    def open_bundle(self, d: str, settings: GatewaySettings) -> tuple[object, dict]:
+        return open_extractor(d, settings)
+
+    def hand_on(self, gateway: "Gateway", kind: str, network: object | None, manifest: dict) -> HandOn:
+        return FeaturesUpstream(network, gateway.upstream, gateway.names.features(manifest["task"], gateway.s.id))
+
+
+def load_models(settings: GatewaySettings, serving: Serving) -> dict[str, tuple[object | None, dict]]:
+    """kind -> (network, manifest) for each bundle, opened by ``serving``; at most one per modality."""
+    from models.bundle import BundleError
+    from models.signing import SignatureError
+
+    out: dict[str, tuple[object | None, dict]] = {}
     for d in settings.bundles:
         try:
-            # The provider's signature first: nothing is unpickled or run from an unauthenticated bundle.
-            check_bundle(d, key=settings.bundle_key, allow_unsigned=settings.allow_unsigned, part=part)
-            if settings.mode == "split":
-                model = load_extractor(d, **serve, shift_semitones=settings.pitch_shift_range)
-                manifest = model.manifest
-            elif settings.mode == "local_only":
-                model = load_full(d, **serve)
-                manifest = model.manifest
-            else:
-                model, manifest = None, read_manifest(d)
+            model, manifest = serving.open_bundle(d, settings)
         except (BundleError, SignatureError, OSError, ValueError, KeyError) as e:
             raise GatewayError(f"cannot load bundle {d}: {e}") from e
         kind = KIND_OF_MODALITY.get(manifest.get("modality"))
@@ -68,7 +100,7 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
             raise GatewayError(f"two bundles serve {manifest['modality']} inputs ({d} and "
                                f"{out[kind][1]['model']}): give at most one per modality")
         out[kind] = (model, manifest)
-        log.info("bundle %s: %s model %s serves %s topics on %s", d, settings.mode, manifest["model"], kind,
+        log.info("bundle %s: %s model %s serves %s topics on %s", d, serving.mode, manifest["model"], kind,
                  getattr(model, "runtime", "no network"))
     if not out:
         raise GatewayError("no bundle given (--bundle DIR)")
@@ -78,8 +110,9 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
 class Gateway:
     """The gateway service: ``start()`` (returns once serving), ``stop()`` (drains), ``wait()``."""
 
-    def __init__(self, settings: GatewaySettings) -> None:
+    def __init__(self, settings: GatewaySettings, serving: Serving | None = None) -> None:
         self.s = settings
+        self.serving: Serving = serving or SplitServing()
         self.names = Names(settings.prefix)
         self.metrics = Metrics()
         self.loops: list[ExtractionLoop] = []
@@ -98,29 +131,30 @@ class Gateway:
         from models.onnx_runtime import limit_threads
 
         limit_threads(self.s.torch_threads)  # torch, ONNX Runtime and numpy's BLAS: one share of the cores
-        models = load_models(self.s)
-        if self.s.warm_up and self.s.mode != "cloud_only":
-            t0 = time.perf_counter()
-            for kind, (model, _) in models.items():
-                warm_up(model, kind)
-            log.info("warmed up in %.1f s", time.perf_counter() - t0)
+        models = load_models(self.s, self.serving)
         self.intake = Intake(self.s, self.names, self.metrics, tuple(models), self.report)
         faces = {kind: self._face_stage(kind, manifest) for kind, (_, manifest) in models.items()}
-        upstream = None
-        if self.s.mode != "local_only":
+        if self.serving.uses_cloud:
             self.redis = connect_redis(self.s)
-            upstream = self.upstream = Upstream(self.s, self.redis, self.metrics, spool=open_spool(self.s),
-                                                on_available=self._upstream_available)
+            self.upstream = Upstream(self.s, self.redis, self.metrics, spool=open_spool(self.s),
+                                     on_available=self._upstream_available)
+        for kind, (model, manifest) in models.items():
+            self.loops.append(ExtractionLoop(kind, manifest, self.s, self.names, self.intake, self.metrics,
+                                             self.report, self.serving.hand_on(self, kind, model, manifest),
+                                             faces=faces[kind]))
+        if self.s.warm_up and any(loop.model is not None for loop in self.loops):
+            t0 = time.perf_counter()
+            for loop in self.loops:
+                loop.warm_up()
+            log.info("warmed up in %.1f s", time.perf_counter() - t0)
+        if self.upstream is not None:
             try:
-                upstream.start()
+                self.upstream.start()
             except UpstreamRefused as e:
                 raise GatewayError(str(e)) from e
-        for kind, (model, manifest) in models.items():
-            self.loops.append(ExtractionLoop(kind, model, manifest, self.s, self.names, self.intake, upstream,
-                                             self.metrics, self.report, faces=faces[kind]))
         for loop in self.loops:
             loop.start()
-        if self.s.mode != "local_only":
+        if self.serving.uses_cloud:
             self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics, self.face_ledger)
         if self.s.metrics_port is not None:
             self._metrics_server = serve_prometheus(self.metrics, self.s.id, self.s.metrics_port,
@@ -139,7 +173,7 @@ class Gateway:
         self._stats_thread = threading.Thread(target=self._stats_loop, name="gateway-stats", daemon=True)
         self._stats_thread.start()
         log.info("gateway %s serving %s in %s mode (batch %d, wait %.1f ms)", self.s.id,
-                 "/".join(models), self.s.mode, self.s.batch, self.s.wait_ms)
+                 "/".join(models), self.serving.mode, self.s.batch, self.s.wait_ms)
         return self
 
     def stop(self) -> None:
@@ -193,7 +227,7 @@ class Gateway:
     def _face_stage(self, kind: str, manifest: dict) -> FaceStage | None:
         """The image loop's face stage (gateway/faces.py), when the settings ask for one; split mode only
         (the comparison baselines serve frames whole)."""
-        if kind != "image" or self.s.mode != "split":
+        if kind != "image" or self.serving.mode != "split":
             return None
         try:
             return FaceStage.from_settings(self.s, manifest, metrics=self.metrics, ledger=self.face_ledger,
@@ -232,7 +266,7 @@ class Gateway:
 
     def _publish_stats(self) -> None:
         snap = self.metrics.snapshot()
-        snap["gateway"], snap["mode"] = self.s.id, self.s.mode
+        snap["gateway"], snap["mode"] = self.s.id, self.serving.mode
         snap["cloud_behind"] = bool(self.upstream is not None and self.upstream.behind)  # backlog over the bound
         self.intake.publish(self.stats_topic(), json.dumps(snap, separators=(",", ":")).encode(), qos=0)
 
@@ -256,8 +290,8 @@ def _device_label(device: object) -> str:
 
 
 # command line -----------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="privedge gateway", description=__doc__.splitlines()[0])
+def build_parser(prog: str = "privedge gateway", description: str | None = None) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     p.add_argument("--broker", help="MQTT broker, mqtt://HOST:PORT")
     p.add_argument("--redis", help="Redis, redis://[USER:PASSWORD@]HOST:PORT[/DB]")
     p.add_argument("--bundle", dest="bundles", action="append", help="bundle directory (repeat per modality)")
@@ -266,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsigned", action="store_const", const=True,
                    help="load unsigned or wrongly signed bundles with a warning (development only)")
     p.add_argument("--config", help="YAML or TOML settings file (flat keys named like the settings)")
-    p.add_argument("--mode", choices=("split", "cloud_only", "local_only"))
+    p.add_argument("--mode", help=argparse.SUPPRESS)  # removed: refused by load_settings, saying why
     p.add_argument("--prefix", help="topic and key prefix (default privedge)")
     p.add_argument("--batch", type=int, help="largest micro-batch")
     p.add_argument("--wait-ms", type=float, help="longest micro-batch wait, milliseconds")
@@ -289,8 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, serving: Serving | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """``privedge gateway`` (the split serving); the benchmark's baselines pass their own ``serving``."""
+    parser = parser or build_parser()
+    prog = parser.prog
+    args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "log_level", "print_settings")}
@@ -299,14 +337,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(flags, config_file=args.config)
     except ConfigError as e:
-        print(f"privedge gateway: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 2
     if args.print_settings:
         shown = {k: ("***" if k in SECRET_FIELDS and v else v) for k, v in dataclasses.asdict(settings).items()}
         shown["redis"] = safe_url(settings.redis)
         print(json.dumps(shown, indent=2))
         return 0
-    gateway = Gateway(settings)
+    gateway = Gateway(settings, serving)
     stop_requested = threading.Event()
 
     def on_signal(signum, frame):
@@ -320,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         gateway.start()
     except GatewayError as e:
-        print(f"privedge gateway: {e}", file=sys.stderr)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     while not stop_requested.wait(0.5) and not gateway.wait(0):
         pass

@@ -25,16 +25,18 @@ RAW_SIGNATURES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG": "PNG", b"RIFF": "RIFF", b
 
 # ``privedge worker`` processes --------------------------------------------------------------------------
 class WorkerProcesses:
-    """``n`` real ``privedge worker`` processes named ``{stem}1..{stem}n``, each logging to its own file."""
+    """``n`` real ``privedge worker`` processes named ``{stem}1..{stem}n``, each logging to its own file
+    (``module``: ``python -m MODULE`` with the worker's flags instead, e.g. the cloud-only baseline's)."""
 
-    def __init__(self, redis_url: str, bundles, n: int, log_dir: Path, *, mode: str = "split",
+    def __init__(self, redis_url: str, bundles, n: int, log_dir: Path, *, module: str | None = None,
                  stem: str = "w", batch: int = 2, block_ms: int = 1000) -> None:
         self.names = [f"{stem}{i}" for i in range(1, n + 1)]
         self.logs = [Path(log_dir) / f"{name}.log" for name in self.names]
         self.procs: list[subprocess.Popen] = []
         for name, log in zip(self.names, self.logs):
-            cmd = [sys.executable, "-m", "privedge.cli", "worker", "--redis", redis_url, "--name", name,
-                   "--mode", mode, "--batch", str(batch), "--block-ms", str(block_ms)]
+            head = [module] if module else ["privedge.cli", "worker"]
+            cmd = [sys.executable, "-m", *head, "--redis", redis_url, "--name", name,
+                   "--batch", str(batch), "--block-ms", str(block_ms)]
             for b in bundles:
                 cmd += ["--bundle", str(b)]
             with open(log, "w") as out:

@@ -36,7 +36,7 @@ def gateway_bundles(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def full_bundles(tmp_path_factory) -> dict[str, Path]:
-    """Untrained bundles with both halves (local_only mode runs the whole network)."""
+    """Untrained bundles with both halves (the local-only baseline runs the whole network)."""
     root = tmp_path_factory.mktemp("full-bundles")
     out = {}
     for modality in ("image", "speech"):
@@ -137,12 +137,14 @@ def make_gateway(mosquitto, redis_server, gateway_bundles):
     """Factory: an in-process gateway on the test's servers (stopped at the end of the test)."""
     started: list[Gateway] = []
 
-    def make(**changes) -> Gateway:
+    def make(serving=None, **changes) -> Gateway:
+        """``serving``: what the gateway serves (default privedge's split; the benchmark's baselines pass
+        theirs); ``changes``: settings."""
         base = dict(broker=mosquitto.url, redis=redis_server.url,
                     bundles=(str(gateway_bundles["image"]), str(gateway_bundles["speech"])),
                     id="gw1", stats_interval_s=0.5, connect_timeout_s=10, wait_ms=2.0)
         base.update(changes)
-        gw = Gateway(GatewaySettings(**base)).start()
+        gw = Gateway(GatewaySettings(**base), serving).start()
         started.append(gw)
         return gw
 

@@ -60,7 +60,7 @@ def test_worker_trims_only_acknowledged_entries(tmp_path, redis_server):
     names = Names()
     r = RedisSettings.from_dsn(redis_server.url).client()
     ids = [r.xadd(STREAM, {"m": b"%d" % i}) for i in range(10)]
-    streams = StreamSet(r, names, "split", {"glasses"}, max_streams=10, retention_s=0)
+    streams = StreamSet(r, names, "features", {"glasses"}, max_streams=10, retention_s=0)
     assert streams.discover() == [STREAM]
     r.xreadgroup(GROUP, "c1", {STREAM: ">"}, count=6)  # 0-5 delivered, 6-9 not
     r.xack(STREAM, GROUP, *ids[:4])

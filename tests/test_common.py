@@ -119,7 +119,8 @@ class _Model:
 
 def test_warm_up_runs_one_dummy_input_through_the_model():
     extractor, full = _Model(True), _Model(False)
-    assert warm_up(extractor, "image") >= 0 and warm_up(full, "speech") >= 0
+    assert warm_up(extractor.preprocess, extractor.extract_batch, "image") >= 0
+    assert warm_up(full.preprocess, full.predict_batch, "speech") >= 0
     assert extractor.seen[0].shape == (64, 64) and extractor.seen[0].dtype == np.uint8
     wave, rate = full.seen[0]
     assert wave.dtype == np.float32 and not wave.any() and rate == 8000

@@ -22,8 +22,7 @@ from gateway.config import ConfigError, GatewaySettings, load_settings
 from gateway.intake import Intake
 from gateway.metrics import Metrics
 from schemas import Limits, Names, Result
-from schemas.upload import MediaMessage
-from tests.gateway_fixtures import (Listener, full_bundles, gateway_bundles, image_frame,  # noqa: F401 (fixtures)
+from tests.gateway_fixtures import (Listener, gateway_bundles, image_frame,  # noqa: F401 (fixtures)
                                     make_gateway, utterance, wait_until)
 from tests.gateway_fixtures import features_in as _features
 pytestmark = pytest.mark.integration
@@ -238,8 +237,8 @@ def test_a_refused_connection_is_an_error_and_never_announced_online(tmp_path, g
     try:
         lis = Listener(broker.port)
         s = GatewaySettings(broker=broker.url, redis="redis://127.0.0.1:1/0", bundles=(str(gateway_bundles["image"]),),
-                            id="gwr", mode="cloud_only", mqtt_username="gw", mqtt_password="wrong",
-                            connect_timeout_s=10)
+                            id="gwr", mqtt_username="gw", mqtt_password="wrong", connect_timeout_s=10,
+                            warm_up=False)
         with pytest.raises(GatewayError, match="refused"):
             Gateway(s).start()
         time.sleep(0.5)
@@ -250,39 +249,6 @@ def test_a_refused_connection_is_an_error_and_never_announced_online(tmp_path, g
     finally:
         broker.stop()
         shutil.rmtree(pw_dir)
-
-
-def test_local_only_publishes_results_and_sends_nothing_up(mosquitto, redis_server, full_bundles):
-    from gateway.service import Gateway
-
-    s = GatewaySettings(broker=mosquitto.url, redis="redis://127.0.0.1:1/0", bundles=(str(full_bundles["image"]),),
-                        id="gwl", mode="local_only", warm_up=False)
-    with Gateway(s) as gw:
-        lis = Listener(mosquitto.port)
-        lis.publish("privedge/cam1/image", image_frame("cam1", 3).encode())
-        assert lis.wait_for(lambda l: l.messages["privedge/cam1/result"])
-        (body,) = lis.json("privedge/cam1/result")
-        assert body["id"] == "gwl/cam1/3" and body["label"] in ("no_glasses", "glasses")
-        assert gw.metrics.count("published") == 0
-        lis.close()
-
-
-def test_cloud_only_uploads_the_original_media(make_gateway, mosquitto, redis_server):
-    make_gateway(mode="cloud_only")
-    lis = Listener(mosquitto.port)
-    frame = image_frame("cam1", 4)
-    lis.publish("privedge/cam1/image", frame.encode())
-    for c in utterance("mic1", 20, "u-2", chunks=2):
-        lis.publish("privedge/mic1/audio", c.encode())
-    r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:media:glasses:gw1") == 1 and r.xlen("privedge:media:digit:gw1") == 1)
-    (_, f), = r.xrange("privedge:media:glasses:gw1")
-    msg = MediaMessage.decode(f[b"m"])
-    assert msg.id == "gw1/cam1/4" and msg.kind == "image" and msg.media() == frame
-    (_, f), = r.xrange("privedge:media:digit:gw1")
-    audio = MediaMessage.decode(f[b"m"]).media()
-    assert audio.seq == 20 and audio.final and len(audio.data) == 2 * int(8000 * 0.6)
-    lis.close()
 
 
 def test_settings_sources_and_unknown_keys(tmp_path):

@@ -19,6 +19,7 @@ from bench import scenes
 from bench.face_detectors import iou
 from gateway.config import ConfigError, GatewaySettings, load_settings
 from gateway.extraction import ExtractionLoop
+from gateway.hand_on import FeaturesUpstream
 from gateway.faces import FaceLedger, FaceStage, frame_box
 from gateway.intake import DeviceQueues, Inbound
 from gateway.metrics import Metrics
@@ -169,8 +170,9 @@ def test_one_message_per_face_and_the_frame_acknowledged_after_its_last_face():
     reports: list = []
     metrics = Metrics()
     stage = _stage(detector, metrics=metrics, publish=lambda topic, body: events.append(("publish", topic, body)))
-    loop = ExtractionLoop("image", Model(), MANIFEST, GatewaySettings(id="gw1"), Names(), Intake(), Upstream(),
-                          metrics, lambda *a: reports.append(a[:2] + a[3:4]), faces=stage)
+    hand_on = FeaturesUpstream(Model(), Upstream(), Names().features(MANIFEST["task"], "gw1"))
+    loop = ExtractionLoop("image", MANIFEST, GatewaySettings(id="gw1"), Names(), Intake(), metrics,
+                          lambda *a: reports.append(a[:2] + a[3:4]), hand_on, faces=stage)
     items = [Inbound("image", "cam1", "privedge/cam1/image",
                      ImageFrame.from_array(frames[s], device="cam1", seq=s, ts=time.time(), codec="png").encode(),
                      10 + s, 1, 1) for s in (1, 2, 3)]

@@ -252,6 +252,7 @@ def test_a_duplicate_chunk_is_acknowledged_only_after_its_utterance_is_handed_on
 
     from gateway.config import GatewaySettings
     from gateway.extraction import ExtractionLoop
+    from gateway.hand_on import FeaturesUpstream
     from gateway.metrics import Metrics
     from schemas import Names
 
@@ -282,8 +283,8 @@ def test_a_duplicate_chunk_is_acknowledged_only_after_its_utterance_is_handed_on
             return np.zeros((len(xs), 8), np.float32)
 
     manifest = {"task": "digit", "model": "digit-000000000000", "labels": ["a", "b"]}
-    loop = ExtractionLoop("audio", Model(), manifest, GatewaySettings(), Names(), Intake(), Upstream(), Metrics(),
-                          lambda *a: None)
+    loop = ExtractionLoop("audio", manifest, GatewaySettings(), Names(), Intake(), Metrics(), lambda *a: None,
+                          FeaturesUpstream(Model(), Upstream(), Names().features("digit", "home")))
     chunks = [_chunk(0), _chunk(1, final=True)]
     old = [Inbound("audio", "mic1", "privedge/mic1/audio", c.encode(), 10 + c.seq, 1, 1) for c in chunks]
     new = [Inbound("audio", "mic1", "privedge/mic1/audio", c.encode(), 20 + c.seq, 1, 2) for c in chunks]

@@ -1,28 +1,26 @@
 """What a worker computes: the models it serves, and one batch of messages turned into results.
 
-Split mode serves ``models.bundle.load_analyzer`` (the half after the cut) on FeatureMessages;
-cloud-only mode serves ``models.bundle.load_full`` (the uncut network) on MediaMessages, for the
-benchmark's "raw media to the cloud" peer. Either way a message that cannot be analysed becomes a
-:class:`Rejected` with a reason and never stops the batch.
+A worker serves the analyzer of each bundle (``models.bundle.load_analyzer``, the half after the cut) on
+FeatureMessages: :class:`FeatureAnalysis`, behind the small :class:`Analysis` interface that the worker's
+loop (workers/service.py) calls. The benchmark's cloud-only baseline drives that same loop with an
+analysis of its own (bench/baselines/cloud_worker.py): a worker never sees raw media. A message that
+cannot be analysed becomes a :class:`Rejected` with a reason and never stops the batch.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 
-from common.warm_up import warm_up
 from models import bundle as bundles
 from models.release import BadFeatures, check_wire
 from models.signing import check_bundle
 from schemas.errors import SchemaError
 from schemas.features import FeatureMessage
-from schemas.media import ImageFrame, decode_image
-from schemas.upload import MediaMessage
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +43,45 @@ class Served:
     modality: str
     labels: tuple[str, ...]
     feature_shape: tuple[int, ...]
-    net: Any  # models.bundle.Analyzer (split) or the load_full object (cloud_only)
+    net: Any  # models.bundle.Analyzer (or what an Analysis loads)
+    forward: Callable[[list[np.ndarray]], np.ndarray]  # B network inputs -> (B, C) probabilities
 
 
-def load_served(bundle_dirs: tuple[Path, ...], mode: str, runtime: str = "torch",
-                threads: int = 1, *, bundle_key: str | None = None,
-                allow_unsigned: bool = False) -> dict[str, Served]:
-    """Load every bundle for ``mode`` on ``runtime`` (torch, onnx, auto) with ``threads`` ONNX Runtime
+class Analysis(Protocol):
+    """What the worker's loop asks of the models it serves: which streams, which bundles, which inputs."""
+
+    stream_kind: str  # the streams consumed: "features" ({p}:features:{task}:{gateway}, schemas.names)
+
+    def load(self, bundle_dirs: tuple[Path, ...], runtime: str, threads: int, *, bundle_key: str | None,
+             allow_unsigned: bool) -> dict[str, Served]:
+        """{model id: Served} of every bundle, each once its signature verifies."""
+
+    def decode(self, data: bytes, limits) -> Any:
+        """A stream entry's ``m`` field as a message; Rejected if it does not decode."""
+
+    def model_input(self, msg: Any, served: Served) -> np.ndarray:
+        """One network input for ``msg``; Rejected if ``msg`` cannot be analysed by ``served``."""
+
+
+class FeatureAnalysis:
+    """privedge's worker: FeatureMessages from the features streams, through each bundle's analyzer."""
+
+    stream_kind = "features"
+
+    def load(self, bundle_dirs: tuple[Path, ...], runtime: str = "torch", threads: int = 1, *,
+             bundle_key: str | None = None, allow_unsigned: bool = False) -> dict[str, Served]:
+        return load_served(bundle_dirs, runtime, threads, bundle_key=bundle_key, allow_unsigned=allow_unsigned)
+
+    def decode(self, data: bytes, limits) -> FeatureMessage:
+        return decode_message(data, limits)
+
+    def model_input(self, msg: FeatureMessage, served: Served) -> np.ndarray:
+        return model_input(msg, served)
+
+
+def load_served(bundle_dirs: tuple[Path, ...], runtime: str = "torch", threads: int = 1, *,
+                bundle_key: str | None = None, allow_unsigned: bool = False) -> dict[str, Served]:
+    """Load every bundle's analyzer on ``runtime`` (torch, onnx, auto) with ``threads`` ONNX Runtime
     threads, each once its signature verifies with the provider's public ``bundle_key`` file (see
     models.signing.check_bundle); returns {model id: Served}. Raises BundleError on a bad bundle,
     models.signing.SignatureError on an unsigned or wrongly signed one (unless ``allow_unsigned``)."""
@@ -59,75 +89,51 @@ def load_served(bundle_dirs: tuple[Path, ...], mode: str, runtime: str = "torch"
     for d in bundle_dirs:
         # The provider's signature first: nothing is unpickled or run from an unauthenticated bundle.
         check_bundle(d, key=bundle_key, allow_unsigned=allow_unsigned, part="full")
-        manifest = bundles.read_manifest(d)
-        load = bundles.load_analyzer if mode == "split" else bundles.load_full
-        net = load(d, runtime=runtime, threads=threads)
-        s = Served(model_id=manifest["model"], task=manifest["task"], modality=manifest["modality"],
-                   labels=tuple(manifest["labels"]),
-                   feature_shape=tuple(int(n) for n in manifest["feature"]["shape"]), net=net)
+        net = bundles.load_analyzer(d, runtime=runtime, threads=threads)
+        s = served_of(bundles.read_manifest(d), net, lambda xs, net=net: net.analyze_batch(np.stack(xs)))
         served[s.model_id] = s
-        if mode == "cloud_only":
-            log.info("%s warmed up in %.1f s", s.model_id, warm_up(net, s.modality))
-        log.info("serving %s (task %s, %s mode, %s) from %s", s.model_id, s.task, mode, net.runtime, d)
+        log.info("serving %s (task %s, %s) from %s", s.model_id, s.task, net.runtime, d)
     return served
 
 
-def decode_message(data: bytes, mode: str, limits) -> FeatureMessage | MediaMessage:
-    """The stream entry's ``m`` field as a message; Rejected if it does not decode."""
-    cls = FeatureMessage if mode == "split" else MediaMessage
+def served_of(manifest: dict, net: Any, forward: Callable[[list[np.ndarray]], np.ndarray]) -> Served:
+    """The Served of one bundle (``manifest``) whose loaded ``net`` runs as ``forward``."""
+    return Served(model_id=manifest["model"], task=manifest["task"], modality=manifest["modality"],
+                  labels=tuple(manifest["labels"]),
+                  feature_shape=tuple(int(n) for n in manifest["feature"]["shape"]), net=net, forward=forward)
+
+
+def decode_message(data: bytes, limits) -> FeatureMessage:
+    """The stream entry's ``m`` field as a FeatureMessage; Rejected if it does not decode."""
     try:
-        return cls.decode(data, limits)
+        return FeatureMessage.decode(data, limits)
     except SchemaError as e:
         raise Rejected(f"undecodable: {e.reason}", str(e)) from e
 
 
-def model_input(msg, served: Served) -> np.ndarray:
-    """One network input for ``msg``: its feature tensor (split) or the preprocessed media (cloud_only)."""
-    if isinstance(msg, FeatureMessage):
-        try:
-            x = msg.array()
-        except SchemaError as e:
-            raise Rejected(f"undecodable: {e.reason}", str(e)) from e
-        if tuple(x.shape) != served.feature_shape:
-            raise Rejected("feature shape mismatch",
-                           f"got {tuple(x.shape)}, model {served.model_id} takes {served.feature_shape}")
-        want = served.net.manifest["feature"]["dtype"]
-        if x.dtype.name != want:
-            raise Rejected("feature dtype mismatch", f"got {x.dtype.name}, model {served.model_id} takes {want}")
-        try:
-            check_wire(x, served.net.manifest["feature"])
-        except BadFeatures as e:
-            raise Rejected(e.reason, e.detail) from e
-        return np.array(x)  # the wire dtype: the analyzer dequantises int8 with the bundle's scales
+def model_input(msg: FeatureMessage, served: Served) -> np.ndarray:
+    """One network input for ``msg``: its feature tensor, checked against the bundle's feature spec."""
     try:
-        media = msg.media()
-        if isinstance(media, ImageFrame):
-            raw: Any = decode_image(media)
-        else:
-            raw = (_pcm_to_float(media.data, media.width, media.channels), media.rate)
-        return np.asarray(served.net.preprocess(raw), dtype=np.float32)
+        x = msg.array()
     except SchemaError as e:
-        raise Rejected(f"undecodable media: {e.reason}", str(e)) from e
-    except (ValueError, OSError) as e:
-        raise Rejected("undecodable media", str(e)) from e
-
-
-def _pcm_to_float(data: bytes, width: int, channels: int) -> np.ndarray:
-    """pcm_s16le bytes -> mono float32 in [-1, 1]."""
-    if width != 2:
-        raise Rejected("undecodable media", f"pcm sample width {width} (only 2 bytes supported)")
-    from models.preprocess import pcm16_to_float
-
-    return pcm16_to_float(data, channels)
+        raise Rejected(f"undecodable: {e.reason}", str(e)) from e
+    if tuple(x.shape) != served.feature_shape:
+        raise Rejected("feature shape mismatch",
+                       f"got {tuple(x.shape)}, model {served.model_id} takes {served.feature_shape}")
+    want = served.net.manifest["feature"]["dtype"]
+    if x.dtype.name != want:
+        raise Rejected("feature dtype mismatch", f"got {x.dtype.name}, model {served.model_id} takes {want}")
+    try:
+        check_wire(x, served.net.manifest["feature"])
+    except BadFeatures as e:
+        raise Rejected(e.reason, e.detail) from e
+    return np.array(x)  # the wire dtype: the analyzer dequantises int8 with the bundle's scales
 
 
 def run_network(served: Served, inputs: list[np.ndarray]) -> np.ndarray:
     """One forward pass over a group of inputs of one model; returns probabilities (B, C) float32."""
     with torch.inference_mode():
-        if isinstance(served.net, bundles.Analyzer):
-            probs = served.net.analyze_batch(np.stack(inputs))  # (B, *feature_shape) -> (B, C)
-        else:
-            probs = served.net.predict_batch(inputs)  # B preprocessed inputs -> (B, C)
+        probs = served.forward(inputs)  # B inputs -> (B, C)
     probs = np.asarray(probs, dtype=np.float32)  # (B, C)
     if probs.shape != (len(inputs), len(served.labels)):
         raise Rejected("model output mismatch", f"got {probs.shape} for {len(inputs)} inputs")

@@ -19,11 +19,10 @@ from common.redis_connection import RedisSettings
 from common.settings import Keys, SettingsError, check_type, keys_of, merge
 from models.runtimes import RUNTIMES  # the one definition; imports no torch
 
-MODES = ("split", "cloud_only")
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
 """The Redis URL when none is given."""
 
-__all__ = ["DEFAULT_REDIS", "ENVIRONMENT", "KEYS", "MODES", "RUNTIMES", "RedisSettings", "SettingsError",
+__all__ = ["DEFAULT_REDIS", "ENVIRONMENT", "KEYS", "RUNTIMES", "RedisSettings", "SettingsError",
            "WorkerSettings", "load_settings"]
 
 
@@ -38,7 +37,6 @@ class WorkerSettings:
     redis: RedisSettings = RedisSettings()
     bundles: tuple[Path, ...] = ()
     name: str | None = None                # consumer name; None -> hostname-pid-random
-    mode: str = "split"                    # "split": features; "cloud_only": raw media, whole network
     prefix: str = "privedge"               # key prefix (schemas.names)
     batch: int = 64                        # messages per XREADGROUP, per stream
     block_ms: int = 100                    # XREADGROUP BLOCK, milliseconds
@@ -68,8 +66,6 @@ class WorkerSettings:
                 check_type(name, want, getattr(self, name))
         if not isinstance(self.redis, RedisSettings):
             raise SettingsError(f"redis must be RedisSettings, got {type(self.redis).__name__}")
-        if self.mode not in MODES:
-            raise SettingsError(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.runtime not in RUNTIMES:
             raise SettingsError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if not self.bundles:
@@ -94,8 +90,12 @@ ENVIRONMENT = {"redis": "PRIVEDGE_REDIS", "redis_password": "PRIVEDGE_REDIS_PASS
                "allow_unsigned": "PRIVEDGE_ALLOW_UNSIGNED"}
 """Setting -> the environment variable a worker reads it from; the other settings have none."""
 
+REMOVED = {"mode": "a worker serves features only; the cloud-only baseline's worker, which decodes raw media, is "
+                   "the benchmark's own process: python -m bench.baselines.cloud_worker"}
+"""Settings that no longer exist -> what replaces them (refused with this message)."""
+
 KEYS = Keys(types={**_FIELDS, "redis_password": "str | None", "redis_password_file": "str | None"},
-            env=ENVIRONMENT, secrets=("redis_password",))
+            env=ENVIRONMENT, secrets=("redis_password",), removed=REMOVED)
 """What a worker's config file, environment and flags may set: every field (``redis`` as a URL), and the
 Redis password (a secret: environment or ``redis_password_file`` only)."""
 

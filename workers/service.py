@@ -1,4 +1,4 @@
-"""``privedge worker``: one consumer in the ``analyzers`` group, features (or media) in, results out.
+"""``privedge worker``: one consumer in the ``analyzers`` group, features in, results out.
 
 Each loop: XREADGROUP COUNT B BLOCK T over every stream of the served tasks (one per gateway, found by
 workers.streams every few seconds), group the batch by ``model``, run the network once per group, then
@@ -33,8 +33,8 @@ from models.signing import SignatureError
 from schemas.limits import DEFAULT_LIMITS
 from schemas.names import FIELD, GROUP, Names
 from schemas.results import ErrorReport, Result
-from workers.analysis import Rejected, decode_message, load_served, model_input, run_network
-from workers.config import MODES, SettingsError, WorkerSettings, load_settings
+from workers.analysis import Analysis, FeatureAnalysis, Rejected, run_network
+from workers.config import SettingsError, WorkerSettings, load_settings
 from workers.stats import WorkerStats
 from workers.streams import StreamSet, check_origin
 
@@ -52,16 +52,18 @@ def default_name() -> str:
 class Worker:
     """A consumer of the ``analyzers`` group; ``start()`` runs it in a thread, ``stop()`` ends it."""
 
-    def __init__(self, settings: WorkerSettings) -> None:
+    def __init__(self, settings: WorkerSettings, analysis: Analysis | None = None) -> None:
         self.settings = settings
+        self.analysis: Analysis = analysis or FeatureAnalysis()
         self.names = Names(settings.prefix)
         self.name = settings.name or default_name()
-        self.served = load_served(settings.bundles, settings.mode, settings.runtime, settings.threads,
-                                  bundle_key=settings.bundle_key, allow_unsigned=settings.allow_unsigned)
+        self.served = self.analysis.load(settings.bundles, settings.runtime, settings.threads,
+                                         bundle_key=settings.bundle_key, allow_unsigned=settings.allow_unsigned)
         self.stats = WorkerStats()
         self.redis = settings.redis.client()
-        self.stream_set = StreamSet(self.redis, self.names, settings.mode, {s.task for s in self.served.values()},
-                                    settings.max_streams, settings.trim_retention_s)
+        self.stream_set = StreamSet(self.redis, self.names, self.analysis.stream_kind,
+                                    {s.task for s in self.served.values()}, settings.max_streams,
+                                    settings.trim_retention_s)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_claim = 0.0
@@ -187,7 +189,7 @@ class Worker:
         raw = fields.get(FIELD.encode())
         if raw is None:
             raise Rejected("undecodable: missing field", f"stream entry has no field {FIELD}")
-        msg = decode_message(raw, self.settings.mode, DEFAULT_LIMITS)
+        msg = self.analysis.decode(raw, DEFAULT_LIMITS)
         served = self.served.get(msg.model)
         if served is None:
             raise Rejected("unknown model", msg.model)
@@ -197,7 +199,7 @@ class Worker:
         if served.task != task:
             raise Rejected("task mismatch", f"model {msg.model} serves {served.task}, stream {stream}")
         check_origin(msg, gateway, self.names)
-        return msg, served, model_input(msg, served)
+        return msg, served, self.analysis.model_input(msg, served)
 
     def handle(self, entries: list) -> None:
         """Analyze a batch of (stream, entry id, fields) and write results, dead letters and acks."""
@@ -247,8 +249,7 @@ class Worker:
         for reply, encoded in results:
             pipe.xadd(reply, {FIELD: encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
         for stream, eid, fields, err in dead:
-            task = (self.stream_set.streams.get(stream, (None, None))[0]
-                    or next(iter(self.stream_set.tasks), "unknown"))
+            task = self._task_of(stream)
             log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
             report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
                                  detail=err.detail[:200], ts=time.time())
@@ -263,14 +264,27 @@ class Worker:
         self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0)
 
 
+    def _task_of(self, stream: str) -> str:
+        """The task of a stream this worker read, whose dead letters go to ``{p}:dead:{task}``: from its
+        key (schemas.names), so that a stream forgotten since the read (NOGROUP recovery) still names its
+        own task and never another one's, or none."""
+        known = self.stream_set.streams.get(stream)
+        return known[0] if known is not None else self.names.split_stream(stream)[1]
+
+
 def _id(eid) -> str:
     return eid.decode() if isinstance(eid, bytes) else str(eid)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The worker's flags; each defaults to None (not given), so that the environment, a config file and
-    the settings' defaults apply below it (workers.config.load_settings)."""
-    p = argparse.ArgumentParser(prog="privedge worker", description=__doc__.splitlines()[0])
+MODE_REMOVED = ("--mode was removed: a worker serves features only; the benchmark's cloud-only baseline is "
+                "a process of its own, python -m bench.baselines.cloud_worker (privedge bench starts it)")
+
+
+def build_parser(prog: str = "privedge worker", description: str | None = None) -> argparse.ArgumentParser:
+    """The worker's flags (the benchmark's cloud-only worker takes the same); each defaults to None (not
+    given), so that the environment, a config file and the settings' defaults apply below it
+    (workers.config.load_settings)."""
+    p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     p.add_argument("--config", help="YAML or TOML settings file (flat keys named like the settings; "
                                     "unknown keys are refused)")
     p.add_argument("--redis", help="redis://[USER:PASSWORD@]HOST:PORT[/DB] (default redis://127.0.0.1:6379, or "
@@ -279,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", dest="bundles", action="append",
                    help="bundle directory (repeatable; at least one, here or in the config file)")
     p.add_argument("--name", help="consumer name (PRIVEDGE_WORKER_NAME; default hostname-pid-random)")
-    p.add_argument("--mode", choices=MODES, help="split (features, the default) or cloud_only (raw media)")
+    p.add_argument("--mode", help=argparse.SUPPRESS)  # removed: refused below, saying what replaces it
     p.add_argument("--prefix", help="key prefix (PRIVEDGE_PREFIX; default privedge)")
     p.add_argument("--batch", type=int, help="messages per XREADGROUP (default 64)")
     p.add_argument("--block-ms", type=int, help="XREADGROUP BLOCK, milliseconds (default 100)")
@@ -299,21 +313,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: list[str], env: Mapping[str, str] | None = None) -> WorkerSettings:
+def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None,
+               env: Mapping[str, str] | None = None) -> WorkerSettings:
     """The settings of ``privedge worker ARGV``: flags > environment > ``--config`` file > defaults.
     Invalid settings end the program as a usage error does (exit status 2, the reason on stderr)."""
-    p = build_parser()
+    p = parser or build_parser()
     a = p.parse_args(argv)
-    flags = {k: v for k, v in vars(a).items() if k != "config"}
+    if a.mode is not None:
+        p.error(MODE_REMOVED)
+    flags = {k: v for k, v in vars(a).items() if k not in ("config", "mode")}
     try:
         return load_settings(flags, config_file=a.config, env=env)
     except SettingsError as e:
         p.error(str(e))
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, analysis: Analysis | None = None,
+         parser: argparse.ArgumentParser | None = None) -> int:
+    """``privedge worker`` (features); the benchmark's cloud-only worker passes its own ``analysis``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = parse_args(list(argv or []))
+    settings = parse_args(list(argv or []), parser)
     try:  # credentials first: a refused login should not wait for the models to load
         settings.redis.client().ping()
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
@@ -322,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     except redis.RedisError as e:
         log.warning("Redis not reachable yet (%s); the worker retries", e)
     try:
-        worker = Worker(settings)
+        worker = Worker(settings, analysis)
     except SignatureError as e:
         log.error("refusing to serve: %s", e)
         return 1

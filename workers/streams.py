@@ -1,7 +1,7 @@
 """The streams a worker consumes: found by SCAN, each with the ``analyzers`` group, trimmed below the acks.
 
-Every gateway writes streams of its own, ``{p}:features:{task}:{gateway}`` (``media`` in cloud_only mode;
-schemas.names), so the set of streams grows as homes join. :meth:`StreamSet.discover` runs
+Every gateway writes streams of its own, ``{p}:features:{task}:{gateway}`` (schemas.names; the benchmark's
+cloud-only baseline reads ``{p}:media:...`` streams through the same class), so the set of streams grows as homes join. :meth:`StreamSet.discover` runs
 ``SCAN MATCH {p}:features:{task}:* TYPE stream`` every few seconds (not per batch), keeps only keys that
 :meth:`Names.split_stream` accepts, stops at ``max_streams``, and creates the group (from id 0, so a new
 home's first entries are read too) on each stream it has not seen. The worker then reads all of them in
@@ -41,15 +41,18 @@ SCAN_COUNT = 1000
 
 
 class StreamSet:
-    """The features (split) or media (cloud_only) streams of ``tasks``: ``streams`` maps each key to
-    ``(task, gateway)``."""
+    """The streams of one ``kind`` (``features``, or ``media`` for the benchmark's cloud-only baseline) of
+    ``tasks``: ``streams`` maps each key to ``(task, gateway)``."""
 
-    def __init__(self, client: redis.Redis, names: Names, mode: str, tasks: set[str], max_streams: int,
+    def __init__(self, client: redis.Redis, names: Names, kind: str, tasks: set[str], max_streams: int,
                  retention_s: float = 0.0) -> None:
         self.redis = client
         self.names = names
-        self.pattern_of = names.features_pattern if mode == "split" else names.media_pattern
-        self.kind = "features" if mode == "split" else "media"
+        patterns = {"features": names.features_pattern, "media": names.media_pattern}
+        if kind not in patterns:
+            raise ValueError(f"stream kind must be one of {sorted(patterns)}, got {kind!r}")
+        self.pattern_of = patterns[kind]
+        self.kind = kind
         self.tasks = set(tasks)
         self.max_streams = max_streams
         self.retention_s = retention_s

@@ -1,0 +1,77 @@
+"""What the gateway's extraction loops hand on: one message per input, added to this home's stream.
+
+:class:`StreamHandOn` is the part every upstream hand-on shares: encode one message per input (an
+input whose message cannot be made is rejected alone), add the batch to one stream through
+:class:`gateway.upstream.Upstream` (pipelined, retried, spooled), and acknowledge the inputs only once it
+is there; at shutdown past the drain deadline they are left unacknowledged for the broker to resend.
+:class:`FeaturesUpstream` is privedge's: the extractor's released features as FeatureMessages to
+``{p}:features:{task}:{gateway}``.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from gateway.extraction import ExtractionLoop, Ready, describe
+from gateway.upstream import Upstream
+from schemas import FeatureMessage
+
+
+class StreamHandOn:
+    """Messages to ``stream`` through ``upstream``; :meth:`message` and :meth:`refusal` say which."""
+
+    network: Any | None = None
+
+    def __init__(self, upstream: Upstream, stream: str) -> None:
+        self.upstream = upstream
+        self.stream = stream  # this home's own stream (schemas.names)
+
+    def run(self, inputs: list[np.ndarray]) -> np.ndarray:
+        """The network on B preprocessed inputs (subclasses with a network say which)."""
+        raise NotImplementedError
+
+    def message(self, loop: ExtractionLoop, r: Ready, output: Any, now: float) -> bytes:
+        """The encoded message of one input (raises when it cannot be made)."""
+        raise NotImplementedError
+
+    def refusal(self, e: Exception) -> tuple[str, str]:
+        """(reason, detail) of an input whose message could not be made."""
+        raise NotImplementedError
+
+    def hand_on(self, loop: ExtractionLoop, ready: list[Ready], outputs: Any) -> None:
+        now = time.time()
+        kept, msgs = [], []
+        for r, out in zip(ready, outputs):
+            try:
+                msgs.append(self.message(loop, r, out, now))
+                kept.append(r)
+            except Exception as e:  # noqa: BLE001 (one input's message that does not encode: reject it)
+                loop.reject(r, *self.refusal(e))
+        if not kept:
+            return
+        if self.upstream.send([(self.stream, m) for m in msgs], give_up=loop.giving_up):
+            loop.acknowledge(kept)
+        else:
+            loop.leave_for_redelivery(kept, "gave up handing on at shutdown")
+
+
+class FeaturesUpstream(StreamHandOn):
+    """Split serving: the bundle's Extractor at home, its features to the home's features stream."""
+
+    def __init__(self, extractor: Any, upstream: Upstream, stream: str) -> None:
+        super().__init__(upstream, stream)
+        self.network = extractor  # models.serving.Extractor (the home half only)
+
+    def run(self, inputs: list[np.ndarray]) -> np.ndarray:
+        return self.network.extract_batch(inputs)  # (B, *feature_shape)
+
+    def message(self, loop: ExtractionLoop, r: Ready, output: Any, now: float) -> bytes:
+        return FeatureMessage.from_array(output, gateway=loop.s.id, device=r.device, seq=r.seq, boot=r.media.boot,
+                                         ts=r.ts, ts_sent=now, task=loop.task, model=loop.model_id,
+                                         reply=loop.reply, face=r.face_index).encode()
+
+    def refusal(self, e: Exception) -> tuple[str, str]:
+        return "model failed", f"features not sendable: {describe(e)}"
+
