@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from models import bundle as bundles
 from models.release import BadFeatures, check_wire
@@ -136,11 +135,11 @@ def _pcm_to_float(data: bytes, width: int, channels: int) -> np.ndarray:
 
 def run_network(served: Served, inputs: list[np.ndarray]) -> np.ndarray:
     """One forward pass over a group of inputs of one model; returns probabilities (B, C) float32."""
-    with torch.inference_mode():
-        if isinstance(served.net, bundles.Analyzer):
-            probs = served.net.analyze_batch(np.stack(inputs))  # (B, *feature_shape) -> (B, C)
-        else:
-            probs = served.net.predict_batch(inputs)  # B preprocessed inputs -> (B, C)
+    # (the torch runtime runs under inference_mode in models.serving.TorchForward; ONNX needs no torch)
+    if isinstance(served.net, bundles.Analyzer):
+        probs = served.net.analyze_batch(np.stack(inputs))  # (B, *feature_shape) -> (B, C)
+    else:
+        probs = served.net.predict_batch(inputs)  # B preprocessed inputs -> (B, C)
     probs = np.asarray(probs, dtype=np.float32)  # (B, C)
     if probs.shape != (len(inputs), len(served.labels)):
         raise Rejected("model output mismatch", f"got {probs.shape} for {len(inputs)} inputs")
