@@ -1,6 +1,6 @@
 """``privedge gateway``: the home gateway service, and :class:`Gateway` for running it in-process.
 
-Start-up order matters: bundles are loaded and the model warmed up (torch, librosa/numba) before the MQTT
+Start-up order matters: bundles are loaded and the model warmed up (ONNX Runtime or torch, the speech front end) before the MQTT
 session is opened, because with a persistent session the broker starts delivering as soon as we connect.
 Shutdown (stop(), SIGTERM, SIGINT): stop taking inputs, drain what the queues hold through the model and
 upstream (bounded by ``drain_timeout_s``), stop the results loop, publish ``offline``, disconnect.
@@ -76,7 +76,7 @@ def load_models(settings: GatewaySettings) -> dict[str, tuple[object, dict]]:
 
 
 def warm_up(model: object, kind: str) -> None:
-    """One dummy inference, so that torch and librosa/numba compile before the first real input."""
+    """One dummy inference, so that the runtime and the speech front end are warm before the first real input."""
     raw = np.zeros((64, 64), np.uint8) if kind == "image" else (np.zeros(4000, np.float32), 8000)
     x = model.preprocess(raw)
     (model.extract_batch if hasattr(model, "extract_batch") else model.predict_batch)([x])

@@ -74,8 +74,8 @@ def load_served(bundle_dirs: tuple[Path, ...], mode: str, runtime: str = "torch"
 
 
 def warm_up(served: Served) -> float:
-    """One dummy inference on raw media (cloud_only), so that the speech front end's librosa/numba
-    kernels compile at start-up instead of on the first utterance; returns the seconds it took."""
+    """One dummy inference on raw media (cloud_only), so that the runtime and the speech front end are warm
+    at start-up instead of on the first utterance; returns the seconds it took."""
     t0 = time.perf_counter()
     raw = np.zeros((64, 64), np.uint8) if served.modality == "image" else (np.zeros(4000, np.float32), 8000)
     run_network(served, [served.net.preprocess(raw)])
