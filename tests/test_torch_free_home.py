@@ -123,3 +123,18 @@ def test_the_hook_refuses_and_records_a_training_import(tmp_path):
                           capture_output=True, text=True)
     assert done.returncode != 0
     assert record.read_text().startswith("torch")
+
+
+def test_the_plain_install_leaves_the_training_stack_to_the_train_extra():
+    """``pip install .`` (pyproject's dependencies and what they require) holds ONNX Runtime and the front
+    end's soxr but none of the training stack; ``[train]`` brings it."""
+    import tomllib
+
+    from bench.footprint import closure
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    home = closure(project["dependencies"])
+    training = {"torch", "torchaudio", "librosa", "numba", "llvmlite", "scikit-learn", "matplotlib", "scipy"}
+    assert {"onnxruntime", "numpy", "soxr", "pillow", "paho-mqtt", "redis", "msgpack"} <= set(home)
+    assert not training & set(home), training & set(home)
+    assert training <= set(closure(project["optional-dependencies"]["train"]))
