@@ -7,9 +7,9 @@ utterance). Each function below is a few lines of the same arithmetic, in numpy;
 soxr, the library librosa itself calls for ``res_type="soxr_hq"``. The phase vocoder is
 vectorised over frames (librosa loops over them in Python) and windows and filter banks are built once.
 
-The outputs match librosa 0.11's to float32 rounding (tests/test_fast_audio.py compares them, on synthetic
-voices and on FSDD recordings), so bundles trained with the librosa front end serve unchanged and the
-other way round.
+The outputs match librosa 0.11's to float32 rounding (tests/test_fast_audio.py compares them on synthetic
+voices, tests/test_front_end_parity.py on FSDD recordings and through trained bundles), so bundles trained
+with the librosa front end serve unchanged and the other way round.
 """
 from __future__ import annotations
 

@@ -4,7 +4,6 @@ process refuses and records them, and its memory map shows none of their librari
 worker serving ONNX."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
