@@ -15,7 +15,8 @@ real ORL and FSDD inputs when they are beside the repository. Readings:
 The install sizes are the bytes on disk of every file that each distribution in the dependency closure of
 ``pip install .`` (the home) and ``pip install '.[train,test]'`` (everything) installed in this environment
 (their ``RECORD`` lists), read from ``pyproject.toml``; privedge's own sources and the interpreter are not
-counted. A gateway container image is the base image (python:3.11-slim) plus the home install.
+counted; ``--venv`` also installs the home side into a throwaway venv and reports its ``du``. A gateway
+container image is the base image (python:3.11-slim) plus the home install.
 
 Without ``--bundle`` the bundles are untrained ones at the default (private) settings' cut points and
 dimensions: the same networks and compute as the trained defaults, random weights. Writes
@@ -105,6 +106,23 @@ def install_sizes(pyproject: Path = REPO / "pyproject.toml") -> dict:
             "full_distributions": len(full),
             "home_largest_mb": {k: round(v / 1e6, 1) for k, v in largest},
             "missing": sorted(k for k, v in full.items() if v == 0)}
+
+
+def venv_size(work: Path) -> dict:
+    """A throwaway virtual environment with ``pip install .`` of this checkout (from the configured package
+    index): its size on disk (``du``), pip and setuptools included, and whether torch is in it."""
+    import subprocess
+
+    venv = work / "home-venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    subprocess.run([str(py), "-m", "pip", "install", "-q", str(REPO)], check=True, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL)
+    size = int(subprocess.run(["du", "-sb", str(venv)], check=True, capture_output=True, text=True)
+               .stdout.split()[0])
+    torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True).returncode == 0
+    subprocess.run(["rm", "-rf", str(venv)], check=True)
+    return {"venv_mb": round(size / 1e6, 1), "venv_has_torch": torch}
 
 
 def default_bundles(work: Path) -> dict[str, Path]:
@@ -202,6 +220,9 @@ def markdown(result: dict) -> str:
     lines += ["", *table_head("install", "size on disk MB", "distributions"),
               f"| home (`pip install .`) | {s['home_mb']:.1f} | {s['home_distributions']} |",
               f"| everything (`pip install '.[train,test]'`) | {s['full_mb']:.1f} | {s['full_distributions']} |",
+              *([f"| home, a fresh venv with `pip install .` (`du`, pip and setuptools included"
+                  f"{', torch in it' if s['venv_has_torch'] else ', no torch'}) | {s['venv_mb']:.1f} | |"]
+                if "venv_mb" in s else []),
               "", "Largest distributions of the home install (MB): "
               + ", ".join(f"{k} {v:.1f}" for k, v in s["home_largest_mb"].items()) + ".", "",
               "A gateway container image (the Dockerfile's `gateway` stage) is python:3.11-slim plus the home "
@@ -220,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0, help="saturation load per runtime (default 10)")
     p.add_argument("--window", type=int, default=128, help="inferences outstanding per modality (default 128)")
     p.add_argument("--starts", type=int, default=5, help="fresh starts timed per runtime (default 5)")
+    p.add_argument("--venv", action="store_true",
+                   help="also pip-install the home side into a throwaway venv and report its size (needs the index)")
     p.add_argument("--out", default="footprint-results", help="folder for footprint.json and footprint.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -236,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         info = machine()
         print(setup_lines(info, settings), flush=True)
         result = {"machine": info, "settings": settings, "runtimes": {}, "install": install_sizes()}
+        if args.venv:
+            result["install"].update(venv_size(work))
         with Stack.running(work / "logs") as stack:
             for runtime in runtimes:
                 starts = time_starts(stack, bundles, runtime, args.starts, work / "logs")
