@@ -197,7 +197,7 @@ def under_load(stack, bundles: dict[str, Path], runtime: str, seconds: float, wi
         return {"peak_rss_mb": round(gateway.peak_rss_mb(), 1),
                 "throughput_per_s": {m: round(r["throughput_per_s"], 1) for m, r in runs.items()},
                 "training_libraries_mapped": _mapped_training_libraries(gateway.pid),
-                "inputs": {m: inputs[m].source for m in inputs}}
+                "inputs": {m: Path(inputs[m].source).name for m in inputs}}  # orl, fsdd or procedural
     finally:
         for g in gens.values():
             g.close()
