@@ -161,7 +161,8 @@ def tune(name: str, tune_faces, tune_free, log) -> dict:
 def extractor_step():
     """The default image extractor (untrained, same compute) on ONNX Runtime, one thread: x (1, 1, 64, 64)."""
     from models.nets import DEFAULT_CUT, build_net, image_config, split
-    from models.onnx_runtime import export_module, make_session
+    from models.onnx_export import export_module
+    from models.onnx_runtime import make_session
 
     ext, _ = split(build_net(image_config()), DEFAULT_CUT)
     path = Path(tempfile.mkdtemp(prefix="privedge-faces-")) / "extractor.onnx"

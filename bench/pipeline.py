@@ -57,7 +57,7 @@ class PipelineSettings:
     skip_s: float = 1.0
     """Start of the saturation phase left out of the count (the pipeline filling up)."""
     warm_inputs: int = 16
-    """Inputs sent and awaited before measuring (torch, librosa/numba and the connections warm)."""
+    """Inputs sent and awaited before measuring (the runtimes, the speech front end and the connections warm)."""
     start_timeout_s: float = 240.0
     """How long the services may take to start and answer the first input."""
     drain_timeout_s: float = 60.0

@@ -134,7 +134,7 @@ class GatewaySettings:
     """What runs the network: ``onnx`` (ONNX Runtime; the bundle must carry the .onnx file), ``torch``
     (the reference), ``auto`` (ONNX when the bundle carries it, else torch)."""
     warm_up: bool = True
-    """Run a dummy extraction (torch, librosa/numba) before subscribing."""
+    """Run a dummy extraction (the runtime, the speech front end) before subscribing."""
     stats_interval_s: float = 5.0
     """Period of the JSON stats on ``{prefix}/gateway/{id}/stats`` (seconds)."""
     metrics_port: int | None = None

@@ -1,6 +1,6 @@
 """``privedge gateway``: the home gateway service, and :class:`Gateway` for running it in-process.
 
-Start-up order matters: bundles are loaded and the model warmed up (torch, librosa/numba) before the MQTT
+Start-up order matters: bundles are loaded and the model warmed up (ONNX Runtime or torch, the speech front end) before the MQTT
 session is opened, because with a persistent session the broker starts delivering as soon as we connect.
 Shutdown (stop(), SIGTERM, SIGINT): stop taking inputs, drain what the queues hold through the model and
 upstream (bounded by ``drain_timeout_s``), stop the results loop, publish ``offline``, disconnect.

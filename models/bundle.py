@@ -10,9 +10,13 @@ The loaders return the served halves of :mod:`models.serving` (re-exported here)
 Each half may also travel as ONNX (``extractor.onnx``, ``analyzer.onnx``, see :mod:`models.onnx_runtime`),
 listed with their sha256 under the manifest's ``onnx`` key. That key is left out of the ``model`` id: the id
 names the weights and settings, whichever runtime serves them, so a gateway on ONNX and a worker on torch
-agree. An ONNX file is bound to the id instead by its hash and by agreeing with the torch weights on a
-probe batch when it is loaded. The loaders take ``runtime``: ``torch`` (the reference, the default here),
-``onnx``, or ``auto`` (ONNX when the bundle has it).
+agree. An ONNX file is bound to the id instead by its hash and by agreeing, on a probe batch, with the
+torch half's outputs that its export recorded (:mod:`models.onnx_export`). The loaders take ``runtime``:
+``torch`` (the reference, the default here), ``onnx``, or ``auto`` (ONNX when the bundle has it).
+
+A half served on ONNX Runtime is loaded without torch: the weight file's hash is still checked, but it is
+not unpickled until something asks for the torch module (``.module``). So a gateway on ONNX Runtime never
+imports torch, and a home install (``pip install privedge``, without the ``train`` extra) has none.
 
 The hashes bind files to a manifest, not to whoever wrote it: anyone who can write a bundle can rewrite
 its manifest too. What authenticates a bundle is the provider's signature over every file
@@ -28,28 +32,33 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
-from models import signing
+import numpy as np
+
+from models import onnx_runtime, signing
 from models.manifest import (ANALYZER_FILE, EXTRACTOR_FILE, FEATURE_DTYPES, FORMAT, MANIFEST,  # noqa: F401
                              REQUIRED, BundleError, HashMismatchError, MissingFileError, checked_manifest,
                              model_id, read_manifest, sha256_file, verified_path, write_manifest)
 from models.serving import Analyzer, Extractor, FullModel, TorchForward, softmax  # noqa: F401 (re-exported)
 from models.speech import SpeechConfig
-from models.split import arch_of, build_from_arch
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
+HALVES = {"extractor": (EXTRACTOR_FILE, 0), "analyzer": (ANALYZER_FILE, 1)}
+"""half -> (weight file, index in the arch's (extractor, analyzer) pair)."""
 
 
-
-def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest: dict, onnx: bool = True,
+def save_bundle(out_dir, *, extractor: "nn.Module", analyzer: "nn.Module", manifest: dict, onnx: bool = True,
                 sign_key=None) -> str:
     """Write both state dicts and the completed manifest into ``out_dir``, then (``onnx``) both halves
     exported to ONNX, then sign the bundle with the provider's private ``sign_key`` file (default:
     ``PRIVEDGE_SIGNING_KEY``; neither: the bundle is left unsigned). Returns the model id."""
+    import torch
+
     missing = [k for k in REQUIRED if k not in manifest]
     if missing:
         raise ValueError(f"manifest lacks {missing}")
@@ -80,6 +89,8 @@ def save_bundle(out_dir, *, extractor: nn.Module, analyzer: nn.Module, manifest:
 
 
 def _load_state(dir, name: str, manifest: dict) -> dict:
+    import torch
+
     path = verified_path(dir, name, manifest["files"].get(name), manifest)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -87,14 +98,16 @@ def _load_state(dir, name: str, manifest: dict) -> dict:
         raise BundleError(f"{path}: cannot load weights: {e}") from e
 
 
-def _build(manifest: dict) -> tuple[nn.Sequential, nn.Sequential]:
+def _build(manifest: dict) -> tuple["nn.Sequential", "nn.Sequential"]:
+    from models.split import build_from_arch
+
     try:
         return build_from_arch(manifest["arch"])
     except ValueError as e:
         raise BundleError(f"bundle {manifest['model']}: {e}") from e
 
 
-def _load_into(module: nn.Module, state: dict, what: str, manifest: dict) -> nn.Module:
+def _load_into(module: "nn.Module", state: dict, what: str, manifest: dict) -> "nn.Module":
     try:
         module.load_state_dict(state)
     except RuntimeError as e:
@@ -102,28 +115,47 @@ def _load_into(module: nn.Module, state: dict, what: str, manifest: dict) -> nn.
     return module.eval()
 
 
-def _forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str, threads: int | None):
-    """What serves ``half`` ("extractor" / "analyzer") on ``runtime`` (torch, onnx, auto)."""
-    if runtime == "torch":
-        return TorchForward(module)
-    from models.onnx_runtime import onnx_forward  # onnxruntime is imported only where it is asked for
+def _torch_half(dir, manifest: dict, half: str) -> "nn.Module":
+    """``half``'s torch module with its verified weights (imports torch)."""
+    name, index = HALVES[half]
+    state = _load_state(dir, name, manifest)
+    return _load_into(_build(manifest)[index], state, half, manifest)
 
-    return onnx_forward(dir, manifest, half, module, runtime, threads)
+
+def _serve(dir, manifest: dict, half: str, runtime: str, threads: int | None):
+    """(torch module or None, forward) serving ``half`` on ``runtime`` (torch, onnx, auto). On ONNX Runtime
+    with a recorded probe no torch is imported: the module is None and the weight file's hash is checked."""
+    if onnx_runtime.serves_onnx(dir, manifest, half, runtime):
+        if onnx_runtime.recorded(manifest, half):
+            name = HALVES[half][0]
+            verified_path(dir, name, manifest["files"].get(name), manifest)
+            return None, onnx_runtime.onnx_forward(dir, manifest, half, threads)
+        from models.onnx_export import checked_forward  # an export without a probe record: check with torch
+
+        module = _torch_half(dir, manifest, half)
+        return module, checked_forward(dir, manifest, half, module, threads)
+    module = _torch_half(dir, manifest, half)
+    return module, TorchForward(module)
+
+
+def _loader(dir, manifest: dict, half: str):
+    return lambda: _torch_half(dir, manifest, half)
 
 
 def export_onnx(dir) -> dict:
     """Export the halves whose torch weights ``dir`` holds to ONNX (:mod:`models.onnx_runtime`) and record
     them in the manifest; the model id does not change, a signature the bundle had is removed. Returns the
     manifest's new ``onnx`` entry."""
-    from models.onnx_runtime import export_halves
+    from models.onnx_export import export_halves
 
     dir = Path(dir)
     if signing.unsign(dir):
         log.warning("%s: exporting ONNX voids the bundle's signature; it must be signed again", dir)
-    halves = {"extractor": load_extractor(dir).module}
+    manifest = checked_manifest(dir)
+    halves = {"extractor": _torch_half(dir, manifest, "extractor")}
     if (dir / ANALYZER_FILE).is_file():
-        halves["analyzer"] = load_analyzer(dir).module
-    return export_halves(dir, checked_manifest(dir), halves)
+        halves["analyzer"] = _torch_half(dir, manifest, "analyzer")
+    return export_halves(dir, manifest, halves)
 
 
 def load_extractor(dir, *, rng: np.random.Generator | None = None,
@@ -131,34 +163,33 @@ def load_extractor(dir, *, rng: np.random.Generator | None = None,
                    threads: int | None = None) -> Extractor:
     """Verify the manifest and ``extractor.pt`` (and ``extractor.onnx`` when it serves) and build the
     gateway half (``analyzer.*`` not needed). ``shift_semitones``: the home's secret pitch-shift range,
-    replacing the bundle's (speech only). ``threads``: ONNX Runtime threads (default: torch's)."""
+    replacing the bundle's (speech only). ``threads``: ONNX Runtime threads (default: the process's share,
+    :func:`models.runtimes.limit_threads`)."""
     manifest = checked_manifest(dir)
-    state = _load_state(dir, EXTRACTOR_FILE, manifest)
-    ext = _load_into(_build(manifest)[0], state, "extractor", manifest)
-    return Extractor(manifest, ext, rng, _forward(dir, manifest, "extractor", ext, runtime, threads),
-                     shift_semitones)
+    ext, forward = _serve(dir, manifest, "extractor", runtime, threads)
+    return Extractor(manifest, ext, rng, forward, shift_semitones, load_module=_loader(dir, manifest, "extractor"))
 
 
 def load_analyzer(dir, *, runtime: str = "torch", threads: int | None = None) -> Analyzer:
     """Verify the manifest and ``analyzer.pt`` (and ``analyzer.onnx`` when it serves); the cloud half."""
     manifest = checked_manifest(dir)
-    state = _load_state(dir, ANALYZER_FILE, manifest)
-    ana = _load_into(_build(manifest)[1], state, "analyzer", manifest)
-    return Analyzer(manifest, ana, _forward(dir, manifest, "analyzer", ana, runtime, threads))
+    ana, forward = _serve(dir, manifest, "analyzer", runtime, threads)
+    return Analyzer(manifest, ana, forward, load_module=_loader(dir, manifest, "analyzer"))
 
 
 def load_full(dir, *, rng: np.random.Generator | None = None, runtime: str = "torch",
               threads: int | None = None) -> FullModel:
     """Both halves, joined: for serving without a split."""
     manifest = checked_manifest(dir)
-    ext_state = _load_state(dir, EXTRACTOR_FILE, manifest)
-    ana_state = _load_state(dir, ANALYZER_FILE, manifest)
-    ext, ana = _build(manifest)
-    ext = _load_into(ext, ext_state, "extractor", manifest)
-    ana = _load_into(ana, ana_state, "analyzer", manifest)
-    forwards = tuple(_forward(dir, manifest, half, m, runtime, threads)
-                     for half, m in (("extractor", ext), ("analyzer", ana)))
-    return FullModel(manifest, ext, ana, rng, forwards)
+    (ext, ext_fwd), (ana, ana_fwd) = (_serve(dir, manifest, half, runtime, threads)
+                                      for half in ("extractor", "analyzer"))
+
+    def whole():
+        from torch import nn
+
+        return nn.Sequential(*(_torch_half(dir, manifest, half) for half in ("extractor", "analyzer")))
+
+    return FullModel(manifest, ext, ana, rng, (ext_fwd, ana_fwd), load_module=whole)
 
 
 def input_spec(modality: str, in_shape: tuple[int, ...], speech: SpeechConfig | None = None) -> dict:
@@ -174,6 +205,8 @@ def make_manifest(*, task: str, modality: str, labels: list[str], net_cfg, cut: 
                   pca=None, noise_std: float = 0.0, speech: SpeechConfig | None = None,
                   feature_dtype: str = "float32", metrics: dict | None = None) -> dict:
     """A manifest for ``save_bundle`` from the training settings (feature shape derived from the arch)."""
+    from models.split import arch_of
+
     arch = arch_of(net_cfg, cut, pca, noise_std)
     c, h, w = arch["cut_shape"]
     shape = [pca.k] if pca is not None else [c * h * w]
@@ -197,6 +230,8 @@ def make_untrained_bundle(out_dir, modality: str, *, seed: int = 0, dims: int | 
     orthonormal basis, or None for no PCA; ``cut``: the block the extractor ends with; ``noise_std``:
     feature noise relative to a spread of 1 per component (needs ``dims``); ``sign_key``: as for
     :func:`save_bundle`."""
+    import torch
+
     from models.nets import build_net, image_config, speech_config
     from models.pca import PCAFit
     from models.split import assemble

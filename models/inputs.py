@@ -18,7 +18,7 @@ from models.speech import SpeechFrontEnd
 log = logging.getLogger(__name__)
 
 # Bump when the front end's code changes what it computes for the same settings (cache invalidation).
-FRONT_END_VERSION = 2
+FRONT_END_VERSION = 3  # 3: models.fast_audio in numpy and soxr, no librosa (float32-rounding changes)
 
 
 def speech_variants(waves: list[np.ndarray], rate: int, front_end: SpeechFrontEnd, *, variants: int,

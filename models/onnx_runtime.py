@@ -1,46 +1,38 @@
-"""ONNX copies of a bundle's halves, and ONNX Runtime sessions that serve them.
+"""ONNX Runtime sessions that serve a bundle's ONNX halves, with numpy alone around them (no torch).
 
-torch stays the training and reference runtime; ONNX Runtime is the serving one where it is faster (on
-the gateway's small convolutions about 4x on one core). :func:`export_halves` writes ``extractor.onnx``
-(and ``analyzer.onnx`` where ``analyzer.pt`` is present) with a dynamic batch dimension and records their
-sha256 under the manifest's ``onnx`` key, which the ``model`` id leaves out (see :mod:`models.bundle`).
-Loading an ONNX half checks its hash, then runs it and the torch half on a fixed probe batch and refuses
-the file if they disagree, so what ONNX Runtime serves is what the id names.
+torch stays the training and reference runtime; ONNX Runtime is the serving one (on the gateway's small
+convolutions about 4x faster on one core, and a gateway on it never imports torch). The ONNX copies are
+written by :mod:`models.onnx_export` (``privedge bundle export``), which records in the manifest's ``onnx``
+entry, next to each file's sha256: the torch half's outputs on a fixed probe batch (``probe``), and the
+per-dimension noise scale the exported graph leaves out (``noise``). The ``model`` id leaves that entry out
+(see :mod:`models.bundle`).
 
-The PCA noise of ``Project`` (when a bundle has any) is not in the graph: it is exported noise-free and the
-noise, ``noise_std * std`` per dimension, is drawn by :class:`OrtForward` after each run.
+Loading an ONNX half checks its hash, then runs it on the probe batch and refuses the file if it disagrees
+with the recorded torch outputs, so what ONNX Runtime serves is what the export saw. The record sits in
+the signed manifest (:mod:`models.signing`): the services verify the signature before loading. A bundle
+exported before the record existed is checked against the torch weights themselves
+(:func:`models.onnx_export.checked_forward`, which imports torch) until it is exported again.
 
-Add ONNX to existing bundles (:func:`models.bundle.export_onnx`)::
-
-    privedge bundle export [--sign-key KEY] DIR [DIR ...]
-
-Exporting rewrites the manifest and adds files, so it voids a bundle's signature (:mod:`models.signing`):
-the old ``signature.json`` is removed, and the bundle is signed again with ``--sign-key`` (default
-``PRIVEDGE_SIGNING_KEY``) or left unsigned, which the command says.
+The PCA noise of ``Project`` (when a bundle has any) is not in the graph: :class:`OrtForward` draws it,
+``noise_std * std`` per dimension, after each run.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import logging
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch import nn
 
-from models.manifest import HashMismatchError, MissingFileError, sha256_file, verified_path, write_manifest
-from models.pca import Project
-from models.runtimes import RUNTIMES
-from models.serving import TorchForward
+from models.manifest import HashMismatchError, MissingFileError, verified_path
+from models.runtimes import RUNTIMES, limit_threads, threads as default_threads  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
 ONNX_FILES = {"extractor": "extractor.onnx", "analyzer": "analyzer.onnx"}
 OPSET = 17
 PROBE_BATCH = 3
+PROBE_DIMS = 32
+"""Outputs wider than this are recorded as a fixed random projection to this many numbers per input."""
 TOLERANCE = 1e-3
 """Largest ONNX-vs-torch difference on the probe batch, relative to the largest torch output (or 1)."""
 
@@ -49,61 +41,38 @@ class OnnxMismatchError(HashMismatchError):
     """An ONNX file's outputs do not match the torch weights its bundle's model id names."""
 
 
-@contextlib.contextmanager
-def noise_free(module: nn.Module):
-    """Switch off the ``Project`` noise inside ``module``; yields the per-dimension noise std it had
-    (``noise_std * std``, shape (k,)) or None when it adds none."""
-    layers = [m for m in module.modules() if isinstance(m, Project) and m.noise_std > 0]
-    saved = [m.noise_std for m in layers]
-    scale = None
-    if layers:
-        scale = (layers[-1].noise_std * layers[-1].std).detach().numpy().astype(np.float32)
-    try:
-        for m in layers:
-            m.noise_std = 0.0
-        yield scale
-    finally:
-        for m, v in zip(layers, saved):
-            m.noise_std = v
+def in_shape(manifest: dict, half: str) -> tuple[int, ...]:
+    """The per-input shape ``half`` takes: the network input (extractor) or the flat features (analyzer)."""
+    if half == "extractor":
+        return tuple(manifest["arch"]["net"]["in_shape"])
+    return (int(np.prod(manifest["feature"]["shape"])),)
 
 
-def export_module(module: nn.Module, in_shape: tuple[int, ...], path: Path) -> str:
-    """Write ``module`` ((B, *in_shape) -> (B, ...), batch dimension dynamic) as ONNX; returns its sha256."""
-    buf = io.BytesIO()
-    with noise_free(module), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: it needs no onnxscript
-        torch.onnx.export(module.eval(), (torch.zeros((1, *in_shape)),), buf, dynamo=False,
-                          input_names=["x"], output_names=["y"], opset_version=OPSET,
-                          dynamic_axes={"x": {0: "batch"}, "y": {0: "batch"}})
-    tmp = path.with_suffix(".onnx.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)  # never a half-written file under the real name
-    return sha256_file(path)
+def probe_batch(shape: tuple[int, ...]) -> np.ndarray:
+    """The fixed probe inputs, (PROBE_BATCH, *shape) float32."""
+    return np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape), dtype=np.float32)
 
 
-def export_halves(dir, manifest: dict, halves: dict[str, nn.Module]) -> dict:
-    """Write each half of ``halves`` ({"extractor": module, "analyzer": module}) as ONNX into ``dir`` and
-    record the files under the manifest's ``onnx`` key (the model id does not change). Returns that entry.
-    (:func:`models.bundle.export_onnx` loads a bundle's halves and calls this.)"""
-    dir = Path(dir)
-    shapes = {"extractor": tuple(manifest["arch"]["net"]["in_shape"]),
-              "analyzer": (int(np.prod(manifest["feature"]["shape"])),)}
-    files = {ONNX_FILES[half]: export_module(module, shapes[half], dir / ONNX_FILES[half])
-             for half, module in halves.items()}
-    entry = {"opset": OPSET, "exporter": f"torch {torch.__version__} (TorchScript)", "files": files}
-    write_manifest(dir, {**manifest, "onnx": entry})
-    log.info("exported %s of bundle %s to ONNX", ", ".join(files), manifest["model"])
-    return entry
+def probe_summary(y: np.ndarray) -> np.ndarray:
+    """(B, ...) outputs -> (B, <= PROBE_DIMS) float64: the outputs, or a fixed random projection of wide ones
+    (scaled to keep their magnitude), so the manifest's record stays small."""
+    flat = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+    if flat.shape[1] <= PROBE_DIMS:
+        return flat
+    proj = np.random.default_rng(1).standard_normal((flat.shape[1], PROBE_DIMS)) / np.sqrt(flat.shape[1])
+    return flat @ proj
 
 
-def limit_threads(n: int) -> None:
-    """This process's share of the cores: torch's intra-op threads and every BLAS/OpenMP pool (numpy's
-    OpenBLAS would otherwise keep a spinning thread per core) set to ``n``. ONNX Runtime sessions made
-    afterwards take ``n`` from torch. A gateway and its workers on one machine each get their own ``n``."""
-    import threadpoolctl
-
-    torch.set_num_threads(n)
-    threadpoolctl.threadpool_limits(limits=n)
+def disagreement(got: np.ndarray, want: np.ndarray, what: str, against: str) -> float:
+    """Largest relative difference of two probe summaries; OnnxMismatchError beyond TOLERANCE."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    if got.shape != want.shape:
+        raise OnnxMismatchError(f"{what}: ONNX output shape {got.shape}, torch {want.shape}")
+    diff = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+    if not diff <= TOLERANCE:
+        raise OnnxMismatchError(f"{what}: ONNX outputs differ from the torch weights{against} by {diff:.3g} "
+                                f"(tolerance {TOLERANCE}); refusing an ONNX file that is not this model")
+    return diff
 
 
 def make_session(path: Path, threads: int):
@@ -138,53 +107,59 @@ class OrtForward:
             y = y + self.rng.standard_normal(y.shape, dtype=np.float32) * self.noise_scale
         return y
 
-
-def _probe(shape: tuple[int, ...]) -> np.ndarray:
-    return np.random.default_rng(0).standard_normal((PROBE_BATCH, *shape), dtype=np.float32)
-
-
-def check_agrees(forward: OrtForward, module: nn.Module, in_shape: tuple[int, ...], what: str) -> float:
-    """Run the ONNX and the torch half (noise-free) on the probe batch; OnnxMismatchError if they differ.
-    Returns the largest relative difference."""
-    x = _probe(in_shape)
-    noise, forward.noise_scale = forward.noise_scale, None
-    try:
-        with noise_free(module):
-            want = TorchForward(module)(x)
-        got = forward(x)
-    finally:
-        forward.noise_scale = noise
-    if got.shape != want.shape:
-        raise OnnxMismatchError(f"{what}: ONNX output shape {got.shape}, torch {want.shape}")
-    diff = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
-    if not diff <= TOLERANCE:
-        raise OnnxMismatchError(f"{what}: ONNX outputs differ from the torch weights by {diff:.3g} "
-                                f"(tolerance {TOLERANCE}); refusing an ONNX file that is not this model")
-    return diff
+    def noise_free(self, x: np.ndarray) -> np.ndarray:
+        """The graph's output without the noise (the probe checks)."""
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
 
 
-def onnx_forward(dir, manifest: dict, half: str, module: nn.Module, runtime: str, threads: int | None):
-    """The forward callable for ``half`` on ``runtime``: OrtForward, or TorchForward where ``auto`` finds
-    no ONNX file. ``threads`` defaults to torch's thread count in this process."""
+def _entry(manifest: dict) -> dict:
+    return manifest.get("onnx") or {}
+
+
+def listed(manifest: dict, half: str) -> str | None:
+    """The sha256 the manifest lists for ``half``'s ONNX file, or None."""
+    return _entry(manifest).get("files", {}).get(ONNX_FILES[half])
+
+
+def serves_onnx(dir, manifest: dict, half: str, runtime: str) -> bool:
+    """Whether ``runtime`` serves ``half`` on ONNX Runtime: ``onnx`` always (MissingFileError when the bundle
+    has no ONNX copy), ``auto`` where the file is listed and present, ``torch`` never."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
     name = ONNX_FILES[half]
-    listed = (manifest.get("onnx") or {}).get("files", {}).get(name)
     path = Path(dir) / name
-    if runtime == "torch" or (runtime == "auto" and not (listed and path.is_file())):
-        if runtime == "auto" and path.is_file():
-            log.warning("%s: not listed in the manifest of %s; serving torch", path, manifest["model"])
-        return TorchForward(module)
-    if not listed:
+    if runtime == "onnx" and not listed(manifest, half):
         raise MissingFileError(f"{dir}: bundle {manifest['model']} has no {name} (add it with "
                                f"privedge bundle export {dir})")
-    path = verified_path(dir, name, listed, manifest)
-    threads = threads if threads is not None else torch.get_num_threads()
-    with noise_free(module) as noise:
-        pass
-    forward = OrtForward(make_session(path, threads), noise)
-    in_shape = (tuple(manifest["arch"]["net"]["in_shape"]) if half == "extractor"
-                else (int(np.prod(manifest["feature"]["shape"])),))
-    diff = check_agrees(forward, module, in_shape, f"{path} (bundle {manifest['model']})")
-    log.info("%s: ONNX Runtime, %d thread(s), agrees with torch to %.1e", path, threads, diff)
+    if runtime == "auto" and not (listed(manifest, half) and path.is_file()):
+        if path.is_file():
+            log.warning("%s: not listed in the manifest of %s; serving torch", path, manifest["model"])
+        return False
+    return runtime != "torch"
+
+
+def recorded(manifest: dict, half: str) -> bool:
+    """Whether the export recorded ``half``'s probe outputs (else only torch can check the ONNX file)."""
+    return ONNX_FILES[half] in _entry(manifest).get("probe", {})
+
+
+def session_for(dir, manifest: dict, half: str, threads: int | None, noise: np.ndarray | None) -> OrtForward:
+    """An OrtForward on ``half``'s ONNX file once its sha256 verifies; not yet checked against torch."""
+    path = verified_path(dir, ONNX_FILES[half], listed(manifest, half), manifest)
+    return OrtForward(make_session(path, threads if threads is not None else default_threads()), noise)
+
+
+def onnx_forward(dir, manifest: dict, half: str, threads: int | None = None) -> OrtForward:
+    """``half`` on ONNX Runtime, checked against the torch outputs its export recorded (no torch here).
+    ``threads`` defaults to :func:`models.runtimes.threads`."""
+    entry = _entry(manifest)
+    name = ONNX_FILES[half]
+    noise = entry.get("noise", {}).get(name)
+    forward = session_for(dir, manifest, half, threads,
+                          None if noise is None else np.asarray(noise, dtype=np.float32))
+    what = f"{Path(dir) / name} (bundle {manifest['model']})"
+    got = probe_summary(forward.noise_free(probe_batch(in_shape(manifest, half))))
+    diff = disagreement(got, entry["probe"][name], what, " recorded at export")
+    log.info("%s: ONNX Runtime, %d thread(s), agrees with the recorded torch outputs to %.1e",
+             Path(dir) / name, forward.session.get_session_options().intra_op_num_threads, diff)
     return forward

@@ -10,7 +10,6 @@ import io
 from pathlib import Path
 
 import numpy as np
-import soundfile
 from PIL import Image
 
 IMAGE_SIZE = 64
@@ -81,6 +80,8 @@ def load_wav(path: str | Path | io.IOBase) -> tuple[np.ndarray, int]:
     Returns:
         (wave, rate): float32 array (n_samples,) in [-1, 1] (channels averaged), sample rate in Hz.
     """
+    import soundfile  # libsndfile: only where files are read (datasets, the mic sensor), not at the gateway
+
     try:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)
     except soundfile.LibsndfileError as e:

@@ -3,17 +3,23 @@
 :class:`Extractor` (gateway: raw media -> released features), :class:`Analyzer` (cloud: features ->
 class probabilities) and :class:`FullModel` (the uncut network, for local-only and cloud-only serving).
 Each runs its network through a *forward*, ``(B, ...) float32 -> (B, ...)``: :class:`TorchForward` (the
-reference) or an ONNX Runtime session (:mod:`models.onnx_runtime`).
+reference) or an ONNX Runtime session (:mod:`models.onnx_runtime`). This module imports no torch: a half
+served on ONNX Runtime has no torch module until ``.module`` is asked for (the audit's cost counts, an
+export), which loads it then through the loader :mod:`models.bundle` gave.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Callable
+
 import numpy as np
-import torch
-from torch import nn
 
 from models.release import decode as decode_features, encode as encode_features
+from models.runtimes import torch_threads
 from models.speech import SpeechConfig, SpeechFrontEnd
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class TorchForward:
@@ -21,12 +27,35 @@ class TorchForward:
 
     name = "torch"
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: "nn.Module") -> None:
+        torch_threads()  # the process's thread share (models.runtimes.limit_threads), set before torch ran
         self.module = module.eval()
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
         with torch.inference_mode():
             return self.module(torch.from_numpy(x)).numpy()
+
+
+class _Half:
+    """A served network: its torch ``module`` given, or loaded on first use by ``load_module``."""
+
+    _module = None
+    _load_module: Callable[[], "nn.Module"] | None = None
+
+    def _set_module(self, module, load_module) -> None:
+        if module is None and load_module is None:
+            raise ValueError("a served half needs its torch module or a way to load it")
+        self._module = module.eval() if module is not None else None
+        self._load_module = load_module
+
+    @property
+    def module(self) -> "nn.Module":
+        """The torch module (loaded now, with torch, when the half is served on ONNX Runtime)."""
+        if self._module is None:
+            self._module = self._load_module().eval()
+        return self._module
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -70,20 +99,21 @@ class _Inputs:
         return x
 
 
-class Extractor:
+class Extractor(_Half):
     """The gateway half: preprocessed inputs -> released features ``(B, *feature_shape)``.
     ``forward`` runs the network, (B, C, H, W) float32 -> (B, F): the torch ``module`` by default, or an
-    ONNX Runtime session (``runtime`` names it)."""
+    ONNX Runtime session (``runtime`` names it; then ``module`` may be None and ``load_module`` loads it)."""
 
-    def __init__(self, manifest: dict, module: nn.Module, rng: np.random.Generator | None = None,
-                 forward=None, shift_semitones: tuple[float, float] | None = None) -> None:
+    def __init__(self, manifest: dict, module: "nn.Module | None", rng: np.random.Generator | None = None,
+                 forward=None, shift_semitones: tuple[float, float] | None = None,
+                 load_module: Callable[[], "nn.Module"] | None = None) -> None:
         self.manifest = manifest
         self.model_id: str = manifest["model"]
         self.task: str = manifest["task"]
         self.modality: str = manifest["modality"]
         self.feature_dtype: str = manifest["feature"]["dtype"]
         self.feature_shape: tuple[int, ...] = tuple(manifest["feature"]["shape"])
-        self.module = module.eval()
+        self._set_module(module, load_module)
         self.forward = forward if forward is not None else TorchForward(self.module)
         self.runtime: str = self.forward.name
         self._inputs = _Inputs(manifest, rng, shift_semitones)
@@ -109,17 +139,18 @@ class Extractor:
         self.extract_batch([np.zeros(self.input_shape, np.float32)])
 
 
-class Analyzer:
+class Analyzer(_Half):
     """The cloud half: features ``(B, *feature_shape)`` -> class probabilities ``(B, C)`` float32.
     ``forward``: (B, F) float32 -> logits (B, C), as for :class:`Extractor`."""
 
-    def __init__(self, manifest: dict, module: nn.Module, forward=None) -> None:
+    def __init__(self, manifest: dict, module: "nn.Module | None", forward=None,
+                 load_module: Callable[[], "nn.Module"] | None = None) -> None:
         self.manifest = manifest
         self.model_id: str = manifest["model"]
         self.task: str = manifest["task"]
         self.labels: list[str] = list(manifest["labels"])
         self.feature_shape: tuple[int, ...] = tuple(manifest["feature"]["shape"])
-        self.module = module.eval()
+        self._set_module(module, load_module)
         self.forward = forward if forward is not None else TorchForward(self.module)
         self.runtime: str = self.forward.name
 
@@ -131,17 +162,25 @@ class Analyzer:
         return softmax(self.forward(np.ascontiguousarray(f, dtype=np.float32)))  # (B, F) -> (B, C)
 
 
-class FullModel:
-    """The uncut network, for local-only (gateway) and cloud-only (worker) serving."""
+class FullModel(_Half):
+    """The uncut network, for local-only (gateway) and cloud-only (worker) serving. ``module`` is both
+    halves in one ``nn.Sequential``; with ``forwards`` on ONNX Runtime the halves may be None and
+    ``load_module`` loads that on first use."""
 
-    def __init__(self, manifest: dict, extractor: nn.Module, analyzer: nn.Module,
-                 rng: np.random.Generator | None = None, forwards: tuple | None = None) -> None:
+    def __init__(self, manifest: dict, extractor: "nn.Module | None", analyzer: "nn.Module | None",
+                 rng: np.random.Generator | None = None, forwards: tuple | None = None,
+                 load_module: Callable[[], "nn.Module"] | None = None) -> None:
         self.manifest = manifest
         self.model_id: str = manifest["model"]
         self.task: str = manifest["task"]
         self.modality: str = manifest["modality"]
         self.labels: list[str] = list(manifest["labels"])
-        self.module = nn.Sequential(extractor, analyzer).eval()
+        whole = None
+        if extractor is not None and analyzer is not None:
+            from torch import nn
+
+            whole = nn.Sequential(extractor, analyzer)
+        self._set_module(whole, load_module)
         # (extractor, analyzer) runtimes; the released features are not quantised on this path
         self.forwards = forwards if forwards is not None else (TorchForward(extractor), TorchForward(analyzer))
         self.runtime: str = "/".join(dict.fromkeys(f.name for f in self.forwards))  # "onnx/torch" when mixed

@@ -3,8 +3,9 @@
 The pitch shift hides the speaker's pitch: every utterance is shifted by ±U(lo, hi) semitones, with the
 sign and size drawn per utterance from a caller-provided ``numpy.random.Generator`` (reproducible in
 training, fresh at the gateway). Training applies the same shifts, so the analyzer learns to ignore them.
-librosa does resampling (soxr) and the shift: about 3 ms per utterance here, where torchaudio's
-``pitch_shift`` took seconds.
+The signal processing is :mod:`models.fast_audio` (numpy and soxr; what librosa computes, to float32
+rounding): about 3 ms per utterance here, where torchaudio's ``pitch_shift`` took seconds. Training and the
+gateway run this same code.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import logging
 import time
 from dataclasses import asdict, dataclass
 
-import librosa
 import numpy as np
 
 from models import fast_audio
@@ -98,7 +98,7 @@ class SpeechFrontEnd:
         if rate <= 0:
             raise ValueError(f"rate must be positive, got {rate}")
         if rate != self.config.rate:
-            w = librosa.resample(w, orig_sr=rate, target_sr=self.config.rate, res_type="soxr_hq")
+            w = fast_audio.resample(w, rate, self.config.rate)  # soxr HQ, as librosa's res_type="soxr_hq"
         return w.astype(np.float32, copy=False)
 
     def shift(self, wave: np.ndarray, semitones: float) -> np.ndarray:
@@ -116,7 +116,7 @@ class SpeechFrontEnd:
         if len(wave) < c.n_fft:
             wave = np.pad(wave, (0, c.n_fft - len(wave)))
         mel = fast_audio.mel_power(wave, c.rate, c.n_fft, c.hop, c.n_mels, c.rate / 2)  # (n_mels, T)
-        db = librosa.power_to_db(mel, ref=np.max, top_db=c.top_db)  # (n_mels, T) in [-top_db, 0]
+        db = fast_audio.power_to_db(mel, c.top_db)  # (n_mels, T) in [-top_db, 0]
         spec = (db / c.top_db + 1.0).astype(np.float32)
         return _fit_frames(spec, c.frames)[None]  # (1, n_mels, frames)
 
@@ -133,7 +133,8 @@ class SpeechFrontEnd:
         return np.stack([self(w, rate, rng) for w in waves]) if waves else np.zeros((0, *self.shape), np.float32)
 
     def warm_up(self) -> float:
-        """Compile librosa's numba kernels now (tens of seconds the first time); returns seconds taken."""
+        """Run every step once (FFT plans, filter banks, soxr), so the first utterance is not slow; returns
+        the seconds taken."""
         t0 = time.perf_counter()
         t = np.arange(self.config.rate // 2, dtype=np.float32) / self.config.rate
         wave = 0.1 * np.sin(2 * np.pi * 220 * t).astype(np.float32)

@@ -32,7 +32,8 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/pri
   echo "setup: installing Python dependencies into .venv (torch takes a minute or two)"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   log=.venv/pip-install.log
-  if ! .venv/bin/python -m pip install -e ".[test]" >"$log" 2>&1; then
+  # Everything: the tests train networks. A home gateway needs only `pip install .` (see the README).
+  if ! .venv/bin/python -m pip install -e ".[train,test]" >"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -30 >&2
     echo "setup: pip install failed (full log: $log)" >&2
     exit 1

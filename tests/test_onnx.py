@@ -188,3 +188,27 @@ def test_gateway_and_worker_serve_on_onnx_runtime(make_gateway, mosquitto, redis
     (speech,) = lis.json("privedge/mic1/result")
     assert speech["label"] in read_manifest(full_bundles["speech"])["labels"]
     assert gw.failed() is None
+
+
+def test_an_export_without_a_probe_record_is_checked_against_the_torch_weights(bundles, tmp_path):
+    """Bundles exported before the manifest recorded the probe outputs still serve on ONNX Runtime, checked
+    against the torch weights themselves (which needs torch); a foreign file is refused there too."""
+    d, other = tmp_path / "b", tmp_path / "other"
+    shutil.copytree(bundles["speech"], d)
+    m = read_manifest(d)
+    del m["onnx"]["probe"], m["onnx"]["noise"]
+    write_manifest(d, m)
+    ext = load_extractor(d, runtime="onnx")
+    assert ext.runtime == "onnx" and ext._module is not None  # the torch half was loaded for the check
+    xs = _inputs(ext.input_shape, 4)
+    np.testing.assert_allclose(ext.extract_batch(xs), load_extractor(d).extract_batch(xs), rtol=1e-4, atol=1e-4)
+    make_untrained_bundle(other, "speech", seed=8)
+    shutil.copy(other / "extractor.onnx", d / "extractor.onnx")
+    m["onnx"]["files"]["extractor.onnx"] = sha256_file(d / "extractor.onnx")
+    write_manifest(d, m)
+    with pytest.raises(OnnxMismatchError, match="differ from the torch weights by"):
+        load_extractor(d, runtime="onnx")
+    # with the record, the ONNX half loads without its torch module, and loads it when asked (audit, export)
+    lean = load_extractor(bundles["speech"], runtime="onnx")
+    assert lean._module is None
+    assert sum(p.numel() for p in lean.module.parameters()) > 0 and lean._module is not None

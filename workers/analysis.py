@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
-import torch
 
 from models import bundle as bundles
 from models.release import BadFeatures, check_wire
@@ -132,8 +131,8 @@ def model_input(msg: FeatureMessage, served: Served) -> np.ndarray:
 
 def run_network(served: Served, inputs: list[np.ndarray]) -> np.ndarray:
     """One forward pass over a group of inputs of one model; returns probabilities (B, C) float32."""
-    with torch.inference_mode():
-        probs = served.forward(inputs)  # B inputs -> (B, C)
+    # (the torch runtime runs under inference_mode in models.serving.TorchForward; ONNX needs no torch)
+    probs = served.forward(inputs)  # B inputs -> (B, C)
     probs = np.asarray(probs, dtype=np.float32)  # (B, C)
     if probs.shape != (len(inputs), len(served.labels)):
         raise Rejected("model output mismatch", f"got {probs.shape} for {len(inputs)} inputs")

@@ -79,13 +79,13 @@ def _measure(bundle_dir: str, part: str, repeats: int) -> dict:
             times.append(time.perf_counter() - t)
     # Resident memory the model added: weights plus what the allocator kept after the runs (the
     # activations of a batch-1 run are freed into, and reused from, those pools). Taken before the
-    # speech front end runs: librosa's own first use adds ~200 MB that any speech gateway pays anyway.
+    # speech front end runs (its FFT plans and filter banks are the front end's, not the model's).
     memory_mb = max(0.0, _rss_mb() - base)
     front_end_ms = None
     if model.manifest["modality"] == "speech":
         rate = int(model.manifest["input"]["rate"])
         wave = (0.1 * np.random.default_rng(2).standard_normal(rate)).astype(np.float32)
-        model.preprocess((wave, rate))        # librosa compiles on first use
+        model.preprocess((wave, rate))        # first use builds the windows and filter banks
         t = time.perf_counter()
         for _ in range(5):
             model.preprocess((wave, rate))
