@@ -24,7 +24,7 @@ from common.settings import Keys, SettingsError, check_type, env_names, keys_of,
 from models.faces import DETECTORS
 from models.runtimes import RUNTIMES
 from schemas.errors import BadName
-from schemas.names import check_name, check_prefix
+from schemas.names import HA_PREFIX, check_name, check_prefix
 
 FACE_DETECTORS = (*DETECTORS, "none")
 REMOVED = {
@@ -141,6 +141,10 @@ class GatewaySettings:
     """Port of the Prometheus endpoint; None: no endpoint."""
     metrics_host: str = "127.0.0.1"
     """Address the Prometheus endpoint binds to."""
+    ha_discovery: bool = True
+    """Announce each (device, task) to Home Assistant by MQTT discovery (gateway/homeassistant.py)."""
+    ha_prefix: str = HA_PREFIX
+    """Home Assistant's discovery prefix (its ``mqtt: discovery_prefix``)."""
     retry_initial_s: float = 0.1
     """First back-off delay when Redis is unreachable (seconds); doubles up to retry_max_s, each delay
     drawn from its upper half (jitter, common.backoff)."""
@@ -220,7 +224,8 @@ def _validate(s: GatewaySettings) -> None:
     need(s.runtime in RUNTIMES, f"runtime must be one of {RUNTIMES}, got {s.runtime!r}")
     need(s.face_detector in FACE_DETECTORS,
          f"face_detector must be one of {FACE_DETECTORS}, got {s.face_detector!r}")
-    for check, value in ((lambda v: check_name(v, "gateway id"), s.id), (check_prefix, s.prefix)):
+    for check, value in ((lambda v: check_name(v, "gateway id"), s.id), (check_prefix, s.prefix),
+                         (check_prefix, s.ha_prefix)):
         try:
             check(value)
         except BadName as e:

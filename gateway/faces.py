@@ -130,7 +130,8 @@ class FaceStage:
 
     def __init__(self, detector: FaceDetector, *, gateway: str, task: str, model: str, max_faces: int,
                  min_face_px: int, crop_max_px: int, metrics: Metrics, ledger: FaceLedger,
-                 publish: Callable[[str, bytes], Any], result_topic: Callable[[str], str]) -> None:
+                 publish: Callable[[str, bytes], Any], result_topic: Callable[[str], str],
+                 on_result: Callable[[Result], Any] | None = None) -> None:
         self.detector = detector
         self.gateway, self.task, self.model = gateway, task, model
         self.max_faces, self.min_face_px, self.crop_max_px = max_faces, min_face_px, crop_max_px
@@ -138,10 +139,11 @@ class FaceStage:
         self.ledger = ledger
         self._publish = publish
         self._result_topic = result_topic
+        self._on_result = on_result  # where a no-face result goes instead (gateway/home_results.py)
 
     @classmethod
     def from_settings(cls, settings, manifest: dict, *, metrics: Metrics, ledger: FaceLedger, intake,
-                      names) -> "FaceStage | None":
+                      names, on_result: Callable[[Result], Any] | None = None) -> "FaceStage | None":
         """The stage the settings ask for (None for ``face_detector: none``), its detector made and run
         once on a blank frame, so that a missing package or weight file stops the start, not a frame."""
         if settings.face_detector == "none":
@@ -158,7 +160,8 @@ class FaceStage:
         return cls(detector, gateway=settings.id, task=manifest["task"], model=manifest["model"],
                    max_faces=settings.max_faces, min_face_px=settings.min_face_px,
                    crop_max_px=settings.face_crop_max_px, metrics=metrics, ledger=ledger,
-                   publish=lambda topic, body: intake.publish(topic, body, qos=1), result_topic=names.result)
+                   publish=lambda topic, body: intake.publish(topic, body, qos=1), result_topic=names.result,
+                   on_result=on_result)
 
     # one frame ---------------------------------------------------------------------------------------
     def find(self, pixels: np.ndarray) -> FrameFaces | None:
@@ -195,7 +198,11 @@ class FaceStage:
                 out.append(r)
             elif not found.faces:
                 self.metrics.inc("frames_without_faces")
-                self._publish(self._result_topic(r.device), self.no_face(r.media, found.found).to_json())
+                answer = self.no_face(r.media, found.found)
+                if self._on_result is not None:
+                    self._on_result(answer)
+                else:
+                    self._publish(self._result_topic(r.device), answer.to_json())
                 ack(r.items)
             else:
                 frame = FrameAck(r.items, len(found.faces))

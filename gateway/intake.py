@@ -143,6 +143,7 @@ class Intake:
         self.epoch = 0
         self.accepting = True
         self.connected = threading.Event()
+        self._handlers: list[tuple[str, Callable[[str, bytes], None]]] = []  # (topic filter, handler)
         self._first_connack = threading.Event()
         self._refusal: str | None = None
         v5 = settings.mqtt_protocol == "5"
@@ -210,7 +211,8 @@ class Intake:
                  self.s.client_id, flags.session_present, self.epoch)
         # Subscribe before announcing online: the broker handles our packets in order, so a sensor that
         # waits for ``online`` never publishes before the subscription exists (first session).
-        client.subscribe([(t, 1) for t in self.names.sensor_wildcards(self.kinds)])
+        topics = [*self.names.sensor_wildcards(self.kinds), *(f for f, _ in self._handlers)]
+        client.subscribe([(t, 1) for t in topics])
         client.publish(self.status_topic, b"online", qos=1, retain=True)
         self.connected.set()
         self._first_connack.set()
@@ -223,6 +225,14 @@ class Intake:
             log.info("MQTT disconnected")
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        for topic_filter, handler in self._handlers:  # control topics (Home Assistant's status, devices')
+            if mqtt.topic_matches_sub(topic_filter, msg.topic):
+                try:
+                    handler(msg.topic, msg.payload)
+                except Exception:  # noqa: BLE001 - a control message never stops the intake
+                    log.exception("handling %s failed", msg.topic)
+                client.ack(msg.mid, msg.qos)
+                return
         if not self.accepting:
             return  # not acknowledged: the broker delivers it again to our next session
         try:
@@ -242,6 +252,11 @@ class Intake:
             return
         if q.put(Inbound(kind, device, topic, msg.payload, msg.mid, msg.qos, self.epoch)):
             self.metrics.inc("received")
+
+    def on_topic(self, topic_filter: str, handler: Callable[[str, bytes], None]) -> None:
+        """Also subscribe to ``topic_filter`` (from the next connect: call before start) and give each of its
+        messages to ``handler(topic, payload)`` on the network thread (it must not block); acknowledged."""
+        self._handlers.append((topic_filter, handler))
 
     # acknowledgement and publishing (any thread) ----------------------------------------------
     def ack(self, items: list[Inbound]) -> None:

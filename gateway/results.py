@@ -33,6 +33,7 @@ import redis
 from common.backoff import Backoff
 from gateway.config import GatewaySettings
 from gateway.faces import FaceLedger
+from gateway.home_results import HomeResults
 from gateway.intake import Intake
 from gateway.metrics import Metrics
 from schemas import Names, Result, SchemaError
@@ -72,13 +73,15 @@ class ResultsRelay:
     """Reads this gateway's results stream and publishes each new result to ``{p}/{device}/result``."""
 
     def __init__(self, settings: GatewaySettings, names: Names, client: redis.Redis, intake: Intake,
-                 metrics: Metrics, faces: FaceLedger | None = None) -> None:
+                 metrics: Metrics, faces: FaceLedger | None = None, home: HomeResults | None = None) -> None:
         self.s = settings
         self.names = names
         self.redis = client
         self.intake = intake
         self.metrics = metrics
         self.faces = faces
+        # the event, the retained state and Home Assistant's entity (gateway/home_results.py)
+        self.home = home or HomeResults(lambda t, p, q, r: intake.publish(t, p, qos=q, retain=r), names, {})
         self.stream = names.results(settings.id)
         self.cursor_key = names.results_cursor(settings.id)
         # With a spool directory the cursor is also kept on local disk, written before Redis: a gateway
@@ -158,7 +161,7 @@ class ResultsRelay:
             if self.faces is not None:
                 result = self.faces.annotate(result)
             relayed.append((result.id, entry_id.decode()))
-            infos.append(_queued(self.intake.publish(self.names.result(device), result.to_json(), qos=1)))
+            infos.append(_queued(self.home.publish(result, device)))
             log.debug("relayed result %s (%s %.3f)", result.id, result.label, result.score)
         give_up_at = None
         while not all(i.is_published() for i in infos):

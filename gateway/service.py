@@ -23,6 +23,8 @@ from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_set
 from gateway.extraction import ExtractionLoop, HandOn
 from gateway.faces import FaceLedger, FaceStage, FaceStageError
 from gateway.hand_on import FeaturesUpstream
+from gateway.home_results import HomeResults
+from gateway.homeassistant import Discovery, DiscoverySettings
 from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, serve_prometheus
 from gateway.results import STOP_GRACE_S, ResultsRelay
@@ -125,6 +127,8 @@ class Gateway:
         self._stop_lock = threading.Lock()
         self._stats_thread: threading.Thread | None = None
         self._metrics_server = None
+        self.discovery: Discovery | None = None
+        self.home: HomeResults | None = None
 
     # lifecycle ------------------------------------------------------------------------------------
     def start(self) -> "Gateway":
@@ -133,6 +137,7 @@ class Gateway:
         limit_threads(self.s.torch_threads)  # torch, ONNX Runtime and numpy's BLAS: one share of the cores
         models = load_models(self.s, self.serving)
         self.intake = Intake(self.s, self.names, self.metrics, tuple(models), self.report)
+        self.home = self._home_results({manifest["task"]: kind for kind, (_, manifest) in models.items()})
         faces = {kind: self._face_stage(kind, manifest) for kind, (_, manifest) in models.items()}
         if self.serving.uses_cloud:
             self.redis = connect_redis(self.s)
@@ -155,7 +160,8 @@ class Gateway:
         for loop in self.loops:
             loop.start()
         if self.serving.uses_cloud:
-            self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics, self.face_ledger)
+            self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics, self.face_ledger,
+                                      self.home)
         if self.s.metrics_port is not None:
             self._metrics_server = serve_prometheus(self.metrics, self.s.id, self.s.metrics_port,
                                                     self.s.metrics_host)[0]
@@ -168,6 +174,8 @@ class Gateway:
             if self._metrics_server is not None:
                 self._metrics_server.shutdown()
             raise GatewayError(str(e)) from e
+        if self.discovery is not None:
+            self.discovery.start()
         if self.relay is not None:
             self.relay.start()
         self._stats_thread = threading.Thread(target=self._stats_loop, name="gateway-stats", daemon=True)
@@ -224,6 +232,28 @@ class Gateway:
         return None
 
     # helpers ---------------------------------------------------------------------------------------
+    def _home_results(self, kind_of_task: dict[str, str]) -> HomeResults:
+        """Where results go at home (event, retained state), with Home Assistant discovery when it is on:
+        announced as results come, again when HA says ``online``, removed when a device is retired (its
+        retained status cleared)."""
+        def publish(topic: str, payload: bytes, qos: int, retain: bool):
+            return self.intake.publish(topic, payload, qos=qos, retain=retain)
+
+        self.discovery = None
+        if self.s.ha_discovery:
+            self.discovery = Discovery(self.names, self.s.id, _version(),
+                                       DiscoverySettings(enabled=True, prefix=self.s.ha_prefix),
+                                       lambda topic, payload, retain: publish(topic, payload, 1, retain))
+            self.intake.on_topic(self.discovery.ha_status_topic,
+                                 lambda _, payload: self.discovery.on_ha_status(payload))
+            self.intake.on_topic(self.names.status_wildcard(), self._device_status)
+        return HomeResults(publish, self.names, kind_of_task, self.discovery)
+
+    def _device_status(self, topic: str, payload: bytes) -> None:
+        """A device's retained status cleared (an empty payload) is its retirement: its entities go."""
+        if not payload and self.discovery is not None:
+            self.discovery.retire(self.names.status_device(topic))
+
     def _face_stage(self, kind: str, manifest: dict) -> FaceStage | None:
         """The image loop's face stage (gateway/faces.py), when the settings ask for one; split mode only
         (the comparison baselines serve frames whole)."""
@@ -231,7 +261,7 @@ class Gateway:
             return None
         try:
             return FaceStage.from_settings(self.s, manifest, metrics=self.metrics, ledger=self.face_ledger,
-                                           intake=self.intake, names=self.names)
+                                           intake=self.intake, names=self.names, on_result=self.home.publish)
         except FaceStageError as e:
             raise GatewayError(str(e)) from e
 
@@ -365,6 +395,16 @@ def main(argv: list[str] | None = None, serving: Serving | None = None,
     gateway.stop()
     return 1 if gateway.failed() else 0
 
+
+
+def _version() -> str:
+    """privedge's installed version (the sw_version Home Assistant shows)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("privedge")
+    except PackageNotFoundError:
+        return "0+unknown"
 
 if __name__ == "__main__":
     sys.exit(main())

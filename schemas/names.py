@@ -172,6 +172,14 @@ class Names:
             raise BadName(f"topic {topic!r} is not {self.prefix}/DEVICE/image|audio")
         return check_device(parts[0]), parts[1]
 
+    def status_device(self, topic: str) -> str:
+        """``{p}/{device}/status`` -> ``device``; anything else raises BadName."""
+        head, _, rest = topic.partition(self.prefix + "/") if isinstance(topic, str) else ("x", "", "")
+        parts = rest.split("/")
+        if head or len(parts) != 2 or parts[1] != "status":
+            raise BadName(f"topic {topic!r} is not {self.prefix}/DEVICE/status")
+        return check_device(parts[0])
+
     def is_result_topic(self, topic: str) -> bool:
         """Whether ``topic`` is some device's result topic (``{p}/{device}/result``)."""
         head, _, rest = topic.partition(self.prefix + "/") if isinstance(topic, str) else ("x", "", "")

@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
 from gateway.homeassistant import Discovery, DiscoverySettings
 from schemas import Names
 from schemas.names import BadName
+from tests.gateway_fixtures import Listener, full_bundles, gateway_bundles, image_frame, make_gateway  # noqa: F401
+from workers.config import RedisSettings, WorkerSettings
+from workers.service import Worker
 
 
 class Sent(list):
@@ -83,3 +87,69 @@ def test_the_gateway_may_write_discovery_and_state_and_apps_may_read_state():
     assert "topic write homeassistant/sensor/#" in gw and "topic read homeassistant/status" in gw
     assert "topic write privedge/+/state/+" in gw
     assert "topic read privedge/+/state/+" in names.mosquitto_acl("app", "ha")
+
+
+# --- on the real broker, through a gateway and a worker ------------------------------------------------
+
+SENSOR_KEYS = {"name", "unique_id", "default_entity_id", "state_topic", "value_template", "json_attributes_topic",
+               "json_attributes_template", "availability", "availability_mode", "availability_topic", "icon",
+               "device", "device_class", "state_class", "unit_of_measurement", "expire_after", "force_update",
+               "enabled_by_default", "entity_category", "qos", "encoding", "payload_on", "payload_off"}
+DEVICE_KEYS = {"identifiers", "connections", "name", "model", "manufacturer", "sw_version", "hw_version",
+               "via_device", "configuration_url", "suggested_area", "serial_number"}
+AVAILABILITY_KEYS = {"topic", "payload_available", "payload_not_available", "value_template"}
+"""The option names Home Assistant documents for MQTT sensors / binary sensors, devices and availability."""
+
+
+def _retained(port: int, topic: str, client_id: str) -> dict[str, bytes]:
+    """What a new subscriber to ``topic`` gets at once: the retained messages (latest per topic)."""
+    lis = Listener(port, topic, client_id=client_id)
+    try:
+        time.sleep(0.5)
+        return {t: ps[-1] for t, ps in lis.messages.items()}
+    finally:
+        lis.close()
+
+
+def test_a_served_device_appears_in_home_assistant_and_its_state_is_retained(make_gateway, mosquitto, redis_server,
+                                                                            full_bundles):  # noqa: F811
+    worker = Worker(WorkerSettings(redis=RedisSettings.from_dsn(redis_server.url), name="wha", block_ms=50,
+                                   bundles=(full_bundles["image"], full_bundles["speech"]))).start()
+    events = Listener(mosquitto.port, "#", client_id="ha-events")
+    try:
+        make_gateway()
+        gw_config = "homeassistant/binary_sensor/privedge_gw1/gateway/config"
+        assert events.wait_for(lambda lis: gw_config in lis.messages, 20)
+        events.publish("privedge/cam1/image", image_frame("cam1", 1).encode())
+        assert events.wait_for(lambda lis: lis.messages.get("privedge/cam1/result"), 60)
+        config_topic = "homeassistant/sensor/privedge_gw1/cam1_glasses/config"
+        retained = _retained(mosquitto.port, "homeassistant/#", "ha-late")
+        config = json.loads(retained[config_topic])
+        assert set(config) <= SENSOR_KEYS and set(config["device"]) <= DEVICE_KEYS
+        assert all(set(a) <= AVAILABILITY_KEYS for a in config["availability"])
+        assert json.loads(retained[gw_config])["device"]["identifiers"] == [config["device"]["via_device"]]
+        # the state: retained, the latest result of the task, with the label Home Assistant shows
+        state = json.loads(_retained(mosquitto.port, config["state_topic"], "ha-state")[config["state_topic"]])
+        result = json.loads(events.messages["privedge/cam1/result"][-1])
+        assert state["id"] == result["id"] == "gw1/cam1/1" and state["label"] in ("glasses", "no_glasses")
+        # Home Assistant restarts: every config again
+        before = len(events.messages[config_topic])
+        events.publish("homeassistant/status", b"online")
+        assert events.wait_for(lambda lis: len(lis.messages[config_topic]) > before, 10)
+        # the device is retired (its retained status cleared): its entity goes
+        events.client.publish("privedge/cam1/status", b"", qos=1, retain=True).wait_for_publish(5)
+        assert events.wait_for(lambda lis: lis.messages[config_topic][-1] == b"", 10)
+        assert config_topic not in _retained(mosquitto.port, "homeassistant/#", "ha-after")
+    finally:
+        events.close()
+        worker.stop()
+
+
+def test_discovery_switched_off_announces_nothing(make_gateway, mosquitto):
+    events = Listener(mosquitto.port, "homeassistant/#", client_id="ha-off")
+    try:
+        make_gateway(ha_discovery=False, id="gw2")
+        time.sleep(1.0)
+        assert not [t for t in events.messages if "privedge_gw2" in t]
+    finally:
+        events.close()

@@ -1,0 +1,41 @@
+"""Where a result goes at home: the per-result event topic, the retained latest state, and Home Assistant.
+
+Every result the home gets (relayed from the cloud by gateway/results.py, or a camera frame's ``no_face``
+answered at home by gateway/faces.py) is published:
+
+- on ``{p}/{device}/result`` (QoS 1, not retained): one message per inference, as before;
+- on ``{p}/{device}/state/{task}`` (QoS 1, retained): the latest result of each task, so that Home Assistant
+  (or any app subscribing late) shows it after a restart;
+- and, the first time a (device, task) is served, its Home Assistant discovery config
+  (gateway/homeassistant.py), so that the entity appears by itself.
+
+The event's delivery is what the relay waits for (its PUBACK moves the results cursor); the retained state
+is the same payload, best effort: a lost one is replaced by the next result.
+"""
+from __future__ import annotations
+
+import paho.mqtt.client as mqtt
+
+from gateway.homeassistant import Discovery
+from schemas import Names, Result
+
+
+class HomeResults:
+    """Publishes results to the home (``publish`` callable: ``(topic, payload, qos, retain) -> info``)."""
+
+    def __init__(self, publish, names: Names, kind_of_task: dict[str, str],
+                 discovery: Discovery | None = None) -> None:
+        self._publish = publish
+        self.names = names
+        self.kind_of_task = dict(kind_of_task)
+        self.discovery = discovery
+
+    def publish(self, result: Result, device: str | None = None) -> mqtt.MQTTMessageInfo:
+        """Publish ``result`` (of ``device``, by default its id's) to the home; the event's message info."""
+        device = device or result.device
+        body = result.to_json()
+        info = self._publish(self.names.result(device), body, 1, False)
+        self._publish(self.names.state(device, result.task), body, 1, True)
+        if self.discovery is not None:
+            self.discovery.serve(device, result.task, self.kind_of_task.get(result.task, "image"))
+        return info
