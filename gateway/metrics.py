@@ -156,12 +156,12 @@ class _Collector:
         yield g
 
 
-def serve_prometheus(metrics: Metrics, gateway: str, port: int, host: str = "127.0.0.1"):
-    """Start a Prometheus HTTP endpoint on ``host:port`` with its own registry; returns (server, thread)."""
-    from prometheus_client import CollectorRegistry, start_http_server
+def prometheus_registry(metrics: Metrics, gateway: str):
+    """A prometheus_client registry of its own holding the gateway's collector (and the process metrics:
+    CPU, memory, open files), for common.health's ``/metrics``."""
+    from prometheus_client import CollectorRegistry, ProcessCollector
 
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(metrics, gateway))
-    server, thread = start_http_server(port, addr=host, registry=registry)
-    log.info("prometheus metrics on http://%s:%s/metrics", host, server.server_port)
-    return server, thread
+    ProcessCollector(registry=registry)
+    return registry

@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Protocol
 
 
+from common.health import HealthServer, Probes
+from common.health import check as health_check
+from common.redis_connection import RedisSettings
 from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_settings
 from gateway.extraction import ExtractionLoop, HandOn
 from gateway.faces import FaceLedger, FaceStage, FaceStageError
@@ -26,7 +29,7 @@ from gateway.hand_on import FeaturesUpstream
 from gateway.home_results import HomeResults
 from gateway.homeassistant import Discovery, DiscoverySettings
 from gateway.intake import Intake, IntakeError
-from gateway.metrics import Metrics, serve_prometheus
+from gateway.metrics import Metrics, prometheus_registry
 from gateway.results import STOP_GRACE_S, ResultsRelay
 from gateway.upstream import Upstream, UpstreamRefused, safe_url, connect_redis, open_spool
 from schemas import ErrorReport, Names, SchemaError
@@ -163,8 +166,8 @@ class Gateway:
             self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics, self.face_ledger,
                                       self.home)
         if self.s.metrics_port is not None:
-            self._metrics_server = serve_prometheus(self.metrics, self.s.id, self.s.metrics_port,
-                                                    self.s.metrics_host)[0]
+            self._metrics_server = HealthServer(self._probes(), prometheus_registry(self.metrics, self.s.id),
+                                                host=self.s.metrics_host, port=self.s.metrics_port).start()
         try:
             self.intake.start()
         except IntakeError as e:
@@ -172,7 +175,7 @@ class Gateway:
             for loop in self.loops:
                 loop.drain(time.monotonic())
             if self._metrics_server is not None:
-                self._metrics_server.shutdown()
+                self._metrics_server.stop()
             raise GatewayError(str(e)) from e
         if self.discovery is not None:
             self.discovery.start()
@@ -209,7 +212,7 @@ class Gateway:
             self._publish_stats()
             self.intake.close()
             if self._metrics_server is not None:
-                self._metrics_server.shutdown()
+                self._metrics_server.stop()
             if self.redis is not None:
                 self.redis.close()
             log.info("gateway %s stopped: %s", self.s.id, json.dumps(self.metrics.snapshot()))
@@ -280,10 +283,38 @@ class Gateway:
 
     @property
     def metrics_url(self) -> str | None:
-        """``http://HOST:PORT/metrics`` when the Prometheus endpoint runs (port 0 picks a free port)."""
-        if self._metrics_server is None:
-            return None
-        return f"http://{self.s.metrics_host}:{self._metrics_server.server_port}/metrics"
+        """``http://HOST:PORT/metrics`` when the HTTP endpoint runs (port 0 picks a free port)."""
+        return None if self._metrics_server is None else self._metrics_server.url + "/metrics"
+
+    @property
+    def health_url(self) -> str | None:
+        """``http://HOST:PORT`` of ``/healthz`` and ``/readyz`` (common.health), with the metrics."""
+        return None if self._metrics_server is None else self._metrics_server.url
+
+    def _probes(self) -> Probes:
+        """Liveness: the loop threads run. Readiness: the broker connected, Redis answering (a client of its
+        own with a 1 s timeout and no retries, so a stopped Redis shows at once), the models loaded."""
+        ping = RedisSettings.from_dsn(self.s.redis, self.s.redis_password or None).client(
+            socket_timeout=1.0, socket_connect_timeout=1.0, retry=None) if self.serving.uses_cloud else None
+
+        def threads() -> tuple[bool, str]:
+            dead = [name for name, t in self._threads() if t.ident is not None and not t.is_alive()]
+            return not dead and self.failed() is None, f"stopped: {dead}" if dead else "running"
+
+        def redis_ok() -> tuple[bool, str]:
+            return bool(ping.ping()), "PONG"
+
+        ready = {"mqtt": lambda: (self.intake is not None and self.intake.connected.is_set(), self.s.broker),
+                 "models": lambda: (bool(self.loops), ", ".join(loop.model_id for loop in self.loops))}
+        if ping is not None:
+            ready["redis"] = redis_ok
+        return Probes(live={"threads": threads}, ready=ready)
+
+    def _threads(self) -> list[tuple[str, threading.Thread]]:
+        out = [(f"{loop.kind} loop", loop.thread) for loop in self.loops]
+        if self.relay is not None:
+            out.append(("results relay", self.relay.thread))
+        return out
 
     def stats_topic(self) -> str:
         """``{prefix}/gateway/{id}/stats``, where the JSON stats go."""
@@ -350,6 +381,9 @@ def build_parser(prog: str = "privedge gateway", description: str | None = None)
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     p.add_argument("--print-settings", action="store_true",
                    help="print the merged settings as JSON (secrets hidden) and exit")
+    p.add_argument("--check", action="store_true",
+                   help="exit 0 if the gateway these settings describe answers ready on its metrics_port "
+                        "(/readyz), else 1 (for healthchecks)")
     return p
 
 
@@ -361,7 +395,7 @@ def main(argv: list[str] | None = None, serving: Serving | None = None,
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    flags = {k: v for k, v in vars(args).items() if k not in ("config", "log_level", "print_settings")}
+    flags = {k: v for k, v in vars(args).items() if k not in ("config", "log_level", "print_settings", "check")}
     if flags["bundles"]:
         flags["bundles"] = tuple(str(Path(b)) for b in flags["bundles"])
     try:
@@ -374,6 +408,11 @@ def main(argv: list[str] | None = None, serving: Serving | None = None,
         shown["redis"] = safe_url(settings.redis)
         print(json.dumps(shown, indent=2))
         return 0
+    if args.check:  # as arq's --check: is the gateway these settings describe running and ready?
+        if not settings.metrics_port:
+            print(f"{prog}: --check needs the gateway's metrics_port (its /readyz)", file=sys.stderr)
+            return 1
+        return health_check(f"http://{settings.metrics_host}:{settings.metrics_port}")
     gateway = Gateway(settings, serving)
     stop_requested = threading.Event()
 
@@ -390,8 +429,10 @@ def main(argv: list[str] | None = None, serving: Serving | None = None,
     except GatewayError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
-    while not stop_requested.wait(0.5) and not gateway.wait(0):
+    while not stop_requested.wait(0.5) and not gateway.wait(0) and gateway.failed() is None:
         pass
+    if gateway.failed() is not None:  # a loop thread died (a bug): stop and say so in the exit status
+        log.error("a gateway thread failed: %r; stopping", gateway.failed())
     gateway.stop()
     return 1 if gateway.failed() else 0
 

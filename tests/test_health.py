@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -9,7 +13,11 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.parser import text_string_to_metric_families
 
+from broker import servers
 from common.health import HealthServer, Probes, check
+from gateway import service as gateway_service
+from tests.conftest import REPO
+from tests.gateway_fixtures import Listener, gateway_bundles, image_frame, make_gateway, wait_until  # noqa: F401
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -69,3 +77,69 @@ def test_metrics_parse_with_prometheus_clients_own_parser(server):
 
 def test_check_of_nothing_listening_is_not_ready():
     assert check("http://127.0.0.1:9", timeout_s=1) == 1
+
+
+# --- the gateway's endpoints, on the real broker and a Redis of the test's own ----------------------------
+
+def test_the_gateway_turns_unready_when_redis_stops_and_ready_when_it_returns(make_gateway, tmp_path):
+    store = servers.redis(tmp_path / "redis")
+    try:
+        gw = make_gateway(redis=store.url, metrics_port=0, warm_up=False)
+        assert wait_until(lambda: _get(gw.health_url + "/readyz")[0] == 200, 20)
+        assert gateway_service.main(["--check", "--metrics-port", str(gw._metrics_server.port)]) == 0
+        store.stop()
+        t0 = time.monotonic()
+        assert wait_until(lambda: _get(gw.health_url + "/readyz")[0] == 503, 10)
+        assert time.monotonic() - t0 < 5.0  # the issue's bound
+        status, body = _get(gw.health_url + "/readyz")
+        assert not json.loads(body)["checks"]["redis"]["ok"] and json.loads(body)["checks"]["mqtt"]["ok"]
+        assert _get(gw.health_url + "/healthz")[0] == 200  # unready, not dead
+        assert gateway_service.main(["--check", "--metrics-port", str(gw._metrics_server.port)]) == 1
+        store.start()
+        assert wait_until(lambda: _get(gw.health_url + "/readyz")[0] == 200, 20)
+        families = {f.name for f in text_string_to_metric_families(_get(gw.metrics_url)[1].decode())}
+        assert "privedge_gateway_received" in families and "process_resident_memory_bytes" in families
+    finally:
+        store.stop()
+
+
+BROKEN_LOOP = """
+import sys
+import gateway.extraction as extraction
+def broken(self, items):
+    raise SystemExit("the loop thread dies")  # not an Exception: no per-input catch holds it
+extraction.ExtractionLoop.process = broken
+from privedge.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_gateway_whose_loop_thread_dies_fails_liveness_then_exits_non_zero(mosquitto, redis_server,
+                                                                             gateway_bundles, tmp_path):
+    port = _free_port()
+    args = ["gateway", "--broker", mosquitto.url, "--redis", redis_server.url, "--id", "gwdie",
+            "--bundle", str(gateway_bundles["image"]), "--metrics-port", str(port)]
+    log = open(tmp_path / "gateway.log", "w")
+    proc = subprocess.Popen([sys.executable, "-c", BROKEN_LOOP, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                            env={**os.environ, "PRIVEDGE_FACE_DETECTOR": "none"})
+    lis = Listener(mosquitto.port, client_id="die-listener")
+    try:
+        assert lis.wait_for(lambda l: l.messages.get("privedge/gateway/gwdie/status", [])[-1:] == [b"online"], 120)
+        url = f"http://127.0.0.1:{port}"
+        assert _get(url + "/healthz")[0] == 200
+        lis.publish("privedge/cam1/image", image_frame("cam1", 1).encode())
+        assert wait_until(lambda: proc.poll() is not None or _get(url + "/healthz")[0] == 503, 30)
+        assert proc.wait(60) != 0, (tmp_path / "gateway.log").read_text()[-2000:]
+    finally:
+        lis.close()
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
