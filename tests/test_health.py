@@ -17,7 +17,8 @@ from broker import servers
 from common.health import HealthServer, Probes, check
 from gateway import service as gateway_service
 from tests.conftest import REPO
-from tests.gateway_fixtures import Listener, gateway_bundles, image_frame, make_gateway, wait_until  # noqa: F401
+from tests.gateway_fixtures import (Listener, full_bundles, gateway_bundles, image_frame,  # noqa: F401
+                                    make_gateway, wait_until)
 
 
 def _get(url: str) -> tuple[int, bytes]:
@@ -143,3 +144,49 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_worker_serves_health_and_named_metrics_and_check_follows_redis(full_bundles, tmp_path):  # noqa: F811
+    store = servers.redis(tmp_path / "redis")
+    port = _free_port()
+    args = ["worker", "--redis", store.url, "--bundle", str(full_bundles["image"]), "--name", "wh",
+            "--health-port", str(port), "--block-ms", "50"]
+    log = open(tmp_path / "worker.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "privedge.cli", *args], cwd=REPO, stdout=log,
+                            stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert wait_until(lambda: _get_or_none(url + "/readyz") == 200, 120), (tmp_path / "worker.log").read_text()
+        assert _check(args) == 0
+        text = _get(url + "/metrics")[1].decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        for name in ("privedge_worker_entries", "privedge_worker_results", "privedge_worker_batch_seconds",
+                     "privedge_worker_group_lag", "privedge_worker_group_pending", "process_cpu_seconds"):
+            assert name in families, sorted(families)
+        assert families["privedge_worker_batch_seconds"].type == "histogram"
+        store.stop()
+        assert wait_until(lambda: _get_or_none(url + "/readyz") == 503, 10)
+        assert _get(url + "/healthz")[0] == 200 and _check(args) == 1
+        store.start()
+        assert wait_until(lambda: _get_or_none(url + "/readyz") == 200, 20)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            log.close()
+            store.stop()
+
+
+def _check(worker_args: list[str]) -> int:
+    return subprocess.run([sys.executable, "-m", "privedge.cli", *worker_args, "--check"], cwd=REPO,
+                          capture_output=True, timeout=60).returncode
+
+
+def _get_or_none(url: str) -> int | None:
+    try:
+        return _get(url)[0]
+    except OSError:
+        return None

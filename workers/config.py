@@ -59,6 +59,8 @@ class WorkerSettings:
     allow_unsigned: bool = False           # load unsigned/wrongly signed bundles with a warning (development)
     retry_initial_s: float = 0.1           # first pause after a failed step, seconds; doubles (with jitter)
     retry_max_s: float = 5.0               # largest pause after failed steps, seconds
+    health_port: int | None = None         # /healthz, /readyz and /metrics on this port (common.health); None: off
+    health_host: str = "127.0.0.1"         # the address they bind to
 
     def __post_init__(self) -> None:
         for name, want in _FIELDS.items():
@@ -77,6 +79,8 @@ class WorkerSettings:
             raise SettingsError("block_ms and claim_idle_ms must be >= 0")
         if self.discover_every_s <= 0 or self.trim_every_s <= 0 or self.trim_retention_s < 0:
             raise SettingsError("discover_every_s and trim_every_s must be > 0, trim_retention_s >= 0")
+        if self.health_port is not None and not 0 <= self.health_port <= 65535:
+            raise SettingsError(f"bad health_port {self.health_port}")
         if self.retry_initial_s < 0 or self.retry_max_s <= 0:
             raise SettingsError("retry_initial_s must be >= 0 and retry_max_s > 0")
         object.__setattr__(self, "bundles", tuple(Path(b) for b in self.bundles))

@@ -19,6 +19,7 @@ import logging
 import os
 import secrets
 import signal
+import sys
 import socket
 import threading
 import time
@@ -27,6 +28,8 @@ from typing import Mapping
 
 import redis
 
+from common.health import HealthServer, Probes
+from common.health import check as health_check
 from common.backoff import Backoff
 from common.top_k import top_k
 from models.signing import SignatureError
@@ -35,6 +38,7 @@ from schemas.names import FIELD, GROUP, Names
 from schemas.results import ErrorReport, Result
 from workers.analysis import Analysis, FeatureAnalysis, Rejected, run_network
 from workers.config import SettingsError, WorkerSettings, load_settings
+from workers.metrics import WorkerMetrics
 from workers.stats import WorkerStats
 from workers.streams import StreamSet, check_origin
 
@@ -61,6 +65,7 @@ class Worker:
                                          bundle_key=settings.bundle_key, allow_unsigned=settings.allow_unsigned)
         self.stats = WorkerStats()
         self.redis = settings.redis.client()
+        self.metrics = WorkerMetrics(self.redis, lambda: list(self.streams))  # Prometheus (workers/metrics.py)
         self.stream_set = StreamSet(self.redis, self.names, self.analysis.stream_kind,
                                     {s.task for s in self.served.values()}, settings.max_streams,
                                     settings.trim_retention_s)
@@ -233,7 +238,9 @@ class Worker:
                     log.warning("no result for entry %s (%s): %s", _id(entry[1]), msg.id, e)
                     dead.append((*entry, Rejected("result not encodable", f"{type(e).__name__}: {e}")))
         self.stats.add(analyze_s=time.perf_counter() - t0, received=len(entries), batches=1)
+        self.metrics.entries.inc(len(entries))
         self._write(results, dead, acks)
+        self.metrics.batch_seconds.observe(time.perf_counter() - t0)
 
     def _result(self, msg, served, row, done: float) -> bytes:
         """The encoded Result of one input (raises if the scores cannot be written, e.g. NaN)."""
@@ -262,6 +269,9 @@ class Worker:
                 pipe.xack(stream, GROUP, *ids)
         pipe.execute()
         self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0)
+        self.metrics.results.inc(len(results))
+        for _, _, _, err in dead:
+            self.metrics.dead.labels(err.reason).inc()
 
 
     def _task_of(self, stream: str) -> str:
@@ -310,6 +320,10 @@ def build_parser(prog: str = "privedge worker", description: str | None = None) 
     p.add_argument("--allow-unsigned", action="store_const", const=True,
                    help="load unsigned or wrongly signed bundles with a warning (development only; "
                         "PRIVEDGE_ALLOW_UNSIGNED)")
+    p.add_argument("--health-port", type=int, help="serve /healthz, /readyz and /metrics on this port")
+    p.add_argument("--health-host", help="address of that endpoint (default 127.0.0.1)")
+    p.add_argument("--check", action="store_true",
+                   help="exit 0 if the worker these settings describe answers ready on its health port, else 1")
     return p
 
 
@@ -321,7 +335,7 @@ def parse_args(argv: list[str], parser: argparse.ArgumentParser | None = None,
     a = p.parse_args(argv)
     if a.mode is not None:
         p.error(MODE_REMOVED)
-    flags = {k: v for k, v in vars(a).items() if k not in ("config", "mode")}
+    flags = {k: v for k, v in vars(a).items() if k not in ("config", "mode", "check")}
     try:
         return load_settings(flags, config_file=a.config, env=env)
     except SettingsError as e:
@@ -332,7 +346,13 @@ def main(argv: list[str] | None = None, analysis: Analysis | None = None,
          parser: argparse.ArgumentParser | None = None) -> int:
     """``privedge worker`` (features); the benchmark's cloud-only worker passes its own ``analysis``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    parser = parser or build_parser()
     settings = parse_args(list(argv or []), parser)
+    if parser.parse_args(list(argv or [])).check:  # as arq's --check: is that worker running and ready?
+        if not settings.health_port:
+            print(f"{parser.prog}: --check needs the worker's --health-port", file=sys.stderr)
+            return 1
+        return health_check(f"http://{settings.health_host}:{settings.health_port}")
     try:  # credentials first: a refused login should not wait for the models to load
         settings.redis.client().ping()
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
@@ -354,6 +374,10 @@ def main(argv: list[str] | None = None, analysis: Analysis | None = None,
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
         log.error("Redis refused worker %s: %s", worker.name, e)
         return 1
+    health = None
+    if settings.health_port is not None:
+        health = HealthServer(_probes(worker), worker.metrics.registry, host=settings.health_host,
+                              port=settings.health_port).start()
     next_stats = time.monotonic() + worker.settings.stats_every_s
     while not done.wait(0.5):
         if not worker.alive():  # a supervisor restarts a process, not a thread
@@ -364,5 +388,16 @@ def main(argv: list[str] | None = None, analysis: Analysis | None = None,
             next_stats += worker.settings.stats_every_s
             log.info("stats %s", worker.stats.as_dict())
     worker.stop()
+    if health is not None:
+        health.stop()
     log.info("stopped; stats %s", worker.stats.as_dict())
     return 0
+
+
+def _probes(worker: Worker) -> Probes:
+    """Liveness: the loop thread runs. Readiness: Redis answers (a client of its own, 1 s, no retries) and
+    the models are loaded."""
+    ping = worker.settings.redis.client(socket_timeout=1.0, socket_connect_timeout=1.0, retry=None)
+    return Probes(live={"loop": lambda: (worker.alive(), "running" if worker.alive() else "stopped")},
+                  ready={"redis": lambda: (bool(ping.ping()), "PONG"),
+                         "models": lambda: (bool(worker.served), ", ".join(worker.served))})
