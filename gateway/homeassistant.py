@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -28,6 +29,12 @@ from schemas.names import HA_PREFIX, Names, check_prefix, ha_config, ha_status
 log = logging.getLogger(__name__)
 
 ONLINE, OFFLINE = "online", "offline"
+_NOT_SLUG = re.compile(r"[^a-z0-9_]")
+
+
+def _slug(text: str) -> str:
+    return _NOT_SLUG.sub("_", text.lower())
+
 KIND_MODELS = {"image": "privedge camera", "audio": "privedge microphone"}
 
 
@@ -95,7 +102,8 @@ class Discovery:
         return {
             "name": task.replace("_", " ").capitalize(),
             "unique_id": f"{self._device_id(device)}_{task}",
-            "default_entity_id": f"sensor.{self.node}_{device}_{task}",  # replaces the deprecated object_id
+            # replaces the deprecated object_id; an entity id is lower-case letters, digits and underscores
+            "default_entity_id": "sensor." + _slug(f"{self.node}_{device}_{task}"),
             "state_topic": state, "value_template": "{{ value_json.label }}",
             "json_attributes_topic": state,
             "availability": self._availability(device), "availability_mode": "all",

@@ -36,6 +36,7 @@ def test_a_sensor_config_follows_the_discovery_contract():
     assert c["state_topic"] == "privedge/camera-1/state/glasses" == c["json_attributes_topic"]
     assert c["value_template"] == "{{ value_json.label }}"
     assert c["unique_id"] == "privedge_home_camera-1_glasses"
+    assert c["default_entity_id"] == "sensor.privedge_home_camera_1_glasses"  # HA's entity id alphabet
     assert c["availability_mode"] == "all"
     assert [a["topic"] for a in c["availability"]] == ["privedge/gateway/home/status", "privedge/camera-1/status"]
     dev = c["device"]
