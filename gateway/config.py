@@ -141,6 +141,12 @@ class GatewaySettings:
     """Port of the Prometheus endpoint; None: no endpoint."""
     metrics_host: str = "127.0.0.1"
     """Address the Prometheus endpoint binds to."""
+    pseudonym_period_s: int = 0
+    """Rotating device pseudonyms on the wire (gateway/pseudonyms.py): every this many seconds (86400: daily)
+    the cloud sees other device ids, boot ids and sequence numbers, mapped back here; 0: off."""
+    pseudonym_key_file: str | None = None
+    """The home's pseudonym key; default ``spool_dir/{id}/pseudonym.key`` (made at first start), or, without
+    a spool_dir, a key held in memory (results of inputs sent before a restart are then unmappable)."""
     ha_discovery: bool = True
     """Announce each (device, task) to Home Assistant by MQTT discovery (gateway/homeassistant.py)."""
     ha_prefix: str = HA_PREFIX
@@ -246,6 +252,8 @@ def _validate(s: GatewaySettings) -> None:
                  "drain_timeout_s", "connect_timeout_s"):
         need(getattr(s, name) > 0, f"{name} must be > 0, got {getattr(s, name)}")
     need(s.metrics_port is None or 0 <= s.metrics_port <= 65535, f"bad metrics_port {s.metrics_port}")
+    need(s.pseudonym_period_s == 0 or s.pseudonym_period_s >= 60,
+         f"pseudonym_period_s must be 0 (off) or at least 60, got {s.pseudonym_period_s}")
     if s.pitch_shift is not None:
         parse_pitch_shift(s.pitch_shift)
 

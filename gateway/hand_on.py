@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gateway.extraction import ExtractionLoop, Ready, describe
+from gateway.pseudonyms import Pseudonyms
 from gateway.upstream import Upstream
 from schemas import FeatureMessage
 
@@ -60,15 +61,20 @@ class StreamHandOn:
 class FeaturesUpstream(StreamHandOn):
     """Split serving: the bundle's Extractor at home, its features to the home's features stream."""
 
-    def __init__(self, extractor: Any, upstream: Upstream, stream: str) -> None:
+    def __init__(self, extractor: Any, upstream: Upstream, stream: str,
+                 pseudonyms: Pseudonyms | None = None) -> None:
         super().__init__(upstream, stream)
         self.network = extractor  # models.serving.Extractor (the home half only)
+        self.pseudonyms = pseudonyms  # the names the cloud sees instead of the device's (gateway/pseudonyms.py)
 
     def run(self, inputs: list[np.ndarray]) -> np.ndarray:
         return self.network.extract_batch(inputs)  # (B, *feature_shape)
 
     def message(self, loop: ExtractionLoop, r: Ready, output: Any, now: float) -> bytes:
-        return FeatureMessage.from_array(output, gateway=loop.s.id, device=r.device, seq=r.seq, boot=r.media.boot,
+        device, boot, seq = r.device, r.media.boot, r.seq
+        if self.pseudonyms is not None:
+            device, boot, seq = self.pseudonyms.hide(device, boot, seq, ts=now)
+        return FeatureMessage.from_array(output, gateway=loop.s.id, device=device, seq=seq, boot=boot,
                                          ts=r.ts, ts_sent=now, task=loop.task, model=loop.model_id,
                                          reply=loop.reply, face=r.face_index).encode()
 

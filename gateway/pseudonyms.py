@@ -14,7 +14,8 @@ All three are deterministic within a period, so retries and the cloud's deduplic
 gateway's dedup window sees one id per input. A result comes back under the pseudonymous id; the gateway
 maps it back through the table of what it issued (:meth:`Pseudonyms.reveal`), which it keeps for the
 current and the previous period (results of inputs sent just before a rotation still find their way) and
-saves beside its spool, so a restart does not orphan the results of inputs already sent.
+saves beside its spool each time it grows (once per device, boot and period, before the first message
+under the new names goes), so a restart does not orphan the results of inputs already sent.
 
 What is left for the cloud to link: the gateway id (the home's account, by design), capture times and
 the features themselves within one period (measured by ``privedge audit``'s linkage attack). HMAC-SHA256
@@ -80,6 +81,7 @@ class Pseudonyms:
         self.period_s = int(period_s)
         self._table_path = Path(table) if table else None
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()  # one writer of the table file at a time (image and audio loops)
         self._issued: dict[tuple[str, int], Real] = {}   # (pseudonymous device, pseudonymous boot) -> real
         self._dirty = False
         if self._table_path and self._table_path.exists():
@@ -106,10 +108,13 @@ class Pseudonyms:
         p = self.period(ts)
         pd, pb = self.device(device, p), self.boot(device, boot, p)
         with self._lock:
-            if (pd, pb) not in self._issued:
+            new = (pd, pb) not in self._issued
+            if new:
                 self._issued[(pd, pb)] = Real(device, boot, p)
                 self._prune(p)
                 self._dirty = True
+        if new:  # before the message goes: a gateway killed later still maps its results back
+            self.save()
         return pd, pb, (int(seq) + self._offset(device, boot, p)) % SEQ_MOD
 
     def reveal(self, device: str, boot: int | None, seq: int) -> tuple[str, int | None, int] | None:
@@ -129,17 +134,19 @@ class Pseudonyms:
         """Write the table if it changed (atomically: a temporary file, fsync, rename)."""
         if self._table_path is None:
             return
-        with self._lock:
-            if not self._dirty:
-                return
-            rows = [[pd, pb, r.device, r.boot, r.period] for (pd, pb), r in self._issued.items()]
-            self._dirty = False
-        tmp = self._table_path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump(rows, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._table_path)
+        with self._save_lock:
+            with self._lock:
+                if not self._dirty:
+                    return
+                rows = [[pd, pb, r.device, r.boot, r.period] for (pd, pb), r in self._issued.items()]
+                self._dirty = False
+            self._table_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._table_path.with_suffix(".tmp")
+            with open(tmp, "w") as f:
+                json.dump(rows, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._table_path)
 
     def _load(self) -> None:
         rows = json.loads(self._table_path.read_text() or "[]")

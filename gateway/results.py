@@ -20,6 +20,7 @@ A face's result (id ``...#{face}``) gets its box and its frame's summary from th
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -36,7 +37,9 @@ from gateway.faces import FaceLedger
 from gateway.home_results import HomeResults
 from gateway.intake import Intake
 from gateway.metrics import Metrics
-from schemas import Names, Result, SchemaError
+from gateway.pseudonyms import Pseudonyms
+from schemas import Names, Result, SchemaError, make_id
+from schemas.features import face_of, split_id
 from schemas.names import FIELD
 
 log = logging.getLogger(__name__)
@@ -73,13 +76,15 @@ class ResultsRelay:
     """Reads this gateway's results stream and publishes each new result to ``{p}/{device}/result``."""
 
     def __init__(self, settings: GatewaySettings, names: Names, client: redis.Redis, intake: Intake,
-                 metrics: Metrics, faces: FaceLedger | None = None, home: HomeResults | None = None) -> None:
+                 metrics: Metrics, faces: FaceLedger | None = None, home: HomeResults | None = None,
+                 pseudonyms: Pseudonyms | None = None) -> None:
         self.s = settings
         self.names = names
         self.redis = client
         self.intake = intake
         self.metrics = metrics
         self.faces = faces
+        self.pseudonyms = pseudonyms  # results come back under the names the cloud saw (gateway/pseudonyms.py)
         # the event, the retained state and Home Assistant's entity (gateway/home_results.py)
         self.home = home or HomeResults(lambda t, p, q, r: intake.publish(t, p, qos=q, retain=r), names, {})
         self.stream = names.results(settings.id)
@@ -140,6 +145,16 @@ class ResultsRelay:
                 last = entries[-1][0].decode()
                 self._advance(last, relayed)
 
+    def _reveal(self, result: Result) -> Result | None:
+        """The result under its input's real id, or None (counted) for a pseudonym this gateway never issued."""
+        gateway, device, seq, boot = split_id(result.id)
+        real = self.pseudonyms.reveal(device, boot, seq)
+        if real is None:
+            self.metrics.inc_label("rejected", "unknown pseudonym")
+            log.error("result %s names a pseudonym this gateway did not issue (or forgot): dropped", result.id)
+            return None
+        return dataclasses.replace(result, id=make_id(gateway, real[0], real[2], real[1], face_of(result.id)))
+
     def _relay(self, entries: list, relayed: list[tuple[str, str]]) -> bool:
         """Publish the new results among ``entries``; True once the broker has acknowledged them all.
         ``relayed`` receives ``(result id, entry id)`` of each one published."""
@@ -148,6 +163,10 @@ class ResultsRelay:
         for entry_id, fields in entries:
             try:
                 result = Result.decode(fields.get(FIELD.encode(), b""))
+                if self.pseudonyms is not None:
+                    result = self._reveal(result)
+                    if result is None:
+                        continue
                 device = result.device
             except SchemaError as e:
                 self.metrics.inc_label("rejected", f"bad result: {e.reason}")

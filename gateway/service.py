@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import secrets
 import signal
 import sys
 import threading
@@ -28,6 +29,7 @@ from gateway.faces import FaceLedger, FaceStage, FaceStageError
 from gateway.hand_on import FeaturesUpstream
 from gateway.home_results import HomeResults
 from gateway.homeassistant import Discovery, DiscoverySettings
+from gateway.pseudonyms import Pseudonyms, load_or_make_key
 from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, prometheus_registry
 from gateway.results import STOP_GRACE_S, ResultsRelay
@@ -84,7 +86,8 @@ class SplitServing:
         return open_extractor(d, settings)
 
     def hand_on(self, gateway: "Gateway", kind: str, network: object | None, manifest: dict) -> HandOn:
-        return FeaturesUpstream(network, gateway.upstream, gateway.names.features(manifest["task"], gateway.s.id))
+        return FeaturesUpstream(network, gateway.upstream, gateway.names.features(manifest["task"], gateway.s.id),
+                                pseudonyms=gateway.pseudonyms)
 
 
 def load_models(settings: GatewaySettings, serving: Serving) -> dict[str, tuple[object | None, dict]]:
@@ -131,6 +134,7 @@ class Gateway:
         self._stats_thread: threading.Thread | None = None
         self._metrics_server = None
         self.discovery: Discovery | None = None
+        self.pseudonyms: Pseudonyms | None = None
         self.home: HomeResults | None = None
 
     # lifecycle ------------------------------------------------------------------------------------
@@ -140,6 +144,7 @@ class Gateway:
         limit_threads(self.s.torch_threads)  # torch, ONNX Runtime and numpy's BLAS: one share of the cores
         models = load_models(self.s, self.serving)
         self.intake = Intake(self.s, self.names, self.metrics, tuple(models), self.report)
+        self.pseudonyms = self._pseudonyms()
         self.home = self._home_results({manifest["task"]: kind for kind, (_, manifest) in models.items()})
         faces = {kind: self._face_stage(kind, manifest) for kind, (_, manifest) in models.items()}
         if self.serving.uses_cloud:
@@ -164,7 +169,7 @@ class Gateway:
             loop.start()
         if self.serving.uses_cloud:
             self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics, self.face_ledger,
-                                      self.home)
+                                      self.home, self.pseudonyms)
         if self.s.metrics_port is not None:
             self._metrics_server = HealthServer(self._probes(), prometheus_registry(self.metrics, self.s.id),
                                                 host=self.s.metrics_host, port=self.s.metrics_port).start()
@@ -235,6 +240,20 @@ class Gateway:
         return None
 
     # helpers ---------------------------------------------------------------------------------------
+    def _pseudonyms(self) -> Pseudonyms | None:
+        """The rotating device pseudonyms (gateway/pseudonyms.py) when ``pseudonym_period_s`` asks for them,
+        their key and table beside the spool."""
+        if not self.s.pseudonym_period_s:
+            return None
+        state = Path(self.s.spool_dir) / self.s.id if self.s.spool_dir else None
+        key_file = self.s.pseudonym_key_file or (state / "pseudonym.key" if state else None)
+        if key_file is None:
+            log.warning("pseudonyms without a spool_dir or pseudonym_key_file: the key lives in memory, so the "
+                        "results of inputs sent before a restart cannot be mapped back")
+        key = load_or_make_key(key_file) if key_file else secrets.token_bytes(32)
+        return Pseudonyms(key, period_s=self.s.pseudonym_period_s,
+                          table=state / "pseudonyms.json" if state else None)
+
     def _home_results(self, kind_of_task: dict[str, str]) -> HomeResults:
         """Where results go at home (event, retained state), with Home Assistant discovery when it is on:
         announced as results come, again when HA says ``online``, removed when a device is retired (its

@@ -8,6 +8,10 @@ import pytest
 
 from gateway.pseudonyms import DAY_S, Pseudonyms, load_or_make_key
 from schemas.features import make_id, split_id
+from tests.gateway_fixtures import (Listener, features_in, full_bundles, gateway_bundles,  # noqa: F401
+                                    image_frame, make_gateway)
+from workers.config import RedisSettings, WorkerSettings
+from workers.service import Worker
 
 KEY = bytes(range(32))
 T0 = 1_800_000_000.0  # some day
@@ -61,3 +65,34 @@ def test_the_table_survives_a_restart_and_the_key_file_is_private(tmp_path):
     assert again.reveal(*hidden) == ("camera-1", 9, 42)
     with pytest.raises(ValueError):
         Pseudonyms(b"short")
+
+
+# --- through a gateway and a worker -------------------------------------------------------------------
+
+def test_the_cloud_sees_pseudonyms_and_the_home_gets_its_real_ids_back(make_gateway, mosquitto, redis_server,
+                                                                       full_bundles, tmp_path):  # noqa: F811
+    import redis as redis_lib
+
+    worker = Worker(WorkerSettings(redis=RedisSettings.from_dsn(redis_server.url), name="wps", block_ms=50,
+                                   bundles=(full_bundles["image"], full_bundles["speech"]))).start()
+    lis = Listener(mosquitto.port, client_id="ps-listener")
+    try:
+        spool = tmp_path / "spool"
+        gw = make_gateway(id="gwp", pseudonym_period_s=DAY_S, spool_dir=str(spool))
+        for seq in (1, 2):
+            lis.publish("privedge/cam1/image", image_frame("cam1", seq).encode())
+        assert lis.wait_for(lambda l: len(l.messages["privedge/cam1/result"]) >= 2, 60)
+        results = lis.json("privedge/cam1/result")
+        assert sorted(r["id"] for r in results) == ["gwp/cam1/1", "gwp/cam1/2"]  # the home's own ids
+        sent = features_in(redis_lib.Redis.from_url(redis_server.url), "glasses", "gwp")
+        assert len(sent) == 2 and {m.device for m in sent} != {"cam1"} and len({m.device for m in sent}) == 1
+        assert all(m.boot is not None and m.seq not in (1, 2) for m in sent)
+        assert "cam1" not in str([m.id for m in sent])
+        assert (spool / "gwp" / "pseudonym.key").exists() and (spool / "gwp" / "pseudonyms.json").exists()
+        # a restarted gateway (same spool) still maps what it issued before
+        gw.stop()
+        again = Pseudonyms(load_or_make_key(spool / "gwp" / "pseudonym.key"), table=spool / "gwp" / "pseudonyms.json")
+        assert again.reveal(sent[0].device, sent[0].boot, sent[0].seq)[0] == "cam1"
+    finally:
+        lis.close()
+        worker.stop()
