@@ -1,10 +1,14 @@
 """Where Redis is, how to log in, and the one way both services build a client from that.
 
 The client's timeouts are bounded so that a dead server cannot hang a loop: a connection whose far end
-vanished without a word (a half-open TCP connection) would otherwise hold a read forever. Its own retry
-of a failed command is redis-py's ``Retry`` with ``ExponentialWithJitterBackoff``, spelled out here with
-the values redis-py 8 uses by default (10 tries, 10 ms doubling to 1 s) so that an upgrade cannot change
-it unnoticed; the services' own back-off between failed loop steps is :mod:`common.backoff`.
+vanished without a word (a half-open TCP connection) would otherwise hold a read forever.
+
+Inside redis-py a failed command is retried once, and only on a connection error (a connection Redis
+closed since its last use: a restart, an idle timeout), with redis-py's ``Retry`` and
+``ExponentialWithJitterBackoff``. A timeout is not retried there: a path that hangs would hang again, and
+redis-py's default (10 tries, on timeouts too) kept the gateway waiting up to ten socket timeouts inside
+one XADD while Redis was unreachable, instead of spooling. What to do after a failure belongs to the
+services' own loops: spool, hold, or back off between steps (:mod:`common.backoff`).
 """
 from __future__ import annotations
 
@@ -20,8 +24,8 @@ CONNECT_TIMEOUT_S = 2.0
 """Longest wait for a TCP connection to Redis, seconds."""
 HEALTH_CHECK_INTERVAL_S = 30
 """A pooled connection idle this long is PINGed before use, seconds."""
-COMMAND_RETRIES = 10
-"""Retries of one command on a connection or timeout error, inside redis-py."""
+COMMAND_RETRIES = 1
+"""Retries of one command on a connection error, inside redis-py (none on a timeout)."""
 COMMAND_RETRY_BASE_S = 0.01
 """First delay of those retries, seconds (doubling, with jitter)."""
 COMMAND_RETRY_CAP_S = 1.0
@@ -66,7 +70,7 @@ class RedisSettings:
         from redis.retry import Retry
 
         retry = Retry(ExponentialWithJitterBackoff(cap=COMMAND_RETRY_CAP_S, base=COMMAND_RETRY_BASE_S),
-                      COMMAND_RETRIES)
+                      COMMAND_RETRIES, supported_errors=(redis.ConnectionError,))
         kwargs = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
                   "health_check_interval": HEALTH_CHECK_INTERVAL_S, "retry": retry, **kwargs}
         return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,

@@ -125,3 +125,16 @@ def test_warm_up_runs_one_dummy_input_through_the_model():
     wave, rate = full.seen[0]
     assert wave.dtype == np.float32 and not wave.any() and rate == 8000
     assert extractor.ran == [("extract", ["x"])] and full.ran == [("predict", ["x"])]
+
+
+def test_a_redis_timeout_reaches_the_service_at_once_and_a_dropped_connection_is_retried_once():
+    # A hung path must surface to the services' own loops (spool, back off) instead of waiting inside
+    # redis-py for ten socket timeouts, as its default retry would; a closed connection is retried once.
+    import redis as redis_lib
+
+    from common.redis_connection import RedisSettings as RS
+
+    conn = RS.from_dsn("redis://127.0.0.1:1").client().connection_pool.make_connection()
+    assert conn.retry._retries == 1
+    assert redis_lib.ConnectionError in conn.retry._supported_errors
+    assert redis_lib.TimeoutError not in conn.retry._supported_errors
