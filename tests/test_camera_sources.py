@@ -96,3 +96,20 @@ def test_camera_cli_publishes_sampled_video_frames(mosquitto, video):
     assert [f.seq for f in frames] == list(range(10))
     assert frame_numbers(f.pixels() for f in frames) == list(range(0, N_FRAMES, 2))
     assert all(f.device == "door" and (f.w, f.h, f.ch) == (64, 48, 3) for f in frames)
+
+
+def test_scene_set_written_to_disk_feeds_the_folder_and_video_sources(tmp_path):
+    from bench import scenes
+
+    index = scenes.write_scenes(tmp_path / "set", n=4, seed=3, n_free=1, fps=2)
+    made = scenes.composites(4, seed=3) + scenes.face_free(1, seed=3)
+    assert sorted(index) == sorted(p.name for p in (tmp_path / "set").glob("*.png"))
+    for (name, entry), scene in zip(sorted(index.items()), made):
+        np.testing.assert_allclose(np.reshape(entry["boxes"], (-1, 4)), scene.boxes.reshape(-1, 4), atol=0.06)
+    folder = list(open_camera(str(tmp_path / "set")))
+    assert [f.shape for f in folder] == [s.image.shape for s in made]
+    assert all((f == s.image).all() for f, s in zip(folder, made))  # PNG: exact
+    small = [s.image for s in made if s.image.shape[:2] == (480, 640)]
+    clip = list(video_frames(tmp_path / "set" / "scenes.avi"))
+    assert len(clip) == len(small) >= 2
+    assert all(np.abs(c.astype(int) - s.astype(int)).mean() < 8 for c, s in zip(clip, small))  # MJPG: close
