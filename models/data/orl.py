@@ -2,7 +2,10 @@
 
 Images go through ``models.preprocess.image_to_input`` unchanged (centre 92x92 square, resized to 64x64):
 that square keeps eyes, glasses and mouth of every ORL face, and it is exactly what the gateway does to
-a raw 92x112 camera frame, so training and deployment see the same crop.
+a raw 92x112 camera frame, so training and deployment see the same crop. With a face detector
+(``load_protocol(..., detector=...)``, ``--crop-faces``) each photo is a camera frame instead and is cut
+by the detector and ``models.faces.crop_face``, as the gateway's face stage cuts it (protocol
+"orl-unseen-detected"; photos with no face found are left out and counted).
 
 Protocol "orl-unseen" (DESIGN.md): odd subjects train the model (all 10 images); primary accuracy on all
 images of the even subjects; the attacker trains on images 1-7 of each even subject and is tested on
