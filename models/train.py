@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privedge train", description=__doc__.split("\n")[0])
     p.add_argument("--modality", required=True, choices=["image", "speech"])
-    p.add_argument("--data", required=True, help="dataset folder (FSDD, ORL, labelled folder), CSV file, or 'synthetic'")
+    p.add_argument("--data", required=True,
+                   help="dataset folder (FSDD, ORL, LFW, labelled folder), CSV file, or 'synthetic'")
     p.add_argument("--crop-faces", nargs="?", const=DEFAULT_KIND, default=None, metavar="DETECTOR",
                    help="images: take each image as a whole camera frame and train on the face the detector "
                         "finds in it, cut as the gateway cuts it (detector kind, default %(const)s)")

@@ -124,8 +124,8 @@ class FrigateBridge:
         while not self._subscribed.wait(0.05):
             if self._refused or time.monotonic() > deadline:
                 self._client.loop_stop()
-                raise ConnectError(f"Frigate broker {self.frigate_broker} "
-                                   f"{'refused: ' + self._refused if self._refused else 'did not subscribe us in time'}")
+                why = f"refused: {self._refused}" if self._refused else "did not subscribe us in time"
+                raise ConnectError(f"Frigate broker {self.frigate_broker} {why}")
         for camera in sorted(self.cameras or ()):
             self._publisher(camera)
 

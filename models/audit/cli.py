@@ -32,7 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="also audit the raw (preprocessed) input")
     p.add_argument("--modality", choices=("image", "speech"),
                    help="needed only when auditing --raw without any --bundle")
-    p.add_argument("--data", required=True, help="FSDD or ORL folder, a CSV file / labelled folder, or 'synthetic'")
+    p.add_argument("--data", required=True,
+                   help="FSDD, ORL or LFW folder, a CSV file / labelled folder, or 'synthetic'")
     p.add_argument("--crop-faces", nargs="?", const=DEFAULT_KIND, default=None, metavar="DETECTOR",
                    help="images: take each image as a whole camera frame and audit on the face the detector "
                         "finds in it, cut as the gateway cuts it (detector kind, default %(const)s)")
@@ -83,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{i.chance_top1:.3f})  log-rank {i.log_rank:.3f}  EER {e.eer:.3f}  SSIM {e.ssim:.3f}")
     if run.crop is not None:
         c = run.crop
-        print(f"{c['detector']} face crops: {c['cropped']} of {c['frames']} frames, {c['missed']} with no face left out")
+        print(f"{c['detector']} face crops: {c['cropped']} of {c['frames']} frames, "
+              f"{c['missed']} with no face left out")
     print(f"report: {paths['report']}")
     return 0
 

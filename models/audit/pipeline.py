@@ -241,8 +241,8 @@ def run_audit(bundle_dirs: list[str], data: str, *, raw: bool = False, modality:
     """Audit ``bundle_dirs`` (all of one modality and task) and, with ``raw``, the raw input.
 
     ``modality`` is needed only when no bundle is given. With ``detector`` the images are whole frames
-    cut by that face detector, as the gateway cuts them (``load_protocol``'s ``detector``). ``step(description)`` is called before each
-    stage (``STAGES_PER_BUNDLE`` per bundle), for progress bars.
+    cut by that face detector, as the gateway cuts them (``load_protocol``'s ``detector``).
+    ``step(description)`` is called before each stage (``STAGES_PER_BUNDLE`` per bundle), for progress bars.
     """
     manifests = [read_manifest(d) for d in bundle_dirs]
     modalities = {m["modality"] for m in manifests} | ({modality} if modality else set())
