@@ -134,3 +134,18 @@ def test_train_and_audit_clis_pass_the_detector_on(monkeypatch, tmp_path):
     assert audit_cli.main(["--raw", "--modality", "image", "--data", "x", "--out", str(tmp_path / "a"),
                            "--crop-faces"]) == 1 and seen["detector"] == "blazeface"
     assert json.dumps(seen)  # plain values
+
+
+def test_audit_report_says_how_many_frames_the_detector_left_out():
+    from models.audit.measures import LabelFloor
+    from models.audit.pipeline import AuditRun, AuditSettings
+    from models.audit.report import metrics, report_markdown
+
+    crop = {"detector": "blazeface", "frames": 400, "cropped": 393, "several_faces": 0, "no_face": [], "missed": 7}
+    run = AuditRun(protocol="orl-unseen-detected", task="glasses", modality="image", data="orl",
+                   settings=AuditSettings(), originals=np.zeros((0, 1, 64, 64)), entries=[],
+                   floor=LabelFloor(0.1, 0.7, 0.35), crop=crop)
+    assert "393 of 400 frames cropped, 7 with no face found left out" in report_markdown(run)
+    plain = AuditRun(protocol="orl-unseen", task="glasses", modality="image", data="orl", settings=AuditSettings(),
+                     originals=np.zeros((0, 1, 64, 64)), entries=[], floor=LabelFloor(0.1, 0.7, 0.35))
+    assert "face detector crops" not in report_markdown(plain) and metrics(plain) == {}
