@@ -64,15 +64,15 @@ def test_detector_crops_are_the_gateways_crop_and_misses_are_named(mini_lfw, cac
 def test_crops_are_cached_by_detector_and_files(mini_lfw, cache, monkeypatch):
     root, _ = mini_lfw
     paths = sorted((root / "images").glob("*/*.jpg"))
-    x, found, _ = detector_crops(paths, "blazeface")
-    assert len(list(cache.glob("face-crops-*.npz"))) == 1
+    x, found, first = detector_crops(paths, "blazeface")
+    assert len(list(cache.glob("face-crops-*.npz"))) == 1 and not first.cached
 
     def no_detector(*a, **k):
         raise AssertionError("the cache should have answered")
     monkeypatch.setattr("models.faces.make_detector", no_detector)
     x2, found2, report = detector_crops(paths, "blazeface")
     np.testing.assert_array_equal(x, x2)
-    assert (found == found2).all() and report.cropped == len(x)
+    assert (found == found2).all() and report.cropped == len(x) and report.cached
     with pytest.raises(AssertionError, match="cache"):  # other parameters: another entry
         detector_crops(paths, "blazeface", {"threshold": 0.9})
 
@@ -141,7 +141,8 @@ def test_audit_report_says_how_many_frames_the_detector_left_out():
     from models.audit.pipeline import AuditRun, AuditSettings
     from models.audit.report import metrics, report_markdown
 
-    crop = {"detector": "blazeface", "frames": 400, "cropped": 393, "several_faces": 0, "no_face": [], "missed": 7}
+    crop = {"detector": "blazeface", "frames": 400, "cropped": 393, "several_faces": 0, "no_face": [], "missed": 7,
+            "cached": False}
     run = AuditRun(protocol="orl-unseen-detected", task="glasses", modality="image", data="orl",
                    settings=AuditSettings(), originals=np.zeros((0, 1, 64, 64)), entries=[],
                    floor=LabelFloor(0.1, 0.7, 0.35), crop=crop)

@@ -41,6 +41,8 @@ class CropReport:
     """Frames in which more than one face was found (the largest one was cropped)."""
     no_face: list[str] = field(default_factory=list)
     """The first :data:`NAMED_MISSES` frames (file paths) with no face found."""
+    cached: bool = False
+    """Whether the crops were read from the cache rather than detected now."""
 
     @property
     def missed(self) -> int:
@@ -71,7 +73,8 @@ def detector_crops(paths: list[Path], kind: str, params: dict | None = None, *,
     paths = [Path(p) for p in paths]
     key = cache_key("face-crops", {"kind": kind, "params": params, "files": [_file_id(p) for p in paths]})
     cached = load_cached(key)
-    if cached is not None and len(cached["found"]) == len(paths):
+    hit = cached is not None and len(cached["found"]) == len(paths)
+    if hit:
         x, found, several = cached["x"], cached["found"].astype(bool), int(cached["several"])
     else:
         from models.faces import crop_face, make_detector
@@ -91,7 +94,7 @@ def detector_crops(paths: list[Path], kind: str, params: dict | None = None, *,
         save_cached(key, {"x": x, "found": found, "several": np.array(several)})
     misses = [str(p) for p, ok in zip(paths, found) if not ok]
     report = CropReport(detector=kind, frames=len(paths), cropped=int(found.sum()), several_faces=several,
-                        no_face=misses[:NAMED_MISSES])
+                        no_face=misses[:NAMED_MISSES], cached=hit)
     if report.missed:
         log.warning("%s; first of them: %s", report.summary(), ", ".join(misses[:3]))
     else:
