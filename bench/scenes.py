@@ -5,7 +5,10 @@
 - :func:`face_free`: those photographs alone, randomly rescaled, cropped and mirrored (false positives).
 - :func:`lfw_frames`: LFW's own 250x250 photographs with the box of their centred face.
 
-Everything is built in memory from a seed: the same seed gives the same frames, and nothing is written.
+Everything is built in memory from a seed: the same seed gives the same frames. ``python -m bench.scenes
+--out DIR`` writes a set to disk (PNG frames, ``boxes.json`` with the true boxes, and with ``--video FPS``
+an MJPG video of the 640x480 ones), to feed ``privedge sensor camera --source DIR|DIR/scenes.avi`` or
+another detector.
 A pasted face is its photograph's head region (the whole 92x112 ORL photo; LFW's 200x200 around the face) with a
 feathered edge (10% of the patch) so the paste has no hard rectangle for a detector to key on. Its true box
 is the face box convention of :mod:`models.faces` (eyebrows to chin, cheek to cheek), fixed per data set
@@ -15,7 +18,10 @@ the rest test). ``astronaut`` and ``camera`` show a person, so they are never ba
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -177,3 +183,44 @@ def lfw_frames(n: int | None, seed: int) -> list[Scene]:
         idx = np.sort(np.random.default_rng([seed, 11]).choice(len(paths), n, replace=False))
         paths = tuple(paths[i] for i in idx)
     return [Scene(_load_rgb(p), np.array([LFW_BOX], dtype=np.float64), p.parent.name) for p in paths]
+
+
+def write_scenes(out: Path, n: int, seed: int, n_free: int = 0, fps: float | None = None) -> dict:
+    """``n`` composites and ``n_free`` face-free frames as PNGs under ``out``, their boxes in ``boxes.json``;
+    with ``fps`` also ``scenes.avi`` (MJPG) of the 640x480 frames, in order. Returns the boxes index."""
+    out.mkdir(parents=True, exist_ok=True)
+    scenes = [("scene", s) for s in composites(n, seed)] + [("free", s) for s in face_free(n_free, seed)]
+    index = {}
+    for i, (kind, scene) in enumerate(scenes):
+        name = f"{i:04d}-{kind}.png"  # sorted by name = made in order
+        Image.fromarray(scene.image).save(out / name)
+        index[name] = {"background": scene.background, "size": [scene.image.shape[1], scene.image.shape[0]],
+                       "boxes": [[round(float(v), 1) for v in b] for b in scene.boxes]}
+    (out / "boxes.json").write_text(json.dumps(index, indent=1) + "\n")
+    if fps:
+        import cv2
+
+        writer = cv2.VideoWriter(str(out / "scenes.avi"), cv2.VideoWriter_fourcc(*"MJPG"), fps, SIZES[0])
+        for _, scene in scenes:
+            if scene.image.shape[:2] == SIZES[0][::-1]:
+                writer.write(np.ascontiguousarray(scene.image[:, :, ::-1]))
+        writer.release()
+    return index
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.scenes", description=write_scenes.__doc__.split(";")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=20, help="frames with 1-4 faces (default %(default)s)")
+    p.add_argument("--face-free", type=int, default=0, help="frames of the photographs alone")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--video", type=float, default=None, metavar="FPS", help="also write scenes.avi at FPS")
+    args = p.parse_args(argv)
+    index = write_scenes(Path(args.out), args.n, args.seed, args.face_free, args.video)
+    faces = sum(len(v["boxes"]) for v in index.values())
+    print(f"wrote {len(index)} frames ({faces} faces) and boxes.json to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,6 @@
 """``privedge train``: train an embedding on a dataset and write an extractor/analyzer bundle.
 
-    privedge train --modality image|speech --data PATH|synthetic
+    privedge train --modality image|speech --data PATH|synthetic [--crop-faces [DETECTOR]]
                    [--embedding private|simple|siamese|advanced] [--cut NAME] [--dims K] [--epochs N]
                    [--seed S] [--size full|small] [--margin M] [--contrastive-weight W] [--noise STD]
                    [--agnostic-weight W] [--adversary-weight W] [--dtype float32|float16|int8]
@@ -32,6 +32,7 @@ from models import signing
 from models.bundle import make_manifest, save_bundle
 from models.embedding_training import (DEFAULT_EMBEDDING, EMBEDDINGS, PRIVATE_DEFAULTS, PROJECTIONS,
                                        EmbeddingConfig, total_steps, train_embedding)
+from models.faces import DEFAULT_KIND
 from models.release import RELEASE_DTYPES
 from models.nets import DEFAULT_CUT, count_cost
 
@@ -41,7 +42,11 @@ log = logging.getLogger(__name__)
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privedge train", description=__doc__.split("\n")[0])
     p.add_argument("--modality", required=True, choices=["image", "speech"])
-    p.add_argument("--data", required=True, help="dataset folder (FSDD, ORL, labelled folder), CSV file, or 'synthetic'")
+    p.add_argument("--data", required=True,
+                   help="dataset folder (FSDD, ORL, LFW, labelled folder), CSV file, or 'synthetic'")
+    p.add_argument("--crop-faces", nargs="?", const=DEFAULT_KIND, default=None, metavar="DETECTOR",
+                   help="images: take each image as a whole camera frame and train on the face the detector "
+                        "finds in it, cut as the gateway cuts it (detector kind, default %(const)s)")
     p.add_argument("--embedding", default=DEFAULT_EMBEDDING, choices=list(EMBEDDINGS),
                    help="default %(default)s")
     p.add_argument("--cut", default=None,
@@ -117,7 +122,8 @@ def run(args: argparse.Namespace) -> dict:
                           projection=args.projection,
                           **({"pca_tune": args.pca_tune} if args.pca_tune else {}))
     t0 = time.perf_counter()
-    protocol = load_protocol(args.modality, args.data, seed=args.seed, size=args.size)
+    protocol = load_protocol(args.modality, args.data, seed=args.seed, size=args.size,
+                             detector=getattr(args, "crop_faces", None))
     if protocol.train.modality != args.modality:
         raise ValueError(f"{args.data} holds {protocol.train.modality} data, not {args.modality}")
     bar = None
@@ -160,6 +166,7 @@ def run(args: argparse.Namespace) -> dict:
         "analyzer_macs": ana_cost.macs,
         "n_train": len(protocol.train),
         "n_test": len(protocol.test),
+        "face_crops": protocol.crop,
         "training": {k: round(v, 4) if isinstance(v, float) else v for k, v in trained.metrics.items()},
         "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -187,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"extractor multiply-adds    {m['extractor_macs']:,} per input")
     print(f"feature bytes per message  {m['feature_bytes']}")
     print(f"seconds                    {m['seconds']:.0f}")
+    if m["face_crops"]:
+        c = m["face_crops"]
+        print(f"face crops ({c['detector']})      {c['cropped']} of {c['frames']} frames, {c['missed']} with no face "
+              "left out")
     print(f"signed by key              {m['signed_by'][:16]}..." if m["signed_by"] else
           f"unsigned: sign it with privedge bundle sign --key KEY {args.out}")
     written = sorted(f.name for f in Path(args.out).iterdir() if f.is_file())

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("models.audit.cli", "measure what an attacker learns from a bundle's features"),
     "gateway": ("gateway.service", "run the home gateway (MQTT in, features to Redis, results back)"),
     "worker": ("workers.service", "run a cloud analyzer worker (Redis Streams consumer)"),
-    "sensor": ("sensors.cli", "run a camera or microphone sensor client"),
+    "sensor": ("sensors.cli", "run a camera or microphone sensor client, or the Frigate bridge"),
     "broker": ("broker.tool", "start a local mosquitto broker, enrol devices"),
     "bench": ("bench.cli", "benchmark split vs cloud-only vs local-only"),
     "bundle": ("privedge.cli:bundle_main", "provider keys, bundle signatures, ONNX copies of a bundle's halves"),

@@ -18,6 +18,10 @@ MQTT topics use ``/`` and Redis keys ``:`` after the same prefix (default ``priv
 ``{p}:media:{task}:{gateway}``              stream of MediaMessage (cloud_only mode: raw media upstream)
 ==========================================  ==========================================================
 
+Read, not written: a Frigate NVR's snapshot topics ``{f}/{camera}/{object}/snapshot`` (``{f}`` is Frigate's
+own prefix, default ``frigate``; JPEG payloads), which ``privedge sensor frigate`` republishes as ImageFrames
+of device ``{camera}`` (:func:`frigate_snapshot_wildcard`, :func:`parse_frigate_snapshot`).
+
 Each gateway writes streams of its own (``...:{task}:{gateway}``) rather than one stream per task shared
 by every home: a Redis ACL can then let a gateway add only to its own streams, so that no home can trim,
 delete or crowd out another home's unread entries. Workers find the streams of their tasks with
@@ -272,6 +276,25 @@ def ha_status(discovery_prefix: str) -> str:
 
 
 DEFAULT_NAMES = Names()
+
+FRIGATE_PREFIX = "frigate"
+"""Frigate's default MQTT topic prefix (its ``mqtt.topic_prefix``)."""
+_FRIGATE_SNAPSHOT = "snapshot"
+
+
+def frigate_snapshot_wildcard(prefix: str = FRIGATE_PREFIX) -> str:
+    """``{f}/+/+/snapshot``: every camera's per-object snapshot topic under Frigate's prefix ``f``."""
+    return f"{check_prefix(prefix)}/+/+/{_FRIGATE_SNAPSHOT}"
+
+
+def parse_frigate_snapshot(topic: str, prefix: str = FRIGATE_PREFIX) -> tuple[str, str]:
+    """``{f}/{camera}/{object}/snapshot`` -> ``(camera, object)``, the camera a valid device id; else BadName."""
+    if not isinstance(topic, str) or not topic.startswith(check_prefix(prefix) + "/"):
+        raise BadName(f"topic {topic!r} is not under {prefix}/")
+    parts = topic[len(prefix) + 1:].split("/")
+    if len(parts) != 3 or parts[2] != _FRIGATE_SNAPSHOT:
+        raise BadName(f"topic {topic!r} is not {prefix}/CAMERA/OBJECT/snapshot")
+    return check_device(parts[0]), check_name(parts[1], "object name")
 
 
 def parse_sensor_topic(topic: str, prefix: str = "privedge") -> tuple[str, str]:

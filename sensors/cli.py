@@ -1,4 +1,8 @@
-"""``privedge sensor camera|mic``: sensor firmware that publishes to the home broker.
+"""``privedge sensor camera|mic|frigate``: sensor firmware that publishes to the home broker.
+
+``camera`` reads an image folder, a video file, an RTSP / HTTP stream, the synthetic faces or a live
+camera; ``mic`` a WAV folder, the synthetic digits or a live microphone; ``frigate`` bridges a Frigate
+NVR's snapshots (``privedge sensor frigate --help``, :mod:`sensors.frigate`).
 
 Exit status: 0 done (or stopped by SIGINT/SIGTERM), 2 bad arguments or source, 3 broker unreachable or
 refusing, 4 messages not acknowledged in time.
@@ -28,13 +32,16 @@ STOP_FLUSH_S = 5.0
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="privedge sensor", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("kind", choices=("camera", "mic"), help="camera sends ImageFrames, mic AudioChunks")
+    p.add_argument("kind", choices=("camera", "mic", "frigate"),
+                   help="camera sends ImageFrames, mic AudioChunks; frigate bridges Frigate's snapshots")
     p.add_argument("--broker", required=True, help="mqtt://HOST:PORT (mqtts:// for TLS)")
     p.add_argument("--device", required=True, help="device id, [A-Za-z0-9_-]{1,64}")
     p.add_argument("--source", required=True,
-                   help="image folder (camera) / WAV folder (mic), 'synthetic', or 'live[:INDEX]'")
+                   help="image folder or video file or rtsp:// / http:// stream URL (camera), WAV folder "
+                        "(mic), 'synthetic', or 'live[:INDEX]'")
     p.add_argument("--rate", type=float, default=1.0,
-                   help="frames (camera) or utterances (mic) per second; 0 = as fast as the broker acks")
+                   help="frames (camera) or utterances (mic) per second; a video or stream is sampled at "
+                        "this rate of its own clock; 0 = every frame, as fast as the broker acks")
     p.add_argument("--count", type=int, default=None, help="stop after N frames / utterances")
     p.add_argument("--prefix", default="privedge", help="topic prefix (default privedge)")
     p.add_argument("--codec", choices=("png", "jpeg", "raw"), default="png", help="camera frame codec")
@@ -48,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _items(args: argparse.Namespace) -> Iterator:
     if args.kind == "camera":
-        return open_camera(args.source, loop=args.loop)
+        return open_camera(args.source, loop=args.loop, rate=args.rate)
     return open_microphone(args.source, loop=args.loop, seconds=args.utt_seconds)
 
 
@@ -103,7 +110,15 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["frigate"]:
+        from sensors import frigate  # its own options: no --device or --source
+        return frigate.main(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.kind == "frigate":
+        print("privedge sensor: frigate takes its own options: privedge sensor frigate --broker URL ...",
+              file=sys.stderr)
+        return EXIT_SOURCE
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     previous = {}

@@ -1,12 +1,18 @@
-"""Where a sensor's data comes from: a folder, the synthetic generators, or a live device.
+"""Where a sensor's data comes from: a folder, the synthetic generators, a video, a stream or a live device.
 
 Camera sources yield uint8 frames (HxW or HxWx3); microphone sources yield ``(wave, rate)`` with wave
 int16 (frames,) mono or (frames, channels). Every source is an iterator; ``loop=True`` repeats it.
+
+A video file and a network stream (``rtsp://``, ``rtsps://``, ``http://``, ``https://``: an IP camera's
+RTSP feed, an MJPEG or HLS URL) share one code path, :func:`video_frames`: OpenCV's ``VideoCapture``
+(FFmpeg inside ``opencv-python-headless``) opens both, and frames are sampled at ``rate`` per second of
+the video's own clock, so a 25 fps camera read at ``--rate 2`` gives every 12th or 13th frame.
 """
 from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +22,8 @@ from PIL import Image
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".pgm", ".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mjpeg", ".mjpg", ".ts")
+STREAM_SCHEMES = ("rtsp://", "rtsps://", "http://", "https://")
 LIVE = ("live", "webcam", "microphone")
 """``--source`` values (optionally ``:INDEX``) that open a live device."""
 
@@ -148,14 +156,85 @@ def microphone(source: str = "live", *, seconds: float = 1.0, rate: int = 16000)
     return record()
 
 
+def is_stream(source: str) -> bool:
+    """Whether ``source`` is a network stream URL (RTSP or HTTP)."""
+    return source.lower().startswith(STREAM_SCHEMES)
+
+
+def is_video(source: str) -> bool:
+    """Whether ``source`` is a stream URL or a video file (by its suffix)."""
+    return is_stream(source) or Path(source).suffix.lower() in VIDEO_SUFFIXES
+
+
 def is_live(source: str) -> bool:
-    return source.partition(":")[0] in LIVE
+    """Whether ``source`` delivers in real time by itself (a device or a stream): nobody needs to pace it."""
+    return source.partition(":")[0] in LIVE or is_stream(source)
 
 
-def open_camera(source: str, *, loop: bool = False) -> Iterator[np.ndarray]:
-    """A camera source from a ``--source`` value: a path, ``synthetic`` or ``live[:INDEX]``."""
+def video_frames(source: str | Path, *, rate: float = 0.0, loop: bool = False,
+                 max_frames: int | None = None) -> Iterator[np.ndarray]:
+    """RGB frames of a video file or an RTSP / HTTP stream, ``rate`` per second of video (0: every frame).
+
+    The video's clock is the decoder's position (``CAP_PROP_POS_MSEC``), else the frame number over the
+    declared frame rate, else the wall clock (a stream that reports neither). A file ends (or, with
+    ``loop``, starts over); a stream that stops delivering raises :class:`SourceError`. Frames that fail
+    to decode are skipped by FFmpeg itself."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise SourceError("a video or stream source needs OpenCV: pip install opencv-python-headless") from e
+    if rate < 0:
+        raise SourceError(f"rate must be >= 0, got {rate}")
+    source = str(source)
+    stream = is_stream(source)
+    if not stream and not Path(source).is_file():
+        raise SourceError(f"source {source} does not exist")
+
+    def open_capture():
+        cap = cv2.VideoCapture(source, cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {'stream' if stream else 'video'} {source!r}")
+        return cap
+
+    open_capture().release()  # a bad file or an unreachable stream fails here, not at the first next()
+
+    def one_pass() -> Iterator[np.ndarray]:
+        cap = open_capture()
+        fps = cap.get(cv2.CAP_PROP_FPS)
+        fps = fps if 0 < fps < 1000 else 0.0
+        t_start, index, next_t = time.monotonic(), 0, 0.0
+        try:
+            while True:
+                ok, bgr = cap.read()
+                if not ok:
+                    if stream:
+                        raise SourceError(f"stream {source!r} stopped delivering frames")
+                    return
+                pos = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+                t = pos if pos > 0 else (index / fps if fps else time.monotonic() - t_start)
+                index += 1
+                if rate > 0:
+                    if t + 1e-6 < next_t:
+                        continue
+                    next_t += 1.0 / rate
+                    if next_t <= t:  # after a gap in the video: one frame now, the next a period on
+                        next_t = t + 1.0 / rate
+                yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        finally:
+            cap.release()
+
+    frames = _repeat(one_pass, loop)
+    return frames if max_frames is None else itertools.islice(frames, max_frames)
+
+
+def open_camera(source: str, *, loop: bool = False, rate: float = 0.0) -> Iterator[np.ndarray]:
+    """A camera source from a ``--source`` value: a path (image folder or video file), an RTSP / HTTP
+    stream URL, ``synthetic`` or ``live[:INDEX]``; ``rate`` samples a video or stream (0: every frame)."""
     if source == "synthetic":
         return synthetic_images(loop=loop)
+    if is_video(source):
+        return video_frames(source, rate=rate, loop=loop)
     if is_live(source):
         return webcam(source)
     return image_folder(source, loop=loop)

@@ -1,7 +1,8 @@
 """``privedge audit``: measure what an attacker learns from bundles' released features.
 
     privedge audit --bundle DIR [--bundle DIR ...] [--raw] --data fsdd-path|orl-path|synthetic|PATH
-                   [--size full|small] [--seed S] [--quick] [--no-cost] [--threads N] --out DIR
+                   [--crop-faces [DETECTOR]] [--size full|small] [--seed S] [--quick] [--no-cost]
+                   [--threads N] --out DIR
 
 Writes ``DIR/report.md``, ``DIR/metrics.json`` (one entry per bundle) and ``DIR/tradeoff.png``,
 ``DIR/reconstructions.png``.
@@ -19,6 +20,7 @@ from tqdm import tqdm
 from models.audit.pipeline import STAGES_PER_BUNDLE, AuditSettings, run_audit
 from models.audit.report import write_report
 from models.bundle import BundleError
+from models.faces import DEFAULT_KIND
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", action="store_true", help="also audit the raw (preprocessed) input")
     p.add_argument("--modality", choices=("image", "speech"),
                    help="needed only when auditing --raw without any --bundle")
-    p.add_argument("--data", required=True, help="FSDD or ORL folder, a CSV file / labelled folder, or 'synthetic'")
+    p.add_argument("--data", required=True,
+                   help="FSDD, ORL or LFW folder, a CSV file / labelled folder, or 'synthetic'")
+    p.add_argument("--crop-faces", nargs="?", const=DEFAULT_KIND, default=None, metavar="DETECTOR",
+                   help="images: take each image as a whole camera frame and audit on the face the detector "
+                        "finds in it, cut as the gateway cuts it (detector kind, default %(const)s)")
     p.add_argument("--size", choices=("full", "small"), default="full", help="protocol size (small: smoke tests)")
     p.add_argument("--out", required=True, metavar="DIR", help="where report.md, metrics.json and the PNGs go")
     p.add_argument("--seed", type=int, default=0)
@@ -65,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             bar.update(1)
         try:
             run = run_audit(args.bundle, args.data, raw=args.raw, modality=args.modality,
-                            settings=settings, step=step)
+                            settings=settings, detector=args.crop_faces, step=step)
         except (BundleError, FileNotFoundError, ValueError) as e:
             bar.close()
             print(f"privedge audit: {e}", file=sys.stderr)
@@ -76,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         acc = "—" if e.primary_accuracy is None else f"{e.primary_accuracy:.3f}"
         print(f"{e.name:<28} primary {acc:>6}  identity top-1 {i.top1:.3f} ({i.best}, chance "
               f"{i.chance_top1:.3f})  log-rank {i.log_rank:.3f}  EER {e.eer:.3f}  SSIM {e.ssim:.3f}")
+    if run.crop is not None:
+        c = run.crop
+        print(f"{c['detector']} face crops: {c['cropped']} of {c['frames']} frames, "
+              f"{c['missed']} with no face left out")
     print(f"report: {paths['report']}")
     return 0
 

@@ -88,6 +88,7 @@ class AuditRun:
     originals: np.ndarray           # (K, 1, H, W): the first K attack_test inputs
     entries: list[BundleAudit]
     floor: LabelFloor | None = None   # what the true primary label alone gives away (measures.label_floors)
+    crop: dict | None = None          # on detector crops: Protocol.crop (frames cropped, frames with no face)
 
 
 class InputCache:
@@ -235,19 +236,20 @@ def unique_names(bundle_dirs: list[str]) -> list[str]:
 
 
 def run_audit(bundle_dirs: list[str], data: str, *, raw: bool = False, modality: str | None = None,
-              settings: AuditSettings = AuditSettings(),
+              settings: AuditSettings = AuditSettings(), detector: str | None = None,
               step: Callable[[str], None] = lambda _: None) -> AuditRun:
     """Audit ``bundle_dirs`` (all of one modality and task) and, with ``raw``, the raw input.
 
-    ``modality`` is needed only when no bundle is given. ``step(description)`` is called before each
-    stage (``STAGES_PER_BUNDLE`` per bundle), for progress bars.
+    ``modality`` is needed only when no bundle is given. With ``detector`` the images are whole frames
+    cut by that face detector, as the gateway cuts them (``load_protocol``'s ``detector``).
+    ``step(description)`` is called before each stage (``STAGES_PER_BUNDLE`` per bundle), for progress bars.
     """
     manifests = [read_manifest(d) for d in bundle_dirs]
     modalities = {m["modality"] for m in manifests} | ({modality} if modality else set())
     if len(modalities) != 1:
         raise ValueError(f"one audit covers one modality; got {sorted(modalities) or 'none'}")
     modality = modalities.pop()
-    protocol = load_protocol(modality, data, seed=settings.seed, size=settings.size)
+    protocol = load_protocol(modality, data, seed=settings.seed, size=settings.size, detector=detector)
     log.info("protocol %s: train %d, test %d, attack %d -> %d", protocol.name, len(protocol.train),
              len(protocol.test), len(protocol.attack_train), len(protocol.attack_test))
     cache = InputCache(protocol, settings.seed)
@@ -262,4 +264,4 @@ def run_audit(bundle_dirs: list[str], data: str, *, raw: bool = False, modality:
     floor = label_floors(protocol.attack_train.identity, protocol.attack_train.primary,
                          protocol.attack_test.identity, protocol.attack_test.primary, seed=settings.seed)
     return AuditRun(protocol=protocol.name, task=protocol.task, modality=modality, data=str(data),
-                    settings=settings, originals=originals, entries=entries, floor=floor)
+                    settings=settings, originals=originals, entries=entries, floor=floor, crop=protocol.crop)

@@ -57,6 +57,8 @@ def metrics(run: AuditRun) -> dict:
     floors = {"identity_label_floor": None if f is None else _finite(f.top1),
               "log_rank_label_floor": None if f is None else _finite(f.log_rank),
               "eer_label_floor": None if f is None else _finite(f.eer)}
+    if run.crop is not None:
+        floors["face_crops"] = run.crop
     return {e.name: {**entry_metrics(e), **floors} for e in run.entries}
 
 
@@ -88,6 +90,10 @@ def report_markdown(run: AuditRun) -> str:
         f"Primary-label floor: identity top-1 {_f(floor.top1)}, log-rank {_f(floor.log_rank)}, EER "
         f"{_f(floor.eer)} for an attacker who knows only each sample's true primary label; features that "
         "keep the primary task cannot leak less.", "",
+        *([] if run.crop is None else [
+            f"Inputs: {run.crop['detector']} face detector crops of whole frames, cut as the gateway cuts them: "
+            f"{run.crop['cropped']} of {run.crop['frames']} frames cropped, {run.crop['missed']} with no face "
+            "found left out.", ""]),
         "| bundle | embedding | cut | dims | bytes/msg | primary acc | identity top-1 (attacker) | chance "
         "| top-5 (chance) | 1-NN error | log-rank | EER | SSIM | PSNR dB | extractor params | extractor MMACs "
         "| latency ms | memory MB |",

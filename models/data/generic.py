@@ -22,6 +22,7 @@ import numpy as np
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
+from models.data.face_crops import CropReport, detector_crops
 from models.data.samples import Protocol, Samples, split_people, split_per_person, unseen_people_protocol
 from models.preprocess import image_to_input, load_image, load_wav
 
@@ -88,15 +89,29 @@ def read_folder_entries(root: str | Path) -> list[tuple[Path, str, str]]:
     return entries
 
 
-def load_entries(entries: list[tuple[Path, str, str]], modality: str) -> Samples:
-    """Decode (path, primary, identity) entries of one modality into Samples."""
+def load_entries(entries: list[tuple[Path, str, str]], modality: str,
+                 detector: str | None = None) -> tuple[Samples, CropReport | None]:
+    """Decode (path, primary, identity) entries of one modality into Samples.
+
+    With ``detector`` (images only) each image is a camera frame cut by the face detector
+    (:mod:`models.data.face_crops`); frames without a face are left out and counted in the report."""
     for path, _, _ in entries:
         if modality_of(path) != modality:
             raise ValueError(f"{path} is not a {modality} file (modality {modality!r} was asked for)")
+    report = None
+    if detector is not None:
+        if modality != "image":
+            raise ValueError("face detector crops are for images, not for speech")
+        x, found, report = detector_crops([p for p, _, _ in entries], detector)
+        entries = [e for e, ok in zip(entries, found) if ok]
+        if not entries:
+            raise ValueError(f"the {detector} detector found no face in any of the {report.frames} frames")
     primary_names = _label_order({e[1] for e in entries})
     identity_names = _label_order({e[2] for e in entries})
     quiet = len(entries) < 500
-    if modality == "image":
+    if report is not None:
+        rate = None
+    elif modality == "image":
         x = np.stack([image_to_input(load_image(p))
                       for p, _, _ in tqdm(entries, desc="loading images", disable=quiet, leave=False)])
         rate = None
@@ -111,13 +126,15 @@ def load_entries(entries: list[tuple[Path, str, str]], modality: str) -> Samples
         primary=np.array([p_index[e[1]] for e in entries], dtype=np.int64),
         identity=np.array([i_index[e[2]] for e in entries], dtype=np.int64),
         primary_names=primary_names, identity_names=identity_names,
-    )
+    ), report
 
 
-def generic_protocol(path: str | Path, modality: str, *, seed: int = 0, size: str = "full") -> Protocol:
+def generic_protocol(path: str | Path, modality: str, *, seed: int = 0, size: str = "full",
+                     detector: str | None = None) -> Protocol:
     """Protocol for a CSV file (name "csv") or a labelled folder (name "folder").
 
-    size="small" keeps at most 10 samples per person (the first ones, in file order).
+    size="small" keeps at most 10 samples per person (the first ones, in file order). With ``detector``
+    the images are whole frames cut by the face detector (name "csv-detected" / "folder-detected").
     """
     path = Path(path)
     if path.is_file():
@@ -136,7 +153,7 @@ def generic_protocol(path: str | Path, modality: str, *, seed: int = 0, size: st
             if seen[e[2]] <= 10:
                 kept.append(e)
         entries = kept
-    samples = load_entries(entries, modality)
+    samples, report = load_entries(entries, modality, detector)
     if len(samples.primary_names) < 2:
         raise ValueError(f"{path}: the primary label has a single value {samples.primary_names}")
     model_people, attack_people = split_people(samples.identity, seed)
@@ -145,4 +162,6 @@ def generic_protocol(path: str | Path, modality: str, *, seed: int = 0, size: st
     mask[attack_train_idx] = True
     log.info("%s dataset %s: %d %s samples, %d people", name, path, len(samples), modality,
              len(samples.identity_names))
-    return unseen_people_protocol(name, path.stem, samples, model_people, mask)
+    if report is not None:
+        name = f"{name}-detected"
+    return unseen_people_protocol(name, path.stem, samples, model_people, mask, crop=report)

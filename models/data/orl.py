@@ -2,7 +2,10 @@
 
 Images go through ``models.preprocess.image_to_input`` unchanged (centre 92x92 square, resized to 64x64):
 that square keeps eyes, glasses and mouth of every ORL face, and it is exactly what the gateway does to
-a raw 92x112 camera frame, so training and deployment see the same crop.
+a raw 92x112 camera frame, so training and deployment see the same crop. With a face detector
+(``load_protocol(..., detector=...)``, ``--crop-faces``) each photo is a camera frame instead and is cut
+by the detector and ``models.faces.crop_face``, as the gateway's face stage cuts it (protocol
+"orl-unseen-detected"; photos with no face found are left out and counted).
 
 Protocol "orl-unseen" (DESIGN.md): odd subjects train the model (all 10 images); primary accuracy on all
 images of the even subjects; the attacker trains on images 1-7 of each even subject and is tested on
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from models.data.face_crops import CropReport, detector_crops
 from models.data.samples import Protocol, Samples, unseen_people_protocol
 from models.preprocess import image_to_input, load_image
 
@@ -51,36 +55,47 @@ def _read_glasses(path: Path) -> dict[tuple[int, int], int]:
     return labels
 
 
-def load_orl(root: str | Path) -> tuple[Samples, np.ndarray, np.ndarray]:
+def load_orl(root: str | Path, detector: str | None = None
+             ) -> tuple[Samples, np.ndarray, np.ndarray, CropReport | None]:
     """All labelled ORL images as one Samples (identity names ``s1``..``s40``, sorted by number),
-    plus the subject number and the image number of each sample (int64 (N,) each)."""
+    plus the subject number and the image number of each sample (int64 (N,) each).
+
+    With ``detector`` (a :func:`models.faces.make_detector` kind) each photo is taken as a camera frame
+    and cut by the detector and :func:`models.faces.crop_face`; photos with no face found are left out
+    and counted in the returned :class:`CropReport` (None without a detector)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"ORL folder not found: {root}")
     labels = _read_glasses(root / "glasses.csv")
     subjects = sorted({s for s, _ in labels})
-    xs, glasses, ident, subj, img_no = [], [], [], [], []
-    for (s, k), g in sorted(labels.items()):
-        path = root / f"s{s}" / f"{k}.pgm"
+    keys = sorted(labels)
+    paths = [root / f"s{s}" / f"{k}.pgm" for s, k in keys]
+    for path in paths:
         if not path.is_file():
-            raise FileNotFoundError(f"glasses.csv lists s{s}/{k}.pgm but {path} does not exist")
-        xs.append(image_to_input(load_image(path)))
-        glasses.append(g)
-        ident.append(subjects.index(s))
-        subj.append(s)
-        img_no.append(k)
+            raise FileNotFoundError(f"glasses.csv lists {path.parent.name}/{path.name} but {path} does not exist")
+    report = None
+    if detector is None:
+        x = np.stack([image_to_input(load_image(p)) for p in paths]).astype(np.float32)
+    else:
+        x, found, report = detector_crops(paths, detector)
+        keys = [k for k, ok in zip(keys, found) if ok]
     samples = Samples(
-        modality="image", x=np.stack(xs).astype(np.float32),
-        primary=np.array(glasses, dtype=np.int64), identity=np.array(ident, dtype=np.int64),
+        modality="image", x=x,
+        primary=np.array([labels[k] for k in keys], dtype=np.int64),
+        identity=np.array([subjects.index(s) for s, _ in keys], dtype=np.int64),
         primary_names=list(GLASSES_LABELS), identity_names=[f"s{s}" for s in subjects], rate=None,
     )
     log.info("ORL: %d images, %d people from %s", len(samples), len(subjects), root)
-    return samples, np.array(subj, dtype=np.int64), np.array(img_no, dtype=np.int64)
+    return (samples, np.array([s for s, _ in keys], dtype=np.int64), np.array([k for _, k in keys], dtype=np.int64),
+            report)
 
 
-def orl_protocol(root: str | Path) -> Protocol:
-    """Protocol "orl-unseen": odd subjects train the model, even subjects are attacked (images 1-7 / 8-10)."""
-    samples, subj, img_no = load_orl(root)
+def orl_protocol(root: str | Path, detector: str | None = None) -> Protocol:
+    """Protocol "orl-unseen": odd subjects train the model, even subjects are attacked (images 1-7 / 8-10).
+
+    With ``detector``: "orl-unseen-detected", the same split on detector crops (see :func:`load_orl`)."""
+    samples, subj, img_no, report = load_orl(root, detector)
     odd_people = np.unique(samples.identity[subj % 2 == 1])
     attack_train = np.isin(img_no, list(ATTACK_TRAIN_IMAGES))
-    return unseen_people_protocol("orl-unseen", "glasses", samples, odd_people, attack_train)
+    name = "orl-unseen" if report is None else "orl-unseen-detected"
+    return unseen_people_protocol(name, "glasses", samples, odd_people, attack_train, crop=report)

@@ -66,12 +66,15 @@ class Protocol:
     """A fixed evaluation protocol (DESIGN.md, "Evaluation protocols").
 
     Attributes:
-        name: "fsdd", "orl-unseen", "synthetic-faces", "synthetic-speech", "csv" or "folder".
+        name: "fsdd", "orl-unseen", "lfw-unseen", "synthetic-faces", "synthetic-speech", "csv" or "folder";
+            ``-detected`` appended when the inputs are face detector crops.
         task: primary task name: "glasses" | "digit" | the CSV file's / folder's stem.
         train: the model (and its PCA) is fitted on these only.
         test: held-out primary accuracy is measured on these.
         attack_train: the identity attacker trains on features of these ...
         attack_test: ... and is tested on these (same people as attack_train, other samples).
+        crop: for a protocol on face detector crops, ``models.data.face_crops.CropReport.as_dict()``
+            (how many frames were cropped, how many had no face and were left out); None otherwise.
     """
 
     name: str
@@ -80,6 +83,7 @@ class Protocol:
     test: Samples
     attack_train: Samples
     attack_test: Samples
+    crop: dict | None = None
 
     @property
     def identity_chance(self) -> float:
@@ -121,7 +125,7 @@ def split_per_person(identities: np.ndarray, people: np.ndarray, seed: int,
 
 
 def unseen_people_protocol(name: str, task: str, samples: Samples, model_people: np.ndarray,
-                           attack_train_mask: np.ndarray) -> Protocol:
+                           attack_train_mask: np.ndarray, crop=None) -> Protocol:
     """The ORL-style protocol: the model sees ``model_people`` only; the attack uses the others.
 
     Args:
@@ -129,6 +133,7 @@ def unseen_people_protocol(name: str, task: str, samples: Samples, model_people:
         model_people: identity indices whose samples train the model.
         attack_train_mask: bool (N,), True for the attack people's samples that train the attacker;
             their remaining samples test it. Ignored for model people.
+        crop: the ``CropReport`` of a set cut by the face detector, or None.
     """
     is_model = np.isin(samples.identity, model_people)
     return Protocol(
@@ -137,4 +142,5 @@ def unseen_people_protocol(name: str, task: str, samples: Samples, model_people:
         test=samples.subset(~is_model),
         attack_train=samples.subset(~is_model & attack_train_mask),
         attack_test=samples.subset(~is_model & ~attack_train_mask),
+        crop=None if crop is None else crop.as_dict(),
     )
