@@ -229,3 +229,14 @@ def test_audit_with_all_attacks_writes_the_tables_intervals_and_bound(tmp_path):
     for title in ("Bound per release", "Identity over L releases", "Linkage", "Metric learning", "capacity",
                   "Targets of issue 17"):
         assert title in report, title
+
+
+def test_measured_bound_uses_the_clean_variance_and_stays_below_the_amplitude_bound():
+    rng = np.random.default_rng(12)
+    sigma = np.array([0.5])
+    releases = rng.normal(size=(20_000, 1)) * np.sqrt(1.0 + 0.25)      # clean variance 1, noise 0.25
+    spec = {"dtype": "int8", "shape": [1], "scale": [4.0 / 127]}
+    b = release_bound(spec, sigma, (1, 10), n_classes=10, releases=releases)
+    assert b.measured_bits[1] == pytest.approx(0.5 * math.log2(1 + 1 / 0.25), abs=0.02)
+    assert b.measured_bits[1] < b.bits_per_release and b.measured_bits[10] == pytest.approx(10 * b.measured_bits[1])
+    assert release_bound(spec, np.zeros(1), (1,), 10, releases=releases).measured_bits is None

@@ -190,11 +190,12 @@ class SetHits:
 def aggregation_attacks(train: ReleasePool, test: ReleasePool, length: int, n_classes: int, *,
                         settings: TrainSettings, train_per_person: int, test_per_person: int,
                         single_release_logp: np.ndarray | None = None, seed: int = 0,
-                        set_classifier: bool = True) -> SetHits:
+                        set_classifier: bool = True, set_per_person: int | None = None) -> SetHits:
     """Every attacker of the module docstring on sets of ``length`` releases.
 
     train / test: pools with identity codes 0..n_classes-1. single_release_logp: (R_test, N_test, C)
     log-probabilities of a single-release classifier on every test release (for ``log-prob sum``).
+    set_per_person: fresh sets per person and epoch of the set classifier (default ``train_per_person``).
     """
     rng = np.random.default_rng([seed, length])
     train_sets = draw_sets(train.identity, length, train_per_person, train.rounds, rng)
@@ -212,7 +213,8 @@ def aggregation_attacks(train: ReleasePool, test: ReleasePool, length: int, n_cl
         summed = single_release_logp[test_sets.rounds, test_sets.inputs].sum(axis=1)   # (S, C)
         hits["log-prob sum"], epochs["log-prob sum"] = summed.argmax(1) == y, None
     if set_classifier:
-        model, norm, ep = train_set_classifier(train, length, n_classes, settings, train_per_person, seed)
+        model, norm, ep = train_set_classifier(train, length, n_classes, settings,
+                                               set_per_person or train_per_person, seed)
         with torch.inference_mode():
             x = _standard(norm, test_sets.features(test))
             logits = torch.cat([model(x[s:s + 256]) for s in range(0, len(x), 256)])

@@ -47,11 +47,14 @@ def stronger_attacks_markdown(run) -> list[str]:
                 "the single-release figure for L different inputs; summed over dimensions. Assumes the clean "
                 "feature within the clip range and Gaussian noise fresh per release; clipping and rounding "
                 "only lose information. Top-1 ceiling: Fano's inequality over the attacker's people, from the "
-                "L-different-inputs bits.", "",
+                "L-different-inputs bits. Measured: the same with the clean feature's variance (release "
+                "variance minus sigma^2 on the attacker's training releases) in place of A^2, an estimate "
+                "rather than a guarantee.", "",
                 "| bundle | dtype | dims | A | sigma | bits / release | " +
                 " | ".join(f"L={L}: one input / different" for L in lengths if L > 1) +
-                " | " + " | ".join(f"top-1 ceiling L={L}" for L in lengths) + " | chance |",
-                "|" + "---|" * (7 + sum(L > 1 for L in lengths) + len(lengths))]
+                " | " + " | ".join(f"top-1 ceiling L={L}" for L in lengths) + " | measured bits / release "
+                "| measured top-1 ceiling L=" + "/".join(str(L) for L in lengths) + " | chance |",
+                "|" + "---|" * (9 + sum(L > 1 for L in lengths) + len(lengths))]
         for e in bounds:
             b = e.bound
             amp = "/".join(f"{a:.3g}" for a in b.amplitude[:3]) + ("…" if b.dims > 3 else "")
@@ -59,7 +62,10 @@ def stronger_attacks_markdown(run) -> list[str]:
             out.append(f"| {e.name} | {b.dtype} | {b.dims} | {amp} | {sig} | {_b(b.bits_per_release)} | " +
                        " | ".join(f"{_b(b.bits_one_input[L])} / {_b(b.bits_distinct[L])}" for L in lengths if L > 1)
                        + " | " + " | ".join(f"{b.top1_ceiling[L]:.3f}" for L in lengths)
-                       + f" | {1 / b.n_classes:.3f} |")
+                       + (" | — | — " if b.measured_bits is None else
+                          f" | {_b(b.measured_bits[lengths[0]] / lengths[0])} | "
+                          + "/".join(f"{b.measured_top1_ceiling[L]:.3f}" for L in lengths) + " ")
+                       + f"| {1 / b.n_classes:.3f} |")
     names = []
     for e in entries:
         for a in e.suite.aggregation:

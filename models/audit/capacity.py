@@ -27,6 +27,10 @@ entropy; roughly (I + 1) / log2 C). A bound of 0 bits (features without noise ha
 sigma 0 makes the Gaussian term infinite and only the alphabet cap remains) is what the attacks cannot
 exceed, however strong.
 
+A tighter figure, an estimate rather than a guarantee: with the clean feature's variance v_j in place of
+A_j^2 (the Gaussian input maximises I(x; x + n) among inputs of one variance), ``0.5 * log2(1 + v_j /
+sigma_j^2)``; v_j is measured on the attacker's training releases as their variance minus sigma_j^2.
+
 Float features (float32, float16) have no clip: A is the largest magnitude a worker accepts
 (``models.release.FEATURE_MAX_ABS``), and the cap is the bits of the number format.
 """
@@ -95,6 +99,8 @@ class ReleaseBound:
     bits_distinct: dict[int, float]       # L -> bits from L releases of L different inputs (L x per release)
     top1_ceiling: dict[int, float]        # L -> Fano ceiling on identity top-1 (from bits_distinct)
     n_classes: int
+    measured_bits: dict[int, float] | None = None         # L -> bits, L different inputs, variance form
+    measured_top1_ceiling: dict[int, float] | None = None
 
     def to_dict(self) -> dict:
         return {"dtype": self.dtype, "dims": self.dims, "amplitude": self.amplitude, "sigma": self.sigma,
@@ -102,13 +108,18 @@ class ReleaseBound:
                 "bits_one_input": {str(k): v for k, v in self.bits_one_input.items()},
                 "bits_distinct": {str(k): v for k, v in self.bits_distinct.items()},
                 "top1_ceiling": {str(k): v for k, v in self.top1_ceiling.items()},
-                "n_classes": self.n_classes}
+                "n_classes": self.n_classes,
+                "measured_bits": None if self.measured_bits is None else
+                {str(k): v for k, v in self.measured_bits.items()},
+                "measured_top1_ceiling": None if self.measured_top1_ceiling is None else
+                {str(k): v for k, v in self.measured_top1_ceiling.items()}}
 
 
-def release_bound(feature_spec: dict, sigma: np.ndarray, lengths: tuple[int, ...], n_classes: int
-                  ) -> ReleaseBound:
+def release_bound(feature_spec: dict, sigma: np.ndarray, lengths: tuple[int, ...], n_classes: int,
+                  releases: np.ndarray | None = None) -> ReleaseBound:
     """The bound of a bundle whose manifest ``feature`` entry is ``feature_spec`` and whose noise std per
-    released dimension is ``sigma`` (k,); for each L in ``lengths``."""
+    released dimension is ``sigma`` (k,); for each L in ``lengths``. ``releases`` (N, k): released
+    features whose variance gives the measured (variance-form) figures."""
     dtype = feature_spec["dtype"]
     k = int(np.prod(feature_spec["shape"]))
     sigma = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (k,))
@@ -120,10 +131,17 @@ def release_bound(feature_spec: dict, sigma: np.ndarray, lengths: tuple[int, ...
     one = {L: gaussian_bits(amplitude, sigma, L, cap_bits=cap) for L in lengths}
     per = gaussian_bits(amplitude, sigma, 1, cap_bits=cap)
     distinct = {L: L * per for L in lengths}
+    measured = measured_top1 = None
+    if releases is not None and (sigma > 0).all():
+        clean_std = np.sqrt(np.maximum(np.asarray(releases, dtype=np.float64).reshape(-1, k).var(axis=0)
+                                       - sigma ** 2, 0.0))
+        m1 = gaussian_bits(clean_std, sigma, 1, cap_bits=cap)
+        measured = {L: L * m1 for L in lengths}
+        measured_top1 = {L: fano_top1_ceiling(b, n_classes) for L, b in measured.items()}
     return ReleaseBound(dtype=dtype, dims=k, amplitude=amplitude.tolist(), sigma=sigma.tolist(),
                         bits_per_release=per, bits_one_input=one, bits_distinct=distinct,
                         top1_ceiling={L: fano_top1_ceiling(b, n_classes) for L, b in distinct.items()},
-                        n_classes=n_classes)
+                        n_classes=n_classes, measured_bits=measured, measured_top1_ceiling=measured_top1)
 
 
 def noise_sigma(module, dims: int) -> np.ndarray:

@@ -217,7 +217,7 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
         suite = run_suite(rounds, p, noisy, settings.suite, seed=settings.seed)
         dims = int(np.prod(manifest["feature"]["shape"]))
         bound = release_bound(manifest["feature"], noise_sigma(extractor.module, dims), settings.suite.lengths,
-                              suite.n_classes)
+                              suite.n_classes, releases=release("attack_train"))
     step(f"{name}: cost")
     cost = {}
     if settings.measure_cost:

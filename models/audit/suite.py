@@ -139,7 +139,8 @@ def run_suite(release: Callable[[str, int], np.ndarray], protocol: Protocol, noi
         hits = aggregation_attacks(train, test, L, n, settings=settings.attacker,
                                    train_per_person=max(settings.train_sets, int(np.bincount(id_tr).max())),
                                    test_per_person=max(settings.test_sets, int(np.bincount(id_te).max())) if L == 1
-                                   else settings.test_sets, single_release_logp=logp, seed=seed)
+                                   else settings.test_sets, single_release_logp=logp, seed=seed,
+                                   set_per_person=settings.train_sets)
         top1 = {k: mean_interval(v, hits.person, resamples=settings.resamples, seed=seed)
                 for k, v in hits.hits.items()}
         agg.append(AggregationFigures(L, 1.0 / n, mean_interval(hits.label_floor, hits.person,
