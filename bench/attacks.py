@@ -1,7 +1,7 @@
 """The stronger attacks of issue 17 on the default (private) bundles of FSDD and ORL, beside the raw input.
 
 Trains each set's default bundle it lacks with ``privedge train`` (reused when its directory already
-holds a manifest), runs ``privedge audit --raw --attacks all --no-cost`` on it (reused when ``OUT/<set>/``
+holds a manifest), runs ``privedge audit --raw --attacks all --no-cost --no-inversion`` on it (reused when ``OUT/<set>/``
 already holds such an audit), and gathers the stronger attacks' tables of every set's report into one file.
 
     python -m bench.attacks --out runs/attacks [--sets fsdd orl] [--data-dir ../shared/data]
@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             metrics = json.loads(done.read_text())
         else:
             metrics = audit_set(set_name, [bundle], data, args.out / set_name, size="full", quick=args.quick,
-                                threads=args.threads, seed=args.seed, cost=False, attacks="all")
+                                threads=args.threads, seed=args.seed, cost=False, attacks="all",
+                                inversion=False)
         timing[set_name] = {"train_s": round(t_train, 1), "audit_s": round(time.perf_counter() - t, 1)}
         results[set_name] = {name: {k: m.get(k) for k in KEYS} for name, m in metrics.items()}
         section = stronger_section((args.out / set_name / "report.md").read_text())

@@ -214,8 +214,9 @@ def test_audit_with_all_attacks_writes_the_tables_intervals_and_bound(tmp_path):
     make_untrained_bundle(bundle, "image", seed=0, dims=4, noise_std=0.5)
     out = tmp_path / "audit"
     assert cli.main(["--bundle", str(bundle), "--data", "synthetic", "--size", "small", "--quick", "--no-cost",
-                     "--attacks", "all", "--out", str(out)]) == 0
+                     "--no-inversion", "--attacks", "all", "--out", str(out)]) == 0
     m = json.loads((out / METRICS).read_text())["noisy"]
+    assert m["ssim"] is None and m["psnr_db"] is None          # no inversion decoder was trained
     attacks, bound = m["attacks"], m["bound"]
     assert [a["length"] for a in attacks["aggregation"]] == [1, 10]
     for a in attacks["aggregation"]:

@@ -2,7 +2,7 @@
 
     privedge audit --bundle DIR [--bundle DIR ...] [--raw] --data fsdd-path|orl-path|synthetic|PATH
                    [--size full|small] [--seed S] [--quick] [--no-cost] [--threads N]
-                   [--attacks basic|all] --out DIR
+                   [--attacks basic|all] [--no-inversion] --out DIR
 
 Writes ``DIR/report.md``, ``DIR/metrics.json`` (one entry per bundle) and ``DIR/tradeoff.png``,
 ``DIR/reconstructions.png``. ``--attacks all`` adds the stronger attacks (aggregation over L releases,
@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="short attacker/decoder training: for smoke tests, not for quoted figures")
     p.add_argument("--no-cost", action="store_true", help="skip the latency / memory measurements")
+    p.add_argument("--no-inversion", action="store_true",
+                   help="skip the inversion decoder (SSIM / PSNR not measured; its grid rows stay black)")
     p.add_argument("--attacks", choices=ATTACKS, default="basic",
                    help="basic: today's attackers; all: also the stronger attacks, intervals and the bound per "
                         "release (minutes more per bundle)")
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     settings = AuditSettings.quick() if args.quick else AuditSettings()
     settings = replace(settings, seed=args.seed, size=args.size, measure_cost=not args.no_cost,
-                       attacks=args.attacks)
+                       inversion=not args.no_inversion, attacks=args.attacks)
     extra = 1 if args.attacks == "all" else 0     # the stronger attacks: one stage per audited source
     total = (STAGES_PER_BUNDLE + extra) * len(args.bundle) + ((2 + extra) if args.raw else 0)
     with tqdm(total=total, desc="audit", unit="stage", file=sys.stderr) as bar:

@@ -48,6 +48,7 @@ class AuditSettings:
     examples: int = 8                     # held-out inputs shown in the reconstruction grid
     cost_repeats: int = 50                # timed runs per latency figure
     measure_cost: bool = True
+    inversion: bool = True                # False: no inversion decoder (SSIM / PSNR not measured: NaN)
     attacks: str = "basic"                # one of ATTACKS
     suite: SuiteSettings = SuiteSettings()
 
@@ -159,11 +160,13 @@ def _measure(name: str, release: Callable[[str], np.ndarray], cache: InputCache,
                               settings=settings.attacker, seed=settings.seed)
     eer = verification_eer(f_train, f_test, p.attack_test.identity, seed=settings.seed)
     step(f"{name}: inversion")
+    originals = cache.get("attack_test", front_end)
+    if not settings.inversion:
+        return ident, eer, float("nan"), float("nan"), np.zeros_like(originals[:settings.examples])
     splits = _inversion_sets(p)
     inv = train_inversion(np.concatenate([release(s) for s in splits]),
                           np.concatenate([cache.get(s, front_end) for s in splits]),
                           f_test, settings=settings.decoder, seed=settings.seed)
-    originals = cache.get("attack_test", front_end)
     return (ident, eer, float(ssim(originals, inv.reconstructions, 1.0).mean()),
             float(psnr(originals, inv.reconstructions, 1.0).mean()),
             inv.reconstructions[:settings.examples])
