@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from models.audit.aggregation import ReleasePool, aggregation_attacks, rounds_needed
+from models.audit.aggregation import ReleasePool, aggregation_attacks, draw_sets, rounds_needed
 from models.audit.attackers import TrainSettings, train_attacker
 from models.audit.intervals import Interval, mean_interval
 from models.audit.linkage import LinkageResult, linkage_attack
@@ -128,10 +128,15 @@ def run_suite(release: Callable[[str, int], np.ndarray], protocol: Protocol, noi
     stack = min(stack, train.rounds)
     x_stack = train.releases[:stack].reshape(stack * len(id_tr), -1)
     y_stack = np.tile(id_tr, stack)
-    # the single-release classifier whose log-probabilities the aggregation sums
+    # the single-release classifier whose log-probabilities the aggregation sums, trained on the releases
+    # the L=1 set attackers train on (at least train_sets per person: a few hundred samples alone make too
+    # few steps per epoch for its early stopping)
     step("single-release attacker")
-    single = train_attacker("mlp", x_stack, y_stack, test.releases.reshape(test.rounds * len(id_te), -1), n,
-                            settings=settings.attacker, seed=seed)
+    per = max(settings.train_sets, int(np.bincount(id_tr).max()))
+    singles = draw_sets(id_tr, 1, per, train.rounds, np.random.default_rng([seed, 1]))
+    single = train_attacker("mlp", singles.means(train), singles.person,
+                            test.releases.reshape(test.rounds * len(id_te), -1), n, settings=settings.attacker,
+                            seed=seed)
     logp = torch.log_softmax(torch.from_numpy(single.scores), dim=1).numpy().reshape(test.rounds, len(id_te), n)
     agg = []
     for L in settings.lengths:
