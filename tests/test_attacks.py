@@ -95,7 +95,7 @@ def test_tpr_at_fpr_is_monotone_and_exact_on_a_known_ranking():
 def test_capacity_bound_follows_the_formula_and_grows_with_l():
     a, s = np.array([2.0, 1.0]), np.array([1.0, 0.5])
     for L in (1, 10, 100):
-        want = sum(0.5 * math.log2(1 + L * ai ** 2 / si ** 2) for ai, si in zip(a, s))
+        want = sum(0.5 * math.log2(1 + L * amp ** 2 / sd ** 2) for amp, sd in zip(a, s))
         assert gaussian_bits(a, s, L) == pytest.approx(want)
     assert gaussian_bits(a, s, 1) < gaussian_bits(a, s, 10) < gaussian_bits(a, s, 100)
     # no noise: the int8 alphabet's log2(255) bits per dimension and release
