@@ -54,17 +54,20 @@ def train_bundle(out: Path, modality: str, data: Path, embedding: str, cut: str 
 
 
 def audit_set(set_name: str, bundles: list[Path], data: Path, out: Path, *, size: str, quick: bool,
-              threads: int, seed: int, cost: bool = True, raw: bool = True) -> dict:
-    """``privedge audit`` over ``bundles`` (``raw``: the raw input too; ``cost``: with latency and memory);
-    returns its metrics.json."""
+              threads: int, seed: int, cost: bool = True, raw: bool = True, attacks: str = "basic", inversion: bool = True) -> dict:
+    """``privedge audit`` over ``bundles`` (``raw``: the raw input too; ``cost``: with latency and memory;
+    ``attacks``: "basic" or "all"; ``inversion``: with the inversion decoder); returns its metrics.json."""
     cmd = [sys.executable, "-m", "privedge.cli", "audit", *(["--raw"] if raw else []), "--data", str(data),
-           "--size", size, "--out", str(out), "--threads", str(threads), "--seed", str(seed)]
+           "--size", size, "--out", str(out), "--threads", str(threads), "--seed", str(seed),
+           "--attacks", attacks]
     for b in bundles:
         cmd += ["--bundle", str(b)]
     if quick:
         cmd.append("--quick")
     if not cost:
         cmd.append("--no-cost")
+    if not inversion:
+        cmd.append("--no-inversion")
     print("+ " + " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads((out / "metrics.json").read_text())

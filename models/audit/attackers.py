@@ -48,6 +48,7 @@ class AttackerScores:
     name: str                  # "linear", "mlp", "1-nn"
     scores: np.ndarray         # float64 (N_test, C): higher = more likely that identity
     epochs: int | None         # epochs trained (None for 1-NN)
+    val_accuracy: float | None = None   # best accuracy on the validation slice (trained attackers)
 
 
 class Standardiser:
@@ -88,6 +89,12 @@ def _make_model(kind: str, dims: int, n_classes: int, hidden: int) -> nn.Module:
     if kind == "mlp":
         return nn.Sequential(nn.Linear(dims, hidden), nn.ReLU(), nn.Dropout(0.2),
                              nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, n_classes))
+    if kind.startswith("mlp:"):          # "mlp:WIDTHxDEPTH", the post-hoc sweep's attackers
+        width, depth = (int(v) for v in kind[4:].split("x"))
+        layers: list[nn.Module] = []
+        for i in range(depth):
+            layers += [nn.Linear(dims if i == 0 else width, width), nn.ReLU(), nn.Dropout(0.2)]
+        return nn.Sequential(*layers, nn.Linear(width, n_classes))
     raise ValueError(f"unknown attacker kind {kind!r}")
 
 
@@ -110,8 +117,9 @@ def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def _fit(kind: str, x: torch.Tensor, y: torch.Tensor, n_classes: int, s: TrainSettings, seed: int,
          epochs: int | None = None, val: tuple[torch.Tensor, torch.Tensor] | None = None
-         ) -> tuple[nn.Module, int]:
-    """Train for ``epochs``, or with early stopping on ``val``; returns (model, best epoch count)."""
+         ) -> tuple[nn.Module, int, float | None]:
+    """Train for ``epochs``, or with early stopping on ``val``; returns (model, best epoch count, best
+    validation accuracy or None)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = _make_model(kind, x.shape[1], n_classes, s.hidden)
@@ -120,7 +128,7 @@ def _fit(kind: str, x: torch.Tensor, y: torch.Tensor, n_classes: int, s: TrainSe
     if val is None:
         for _ in range(epochs or s.max_epochs):
             _epoch(model, opt, x, y, s.batch_size, gen)
-        return model, epochs or s.max_epochs
+        return model, epochs or s.max_epochs, None
     best, best_epoch, best_state = (-1.0, float("-inf")), 0, None
     progress = (-1.0, float("inf"), 0)        # (accuracy, loss, epoch) of the last real progress
     for epoch in range(1, s.max_epochs + 1):
@@ -139,7 +147,7 @@ def _fit(kind: str, x: torch.Tensor, y: torch.Tensor, n_classes: int, s: TrainSe
         elif epoch - progress[2] >= s.patience:
             break
     model.load_state_dict(best_state)
-    return model, best_epoch
+    return model, best_epoch, best[0]
 
 
 def train_attacker(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
@@ -155,15 +163,16 @@ def train_attacker(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: 
     y = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
     fit_idx, val_idx = validation_split(np.asarray(y_train), settings.val_fraction,
                                         np.random.default_rng(seed))
+    val_acc = None
     if len(val_idx) == 0:
-        model, epochs = _fit(kind, xt, y, n_classes, settings, seed)
+        model, epochs, _ = _fit(kind, xt, y, n_classes, settings, seed)
     else:
         fi, vi = torch.from_numpy(fit_idx), torch.from_numpy(val_idx)
-        model, epochs = _fit(kind, xt[fi], y[fi], n_classes, settings, seed, val=(xt[vi], y[vi]))
+        model, epochs, val_acc = _fit(kind, xt[fi], y[fi], n_classes, settings, seed, val=(xt[vi], y[vi]))
         if settings.refit:
-            model, _ = _fit(kind, xt, y, n_classes, settings, seed, epochs=epochs)
+            model, _, _ = _fit(kind, xt, y, n_classes, settings, seed, epochs=epochs)
     log.debug("attacker %s: %d epochs", kind, epochs)
-    return AttackerScores(kind, _logits(model, xs).double().numpy(), epochs)
+    return AttackerScores(kind, _logits(model, xs).double().numpy(), epochs, val_acc)
 
 
 def nearest_neighbour_scores(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,

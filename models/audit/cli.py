@@ -2,10 +2,12 @@
 
     privedge audit --bundle DIR [--bundle DIR ...] [--raw] --data fsdd-path|orl-path|synthetic|PATH
                    [--crop-faces [DETECTOR]] [--size full|small] [--seed S] [--quick] [--no-cost]
-                   [--threads N] --out DIR
+                   [--threads N] [--attacks basic|all] [--no-inversion] --out DIR
 
 Writes ``DIR/report.md``, ``DIR/metrics.json`` (one entry per bundle) and ``DIR/tradeoff.png``,
-``DIR/reconstructions.png``.
+``DIR/reconstructions.png``. ``--attacks all`` adds the stronger attacks (aggregation over L releases,
+linkage, metric learning on unseen people, a post-hoc capacity sweep), bootstrap intervals and the bound
+per release: tables in the report, ``attacks`` and ``bound`` in each metrics entry.
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import replace
 import torch
 from tqdm import tqdm
 
-from models.audit.pipeline import STAGES_PER_BUNDLE, AuditSettings, run_audit
+from models.audit.pipeline import ATTACKS, STAGES_PER_BUNDLE, AuditSettings, run_audit
 from models.audit.report import write_report
 from models.bundle import BundleError
 from models.faces import DEFAULT_KIND
@@ -43,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true",
                    help="short attacker/decoder training: for smoke tests, not for quoted figures")
     p.add_argument("--no-cost", action="store_true", help="skip the latency / memory measurements")
+    p.add_argument("--no-inversion", action="store_true",
+                   help="skip the inversion decoder (SSIM / PSNR not measured; its grid rows stay black)")
+    p.add_argument("--attacks", choices=ATTACKS, default="basic",
+                   help="basic: today's attackers; all: also the stronger attacks, intervals and the bound per "
+                        "release (minutes more per bundle)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: cores are shared)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -63,8 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     torch.set_num_threads(args.threads)
     settings = AuditSettings.quick() if args.quick else AuditSettings()
-    settings = replace(settings, seed=args.seed, size=args.size, measure_cost=not args.no_cost)
-    total = STAGES_PER_BUNDLE * len(args.bundle) + (2 if args.raw else 0)
+    settings = replace(settings, seed=args.seed, size=args.size, measure_cost=not args.no_cost,
+                       inversion=not args.no_inversion, attacks=args.attacks)
+    extra = 1 if args.attacks == "all" else 0     # the stronger attacks: one stage per audited source
+    total = (STAGES_PER_BUNDLE + extra) * len(args.bundle) + ((2 + extra) if args.raw else 0)
     with tqdm(total=total, desc="audit", unit="stage", file=sys.stderr) as bar:
         def step(what: str) -> None:   # called as each stage starts
             bar.set_postfix_str(what)

@@ -186,23 +186,44 @@ def label_floors(id_train: np.ndarray, label_train: np.ndarray, id_test: np.ndar
     return LabelFloor(top1=top1, log_rank=log_rank, eer=eer)
 
 
-def equal_error_rate(same: np.ndarray, similarity: np.ndarray) -> float:
-    """EER of a verifier that accepts a pair when ``similarity`` is high; same: bool (P,) ground truth.
+def equal_error_rate(same: np.ndarray, similarity: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """EER of a verifier that accepts a pair when ``similarity`` is high; same: bool (P,) ground truth;
+    ``weights`` (P,): a weight per pair (a bootstrap resample's, see :mod:`models.audit.intervals`).
 
     The point where the false-acceptance and false-rejection rates cross, linearly interpolated
     between the two ROC points around it.
     """
-    same = np.asarray(same, dtype=bool)
-    if same.all() or not same.any():
-        raise ValueError("EER needs both same-identity and different-identity pairs")
-    fpr, tpr, _ = roc_curve(same, similarity)
-    fnr = 1.0 - tpr
+    fpr, fnr = _error_rates(same, similarity, weights)
     diff = fnr - fpr                       # decreasing from +1 to -1 along the curve
     i = int(np.flatnonzero(diff <= 0)[0])
     if i == 0 or diff[i] == 0:
         return float((fpr[i] + fnr[i]) / 2)
     w = diff[i - 1] / (diff[i - 1] - diff[i])
     return float(fpr[i - 1] + w * (fpr[i] - fpr[i - 1]))
+
+
+def tpr_at_fpr(same: np.ndarray, similarity: np.ndarray, fpr_max: float,
+               weights: np.ndarray | None = None) -> float:
+    """True-acceptance rate of the verifier at the threshold whose false-acceptance rate is at most
+    ``fpr_max`` (the best such threshold; no interpolation, so the figure never flatters the verifier
+    beyond a threshold it could actually set). Non-decreasing in ``fpr_max``."""
+    fpr, fnr = _error_rates(same, similarity, weights)
+    ok = fpr <= fpr_max + 1e-12
+    return float((1.0 - fnr[ok]).max())
+
+
+def _error_rates(same: np.ndarray, similarity: np.ndarray, weights: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(false-acceptance, false-rejection) rates along the ROC, from accepting nothing to everything."""
+    same = np.asarray(same, dtype=bool)
+    if weights is not None:
+        weights = np.asarray(weights, dtype=np.float64)
+        keep = weights > 0
+        same, similarity, weights = same[keep], np.asarray(similarity)[keep], weights[keep]
+    if same.all() or not same.any():
+        raise ValueError("EER needs both same-identity and different-identity pairs")
+    fpr, tpr, _ = roc_curve(same, similarity, sample_weight=weights, drop_intermediate=False)
+    return fpr, 1.0 - tpr
 
 
 def verification_eer(x_ref: np.ndarray, x: np.ndarray, identities: np.ndarray, *,

@@ -18,10 +18,12 @@ import numpy as np
 import torch
 
 from models.audit.attackers import TrainSettings
+from models.audit.capacity import ReleaseBound, noise_sigma, release_bound
 from models.audit.cost import CostError, measure_cost
 from models.audit.inversion import DecoderSettings, train_inversion
 from models.audit.measures import (IdentityMeasures, LabelFloor, identity_measures, label_floors, psnr, ssim,
                                    verification_eer)
+from models.audit.suite import AttackSuite, SuiteSettings, run_suite
 from models.bundle import load_analyzer, load_extractor, read_manifest
 from models.data import load_protocol
 from models.data.samples import Protocol, Samples
@@ -32,6 +34,7 @@ log = logging.getLogger(__name__)
 
 RAW = "raw input"
 STAGES_PER_BUNDLE = 5      # features, primary, identity, inversion, cost: for progress bars
+ATTACKS = ("basic", "all")  # "all" adds the stronger attacks (models.audit.suite) and the bound per release
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,20 @@ class AuditSettings:
     examples: int = 8                     # held-out inputs shown in the reconstruction grid
     cost_repeats: int = 50                # timed runs per latency figure
     measure_cost: bool = True
+    inversion: bool = True                # False: no inversion decoder (SSIM / PSNR not measured: NaN)
+    attacks: str = "basic"                # one of ATTACKS
+    suite: SuiteSettings = SuiteSettings()
+
+    def __post_init__(self) -> None:
+        if self.attacks not in ATTACKS:
+            raise ValueError(f"attacks must be one of {ATTACKS}, got {self.attacks!r}")
 
     @classmethod
     def quick(cls, **overrides) -> "AuditSettings":
         """Short training everywhere: for smoke tests and CI, not for figures anyone quotes."""
         base = cls(attacker=TrainSettings(max_epochs=30, patience=5, refit=False),
-                   decoder=DecoderSettings(max_rounds=3, steps_per_round=10, patience=2, max_train=200), cost_repeats=5)
+                   decoder=DecoderSettings(max_rounds=3, steps_per_round=10, patience=2, max_train=200), cost_repeats=5,
+                   suite=SuiteSettings.quick())
         return replace(base, **overrides)
 
 
@@ -74,6 +85,8 @@ class BundleAudit:
     psnr: float
     examples: np.ndarray            # (K, 1, H, W) reconstructions of the first K attack_test inputs
     cost: dict = field(default_factory=dict)   # {"extractor": {...}, "full": {...}} (measure_cost)
+    suite: AttackSuite | None = None           # the stronger attacks (attacks "all")
+    bound: ReleaseBound | None = None          # bits per release (attacks "all"; None for the raw input)
 
 
 @dataclass
@@ -148,11 +161,13 @@ def _measure(name: str, release: Callable[[str], np.ndarray], cache: InputCache,
                               settings=settings.attacker, seed=settings.seed)
     eer = verification_eer(f_train, f_test, p.attack_test.identity, seed=settings.seed)
     step(f"{name}: inversion")
+    originals = cache.get("attack_test", front_end)
+    if not settings.inversion:
+        return ident, eer, float("nan"), float("nan"), np.zeros_like(originals[:settings.examples])
     splits = _inversion_sets(p)
     inv = train_inversion(np.concatenate([release(s) for s in splits]),
                           np.concatenate([cache.get(s, front_end) for s in splits]),
                           f_test, settings=settings.decoder, seed=settings.seed)
-    originals = cache.get("attack_test", front_end)
     return (ident, eer, float(ssim(originals, inv.reconstructions, 1.0).mean()),
             float(psnr(originals, inv.reconstructions, 1.0).mean()),
             inv.reconstructions[:settings.examples])
@@ -191,6 +206,22 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
     primary = float((probs.argmax(axis=1) == p.test.primary).mean())
     step(f"{name}: identity attackers")
     ident, eer, s, db, examples = _measure(name, release, cache, front_end, settings, step)
+    suite = bound = None
+    if settings.attacks == "all":
+        step(f"{name}: stronger attacks")
+
+        def rounds(split: str, r: int) -> np.ndarray:     # round 0 is the release the basic attackers saw
+            out = [release(split)]
+            for _ in range(r - 1):
+                w = _extract(extractor, cache.get(split, front_end))
+                out.append(decode(w.reshape(len(w), -1), manifest["feature"]))
+            return np.stack([o.reshape(len(o), -1) for o in out])      # (R, N, D)
+
+        noisy = float(manifest.get("noise_std", 0.0)) > 0
+        suite = run_suite(rounds, p, noisy, settings.suite, seed=settings.seed)
+        dims = int(np.prod(manifest["feature"]["shape"]))
+        bound = release_bound(manifest["feature"], noise_sigma(extractor.module, dims), settings.suite.lengths,
+                              suite.n_classes, releases=release("attack_train"))
     step(f"{name}: cost")
     cost = {}
     if settings.measure_cost:
@@ -204,7 +235,7 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
         name=name, protocol=p.name, modality=manifest["modality"], embedding=manifest["embedding"],
         cut=manifest["cut"], dims=dims, feature_bytes=dims * np.dtype(manifest["feature"]["dtype"]).itemsize,
         bundle=str(bundle_dir), model=manifest.get("model"), primary_accuracy=primary, identity=ident,
-        eer=eer, ssim=s, psnr=db, examples=examples, cost=cost)
+        eer=eer, ssim=s, psnr=db, examples=examples, cost=cost, suite=suite, bound=bound)
 
 
 def audit_raw(cache: InputCache, settings: AuditSettings, front_end: SpeechFrontEnd | None,
@@ -217,12 +248,17 @@ def audit_raw(cache: InputCache, settings: AuditSettings, front_end: SpeechFront
         return x.reshape(len(x), -1)
 
     ident, eer, s, db, examples = _measure(RAW, release, cache, front_end, settings, step)
+    suite = None
+    if settings.attacks == "all":
+        step(f"{RAW}: stronger attacks")
+        suite = run_suite(lambda split, r: release(split)[None], cache.protocol, False, settings.suite,
+                          seed=settings.seed)
     dims = int(np.prod(cache.get("attack_test", front_end).shape[1:]))
     modality = cache.protocol.test.modality
     return BundleAudit(
         name=RAW, protocol=cache.protocol.name, modality=modality, embedding="raw", cut=None, dims=dims,
         feature_bytes=4 * dims, bundle=None, model=None, primary_accuracy=None, identity=ident, eer=eer,
-        ssim=s, psnr=db, examples=examples)
+        ssim=s, psnr=db, examples=examples, suite=suite)
 
 
 def unique_names(bundle_dirs: list[str]) -> list[str]:

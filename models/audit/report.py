@@ -7,6 +7,7 @@ import math
 from dataclasses import asdict
 from pathlib import Path
 
+from models.audit.attack_tables import stronger_attacks_markdown
 from models.audit.figures import reconstruction_grid, tradeoff_plot
 from models.audit.measures import LabelFloor
 from models.audit.pipeline import AuditRun, BundleAudit
@@ -44,11 +45,22 @@ def entry_metrics(e: BundleAudit) -> dict:
         "protocol": e.protocol, "modality": e.modality, "embedding": e.embedding, "cut": e.cut,
         "dims": e.dims, "feature_bytes": e.feature_bytes, "bundle": e.bundle, "model": e.model,
         "cost": e.cost,
+        "attacks": None if e.suite is None else e.suite.to_dict(),
+        "bound": None if e.bound is None else e.bound.to_dict(),
     }
     if e.modality == "speech":
         m["eer"] = e.eer
     return {k: ({a: {f: _finite(x) for f, x in d.items()} for a, d in v.items()} if k == "attackers"
-                else _finite(v)) for k, v in m.items()}
+                else _finite_tree(v) if k in ("attacks", "bound") else _finite(v)) for k, v in m.items()}
+
+
+def _finite_tree(v):
+    """:func:`_finite` through nested dicts and lists."""
+    if isinstance(v, dict):
+        return {k: _finite_tree(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite_tree(x) for x in v]
+    return _finite(v)
 
 
 def metrics(run: AuditRun) -> dict:
@@ -131,6 +143,7 @@ def report_markdown(run: AuditRun) -> str:
             f"| {_cost(e, 'extractor', 'memory_mb')} | {_cost(e, 'full', 'params', 1, '.0f')} "
             f"| {_cost(e, 'full', 'macs', 1e6, '.2f')} | {_cost(e, 'full', 'latency_ms', 1, '.2f')} "
             f"| {_cost(e, 'full', 'memory_mb')} | {_cost(e, 'extractor', 'front_end_ms', 1, '.1f')} |")
+    lines += stronger_attacks_markdown(run)
     lines += ["", "## Figures", "", f"![trade-off]({TRADEOFF_PNG})", "", f"![reconstructions]({GRID_PNG})",
               ""]
     return "\n".join(lines)
