@@ -33,7 +33,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ] || [ ! -x .venv/bin/pri
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
   log=.venv/pip-install.log
   # Everything: the tests train networks. A home gateway needs only `pip install .` (see the README).
-  if ! .venv/bin/python -m pip install -e ".[train,test]" >"$log" 2>&1; then
+  if ! .venv/bin/python -m pip install -e ".[train,test,video]" >"$log" 2>&1; then
     grep -v "^WARNING: Location" "$log" | tail -30 >&2
     echo "setup: pip install failed (full log: $log)" >&2
     exit 1

@@ -182,7 +182,7 @@ def video_frames(source: str | Path, *, rate: float = 0.0, loop: bool = False,
     try:
         import cv2
     except ImportError as e:
-        raise SourceError("a video or stream source needs OpenCV: pip install opencv-python-headless") from e
+        raise SourceError("a video or stream source needs OpenCV: pip install 'privedge[video]'") from e
     if rate < 0:
         raise SourceError(f"rate must be >= 0, got {rate}")
     source = str(source)
