@@ -74,3 +74,13 @@ def test_speech_commands_is_the_keyword_on_unseen_speakers(commands):
 def test_a_speech_set_asked_for_as_images_is_refused(data_dir):
     with pytest.raises(ValueError, match="speech dataset"):
         load_protocol("image", str(data_dir / "librispeech"), size="small")
+
+
+def test_lfw_caps_the_photographs_per_person_so_a_few_people_do_not_set_the_chance(data_dir):
+    from models.data.lfw import MAX_PER_PERSON
+
+    p = load_protocol("image", str(data_dir / "lfw"))
+    everyone = np.concatenate([p.train.identity, p.test.identity])
+    assert np.bincount(everyone).max() == MAX_PER_PERSON == 20
+    assert not _people(p.train) & _people(p.test, p.attack_train, p.attack_test)
+    assert p.identity_chance < 0.01 and p.train.primary_names == ["female", "male"]
