@@ -31,11 +31,21 @@ class HomeResults:
         self.discovery = discovery
 
     def publish(self, result: Result, device: str | None = None) -> mqtt.MQTTMessageInfo:
-        """Publish ``result`` (of ``device``, by default its id's) to the home; the event's message info."""
+        """Publish ``result`` (of ``device``, by default its id's) to the home: event, state, discovery;
+        returns the event's message info."""
         device = device or result.device
+        info, body = self.publish_event(result, device)
+        self.publish_state(result, device, body)
+        return info
+
+    def publish_event(self, result: Result, device: str) -> tuple[mqtt.MQTTMessageInfo, bytes]:
+        """The per-result event alone (the relay publishes a batch's events, then one state per (device,
+        task) for the batch's last result: a burst of results does not double the messages to the broker)."""
         body = result.to_json()
-        info = self._publish(self.names.result(device), body, 1, False)
-        self._publish(self.names.state(device, result.task), body, 1, True)
+        return self._publish(self.names.result(device), body, 1, False), body
+
+    def publish_state(self, result: Result, device: str, body: bytes | None = None) -> None:
+        """The retained latest state of (device, task), and its Home Assistant entity the first time."""
+        self._publish(self.names.state(device, result.task), body or result.to_json(), 1, True)
         if self.discovery is not None:
             self.discovery.serve(device, result.task, self.kind_of_task.get(result.task, "image"))
-        return info

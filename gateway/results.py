@@ -160,6 +160,7 @@ class ResultsRelay:
         ``relayed`` receives ``(result id, entry id)`` of each one published."""
         t0 = time.perf_counter()
         infos = []
+        latest: dict[tuple[str, str], tuple[Result, bytes]] = {}  # the batch's last result per (device, task)
         for entry_id, fields in entries:
             try:
                 result = Result.decode(fields.get(FIELD.encode(), b""))
@@ -180,8 +181,12 @@ class ResultsRelay:
             if self.faces is not None:
                 result = self.faces.annotate(result)
             relayed.append((result.id, entry_id.decode()))
-            infos.append(_queued(self.home.publish(result, device)))
+            info, body = self.home.publish_event(result, device)
+            infos.append(_queued(info))
+            latest[(device, result.task)] = (result, body)
             log.debug("relayed result %s (%s %.3f)", result.id, result.label, result.score)
+        for (device, _), (result, body) in latest.items():  # one retained state per (device, task) a batch
+            self.home.publish_state(result, device, body)
         give_up_at = None
         while not all(i.is_published() for i in infos):
             if not self.stop_event.is_set():
