@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 
-from gateway.homeassistant import Discovery
+from gateway.homeassistant import Discovery, DiscoverySettings
 from schemas import Names, Result
 
 
@@ -49,3 +49,36 @@ class HomeResults:
         self._publish(self.names.state(device, result.task), body or result.to_json(), 1, True)
         if self.discovery is not None:
             self.discovery.serve(device, result.task, self.kind_of_task.get(result.task, "image"))
+
+
+def home_results(settings, names: Names, intake,
+                 kind_of_task: dict[str, str]) -> tuple[HomeResults, Discovery | None]:
+    """The gateway's home outbox on ``intake``, with Home Assistant discovery when ``ha_discovery`` is on:
+    announced as results come, again when HA says ``online``, removed when a device is retired (its
+    retained status cleared). Registers those control subscriptions on ``intake`` (before it starts)."""
+    def publish(topic: str, payload: bytes, qos: int, retain: bool):
+        return intake.publish(topic, payload, qos=qos, retain=retain)
+
+    discovery = None
+    if settings.ha_discovery:
+        discovery = Discovery(names, settings.id, _version(),
+                              DiscoverySettings(enabled=True, prefix=settings.ha_prefix),
+                              lambda topic, payload, retain: publish(topic, payload, 1, retain))
+        intake.on_topic(discovery.ha_status_topic, lambda _, payload: discovery.on_ha_status(payload))
+
+        def device_status(topic: str, payload: bytes) -> None:  # an empty retained status: retired
+            if not payload:
+                discovery.retire(names.status_device(topic))
+
+        intake.on_topic(names.status_wildcard(), device_status)
+    return HomeResults(publish, names, kind_of_task, discovery), discovery
+
+
+def _version() -> str:
+    """privedge's installed version (the sw_version Home Assistant shows)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("privedge")
+    except PackageNotFoundError:
+        return "0+unknown"

@@ -27,12 +27,15 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import secrets
 import threading
 import time
 from pathlib import Path
 from typing import NamedTuple
+
+log = logging.getLogger(__name__)
 
 DAY_S = 86400
 KEY_BYTES = 32
@@ -153,3 +156,17 @@ class Pseudonyms:
         for pd, pb, device, boot, period in rows:
             self._issued[(str(pd), int(pb))] = Real(str(device), None if boot is None else int(boot), int(period))
         self._prune(self.period())
+
+
+def from_settings(settings) -> Pseudonyms | None:
+    """A gateway's pseudonyms when ``pseudonym_period_s`` asks for them: key and table beside its spool
+    (``spool_dir/{id}``), or the key in ``pseudonym_key_file``; without either, a key held in memory."""
+    if not settings.pseudonym_period_s:
+        return None
+    state = Path(settings.spool_dir) / settings.id if settings.spool_dir else None
+    key_file = settings.pseudonym_key_file or (state / "pseudonym.key" if state else None)
+    if key_file is None:
+        log.warning("pseudonyms without a spool_dir or pseudonym_key_file: the key lives in memory, so the "
+                    "results of inputs sent before a restart cannot be mapped back")
+    key = load_or_make_key(key_file) if key_file else secrets.token_bytes(KEY_BYTES)
+    return Pseudonyms(key, period_s=settings.pseudonym_period_s, table=state / "pseudonyms.json" if state else None)

@@ -1,7 +1,8 @@
 """``privedge gateway``: the home gateway service, and :class:`Gateway` for running it in-process.
 
-Start-up order matters: bundles are loaded and the model warmed up (ONNX Runtime or torch, the speech front end) before the MQTT
-session is opened, because with a persistent session the broker starts delivering as soon as we connect.
+Start-up order matters: bundles are loaded and the model warmed up (ONNX Runtime or torch, the speech front
+end) before the MQTT session is opened, because with a persistent session the broker starts delivering as
+soon as we connect.
 Shutdown (stop(), SIGTERM, SIGINT): stop taking inputs, drain what the queues hold through the model and
 upstream (bounded by ``drain_timeout_s``), stop the results loop, publish ``offline``, disconnect.
 """
@@ -11,7 +12,6 @@ import argparse
 import dataclasses
 import json
 import logging
-import secrets
 import signal
 import sys
 import threading
@@ -20,16 +20,15 @@ from pathlib import Path
 from typing import Protocol
 
 
-from common.health import HealthServer, Probes
-from common.health import check as health_check
-from common.redis_connection import RedisSettings
+from common.health import HealthServer, check as health_check
 from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_settings
 from gateway.extraction import ExtractionLoop, HandOn
 from gateway.faces import FaceLedger, FaceStage, FaceStageError
 from gateway.hand_on import FeaturesUpstream
-from gateway.home_results import HomeResults
-from gateway.homeassistant import Discovery, DiscoverySettings
-from gateway.pseudonyms import Pseudonyms, load_or_make_key
+from gateway.home_results import HomeResults, home_results
+from gateway.homeassistant import Discovery
+from gateway.probes import gateway_probes
+from gateway.pseudonyms import Pseudonyms, from_settings as pseudonyms_from_settings
 from gateway.intake import Intake, IntakeError
 from gateway.metrics import Metrics, prometheus_registry
 from gateway.results import STOP_GRACE_S, ResultsRelay
@@ -144,8 +143,9 @@ class Gateway:
         limit_threads(self.s.torch_threads)  # torch, ONNX Runtime and numpy's BLAS: one share of the cores
         models = load_models(self.s, self.serving)
         self.intake = Intake(self.s, self.names, self.metrics, tuple(models), self.report)
-        self.pseudonyms = self._pseudonyms()
-        self.home = self._home_results({manifest["task"]: kind for kind, (_, manifest) in models.items()})
+        self.pseudonyms = pseudonyms_from_settings(self.s)
+        self.home, self.discovery = home_results(self.s, self.names, self.intake,
+                                                 {manifest["task"]: kind for kind, (_, manifest) in models.items()})
         faces = {kind: self._face_stage(kind, manifest) for kind, (_, manifest) in models.items()}
         if self.serving.uses_cloud:
             self.redis = connect_redis(self.s)
@@ -171,7 +171,7 @@ class Gateway:
             self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics, self.face_ledger,
                                       self.home, self.pseudonyms)
         if self.s.metrics_port is not None:
-            self._metrics_server = HealthServer(self._probes(), prometheus_registry(self.metrics, self.s.id),
+            self._metrics_server = HealthServer(gateway_probes(self), prometheus_registry(self.metrics, self.s.id),
                                                 host=self.s.metrics_host, port=self.s.metrics_port).start()
         try:
             self.intake.start()
@@ -240,42 +240,6 @@ class Gateway:
         return None
 
     # helpers ---------------------------------------------------------------------------------------
-    def _pseudonyms(self) -> Pseudonyms | None:
-        """The rotating device pseudonyms (gateway/pseudonyms.py) when ``pseudonym_period_s`` asks for them,
-        their key and table beside the spool."""
-        if not self.s.pseudonym_period_s:
-            return None
-        state = Path(self.s.spool_dir) / self.s.id if self.s.spool_dir else None
-        key_file = self.s.pseudonym_key_file or (state / "pseudonym.key" if state else None)
-        if key_file is None:
-            log.warning("pseudonyms without a spool_dir or pseudonym_key_file: the key lives in memory, so the "
-                        "results of inputs sent before a restart cannot be mapped back")
-        key = load_or_make_key(key_file) if key_file else secrets.token_bytes(32)
-        return Pseudonyms(key, period_s=self.s.pseudonym_period_s,
-                          table=state / "pseudonyms.json" if state else None)
-
-    def _home_results(self, kind_of_task: dict[str, str]) -> HomeResults:
-        """Where results go at home (event, retained state), with Home Assistant discovery when it is on:
-        announced as results come, again when HA says ``online``, removed when a device is retired (its
-        retained status cleared)."""
-        def publish(topic: str, payload: bytes, qos: int, retain: bool):
-            return self.intake.publish(topic, payload, qos=qos, retain=retain)
-
-        self.discovery = None
-        if self.s.ha_discovery:
-            self.discovery = Discovery(self.names, self.s.id, _version(),
-                                       DiscoverySettings(enabled=True, prefix=self.s.ha_prefix),
-                                       lambda topic, payload, retain: publish(topic, payload, 1, retain))
-            self.intake.on_topic(self.discovery.ha_status_topic,
-                                 lambda _, payload: self.discovery.on_ha_status(payload))
-            self.intake.on_topic(self.names.status_wildcard(), self._device_status)
-        return HomeResults(publish, self.names, kind_of_task, self.discovery)
-
-    def _device_status(self, topic: str, payload: bytes) -> None:
-        """A device's retained status cleared (an empty payload) is its retirement: its entities go."""
-        if not payload and self.discovery is not None:
-            self.discovery.retire(self.names.status_device(topic))
-
     def _face_stage(self, kind: str, manifest: dict) -> FaceStage | None:
         """The image loop's face stage (gateway/faces.py), when the settings ask for one; split mode only
         (the comparison baselines serve frames whole)."""
@@ -309,31 +273,6 @@ class Gateway:
     def health_url(self) -> str | None:
         """``http://HOST:PORT`` of ``/healthz`` and ``/readyz`` (common.health), with the metrics."""
         return None if self._metrics_server is None else self._metrics_server.url
-
-    def _probes(self) -> Probes:
-        """Liveness: the loop threads run. Readiness: the broker connected, Redis answering (a client of its
-        own with a 1 s timeout and no retries, so a stopped Redis shows at once), the models loaded."""
-        ping = RedisSettings.from_dsn(self.s.redis, self.s.redis_password or None).client(
-            socket_timeout=1.0, socket_connect_timeout=1.0, retry=None) if self.serving.uses_cloud else None
-
-        def threads() -> tuple[bool, str]:
-            dead = [name for name, t in self._threads() if t.ident is not None and not t.is_alive()]
-            return not dead and self.failed() is None, f"stopped: {dead}" if dead else "running"
-
-        def redis_ok() -> tuple[bool, str]:
-            return bool(ping.ping()), "PONG"
-
-        ready = {"mqtt": lambda: (self.intake is not None and self.intake.connected.is_set(), self.s.broker),
-                 "models": lambda: (bool(self.loops), ", ".join(loop.model_id for loop in self.loops))}
-        if ping is not None:
-            ready["redis"] = redis_ok
-        return Probes(live={"threads": threads}, ready=ready)
-
-    def _threads(self) -> list[tuple[str, threading.Thread]]:
-        out = [(f"{loop.kind} loop", loop.thread) for loop in self.loops]
-        if self.relay is not None:
-            out.append(("results relay", self.relay.thread))
-        return out
 
     def stats_topic(self) -> str:
         """``{prefix}/gateway/{id}/stats``, where the JSON stats go."""
@@ -456,15 +395,6 @@ def main(argv: list[str] | None = None, serving: Serving | None = None,
     return 1 if gateway.failed() else 0
 
 
-
-def _version() -> str:
-    """privedge's installed version (the sw_version Home Assistant shows)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("privedge")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,7 +28,7 @@ from typing import Mapping
 
 import redis
 
-from common.health import HealthServer, Probes
+from common.health import HealthServer
 from common.health import check as health_check
 from common.backoff import Backoff
 from common.top_k import top_k
@@ -39,6 +39,7 @@ from schemas.results import ErrorReport, Result
 from workers.analysis import Analysis, FeatureAnalysis, Rejected, run_network
 from workers.config import SettingsError, WorkerSettings, load_settings
 from workers.metrics import WorkerMetrics
+from workers.probes import worker_probes
 from workers.stats import WorkerStats
 from workers.streams import StreamSet, check_origin
 
@@ -376,7 +377,7 @@ def main(argv: list[str] | None = None, analysis: Analysis | None = None,
         return 1
     health = None
     if settings.health_port is not None:
-        health = HealthServer(_probes(worker), worker.metrics.registry, host=settings.health_host,
+        health = HealthServer(worker_probes(worker), worker.metrics.registry, host=settings.health_host,
                               port=settings.health_port).start()
     next_stats = time.monotonic() + worker.settings.stats_every_s
     while not done.wait(0.5):
@@ -392,12 +393,3 @@ def main(argv: list[str] | None = None, analysis: Analysis | None = None,
         health.stop()
     log.info("stopped; stats %s", worker.stats.as_dict())
     return 0
-
-
-def _probes(worker: Worker) -> Probes:
-    """Liveness: the loop thread runs. Readiness: Redis answers (a client of its own, 1 s, no retries) and
-    the models are loaded."""
-    ping = worker.settings.redis.client(socket_timeout=1.0, socket_connect_timeout=1.0, retry=None)
-    return Probes(live={"loop": lambda: (worker.alive(), "running" if worker.alive() else "stopped")},
-                  ready={"redis": lambda: (bool(ping.ping()), "PONG"),
-                         "models": lambda: (bool(worker.served), ", ".join(worker.served))})
