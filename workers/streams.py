@@ -123,7 +123,9 @@ class StreamSet:
         if refused:  # a settings problem, not a missing stream: let the loop log and count it
             raise refused[0]
         (sec, usec), *replies = replies
-        oldest_kept = (int(sec * 1000 + usec // 1000 - self.retention_s * 1000), 0)
+        # Entries of the last retention_s are kept; the millisecond Redis is in counts as past (an entry
+        # added in it is not younger than 0 s), so retention_s=0 keeps nothing by age.
+        oldest_kept = (int(sec * 1000 + usec // 1000 - self.retention_s * 1000) + 1, 0)
         removed = 0
         trims = []
         for i, key in enumerate(keys):
