@@ -274,12 +274,20 @@ def test_overload_three_times_capacity(rig):
     _, capacity, _ = flood(n, 3 * capacity, at)
     at += n
     seconds = 5 if FAST else 15
-    n = int(3 * capacity * seconds)
-    offered, served, dropped = flood(n, 3 * capacity, at)
+    for attempt in range(3):
+        n = int(3 * capacity * seconds)
+        offered, served, dropped = flood(n, 3 * capacity, at)
+        if offered > 2.5 * served:
+            break
+        # The gateway served more in this flood than the estimate said (it got more CPU than while the
+        # estimate was taken): offer 3x of what it served, and flood again. Only the estimate the offered
+        # rate comes from is corrected; the bound asserted below is the same.
+        at += n
+        capacity = served
     ids = rig.listener.ids
     counts = {"capacity_per_s": round(capacity, 1), "offered_per_s": round(offered, 1),
               "offered_x_capacity": round(offered / capacity, 2), "served_per_s": round(served, 1),
-              "offered_x_served": round(offered / served, 2),
+              "offered_x_served": round(offered / served, 2), "floods": attempt + 1,
               "inputs": n, "results": sum(ids.values()), "unique_results": len(ids), "dropped": dropped,
               "gateway_peak_rss_mb_before": round(rss0, 1), "gateway_peak_rss_mb": round(peak_rss_mb(rig.gateway.pid), 1)}
     _report("overload", counts)
