@@ -27,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.audit.attackers import Standardiser, TrainSettings, nearest_neighbour, train_attacker, validation_split
+from models.audit.attackers import (BestSoFar, Standardiser, TrainSettings, nearest_neighbour, train_attacker,
+                                    validation_split)
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +141,7 @@ def train_set_classifier(pool: ReleasePool, length: int, n_classes: int, setting
     yv = torch.from_numpy(val_sets.person.astype(np.int64))
     model = SetClassifier(pool.releases.shape[2], n_classes, hidden)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    best, best_epoch, best_state, since = (-1.0, float("-inf")), 0, None, 0
+    best = BestSoFar(settings)
     for epoch in range(1, settings.max_epochs + 1):
         sets = draw_sets(pool.identity, length, per_person, pool.rounds, rng, fit)
         x = _standard(norm, sets.features(pool))
@@ -157,17 +158,10 @@ def train_set_classifier(pool: ReleasePool, length: int, n_classes: int, setting
             logits = model(xv)
             score = ((logits.argmax(1) == yv).double().mean().item(),
                      -nn.functional.cross_entropy(logits, yv).item())
-        if score > best:
-            gain = score[0] > best[0] or score[1] > best[1] + settings.min_loss_delta
-            best, best_epoch = score, epoch
-            best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            since = 0 if gain else since + 1
-        else:
-            since += 1
-        if since >= settings.patience:
+        if best.update(score, model, epoch):
             break
-    model.load_state_dict(best_state)
-    return model.eval(), norm, best_epoch
+    model.load_state_dict(best.state)
+    return model.eval(), norm, best.epoch
 
 
 def _standard(norm: Standardiser, x: np.ndarray) -> torch.Tensor:

@@ -71,6 +71,31 @@ def _flat(x: np.ndarray) -> np.ndarray:
     return x.reshape(len(x), -1).astype(np.float64)
 
 
+
+class BestSoFar:
+    """Early stopping on a validation score ``(accuracy, -loss)``: keeps the best model's weights, and says
+    when to stop (``patience`` epochs without progress; a better score whose loss moved less than
+    ``min_loss_delta`` and whose accuracy did not rise is kept but is not progress)."""
+
+    def __init__(self, settings: TrainSettings) -> None:
+        self.patience, self.min_loss_delta = settings.patience, settings.min_loss_delta
+        self.best: tuple[float, float] = (-1.0, float("-inf"))
+        self.epoch = 0
+        self.state: dict | None = None
+        self._since = 0
+
+    def update(self, score: tuple[float, float], model: nn.Module, epoch: int = 0) -> bool:
+        """Record this epoch's ``score``; True when training should stop."""
+        if score > self.best:
+            gain = score[0] > self.best[0] or score[1] > self.best[1] + self.min_loss_delta
+            self.best, self.epoch = score, epoch
+            self.state = {k: v.clone() for k, v in model.state_dict().items()}
+            self._since = 0 if gain else self._since + 1
+        else:
+            self._since += 1
+        return self._since >= self.patience
+
+
 def validation_split(labels: np.ndarray, fraction: float, rng: np.random.Generator
                      ) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split of indices into (fit, validation); identities with one sample stay in fit."""

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.audit.attackers import Standardiser, TrainSettings, validation_split
+from models.audit.attackers import BestSoFar, Standardiser, TrainSettings, validation_split
 from models.audit.intervals import Interval, mean_interval
 from models.audit.linkage import make_pairs, pair_figures
 
@@ -59,7 +59,7 @@ def train_embedding(x: np.ndarray, y: np.ndarray, n_classes: int, settings: Trai
     val = val if len(val) else fit
     model = MarginEmbedding(xt.shape[1], n_classes)
     opt = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    best, best_state, since = (-1.0, float("-inf")), None, 0
+    best = BestSoFar(settings)
     for _ in range(settings.max_epochs):
         model.train()
         order = fit[rng.permutation(len(fit))]
@@ -72,15 +72,9 @@ def train_embedding(x: np.ndarray, y: np.ndarray, n_classes: int, settings: Trai
             model.eval()
             cos = model.cosines(model(xt[val]))
             score = ((cos.argmax(1) == yt[val]).double().mean().item(), -am_softmax_loss(cos, yt[val]).item())
-        if score > best:
-            gain = score[0] > best[0] or score[1] > best[1] + settings.min_loss_delta
-            best, best_state = score, {k: v.clone() for k, v in model.state_dict().items()}
-            since = 0 if gain else since + 1
-        else:
-            since += 1
-        if since >= settings.patience:
+        if best.update(score, model):
             break
-    model.load_state_dict(best_state)
+    model.load_state_dict(best.state)
     return model.eval(), norm
 
 
