@@ -1,5 +1,6 @@
-"""The gateway's cost at each cut point (issue 7): split mode with the extractor ending at block1..block4,
-next to local_only (the whole network at the gateway), on the same inputs and machine.
+"""The paper's cost claim side by side: split with the extractor ending at block1..block4, next to
+local_only (the whole network at the gateway) and cloud_only (the raw media up, the whole network in a
+worker), on the same inputs, machine and runtime (the services' default: ONNX Runtime for these bundles).
 
 Each run is the pipeline benchmark's saturation phase (bench.pipeline.run_mode without the fixed
 load): gateway CPU seconds per inference over the steady window and its peak resident memory (VmHWM),
@@ -31,7 +32,7 @@ def extractor_macs(bundle: Path) -> int:
 
 
 def cut_points(stack: Stack, modality: str, inputs: Inputs, s: PipelineSettings, work: Path) -> dict:
-    """{cut: figures + extractor_macs, "local_only": figures} for one modality."""
+    """{cut: figures + extractor_macs, "local_only": figures, "cloud_only": figures} for one modality."""
     from models import signing
     from models.bundle import make_untrained_bundle
 
@@ -44,21 +45,28 @@ def cut_points(stack: Stack, modality: str, inputs: Inputs, s: PipelineSettings,
         figures, details = run_mode(stack, bundle, inputs, "split", s, latency=False)
         out[cut] = {**{k: figures[k] for k in SHOWN}, "extractor_macs": extractor_macs(bundle),
                     "worker_cpu_s_per_inference": details.get("worker_cpu_s_per_inference")}
-    figures, _ = run_mode(stack, work / f"{modality}-block3", inputs, "local_only", s, latency=False)
-    out["local_only"] = {k: figures[k] for k in SHOWN}
+    for mode in ("local_only", "cloud_only"):  # neither depends on the cut: the whole network runs in one place
+        figures, details = run_mode(stack, work / f"{modality}-block3", inputs, mode, s, latency=False)
+        out[mode] = {**{k: figures[k] for k in SHOWN},
+                     "worker_cpu_s_per_inference": details.get("worker_cpu_s_per_inference")}
     return out
 
 
 def cuts_markdown(cuts: dict) -> list[str]:
     """Markdown lines of the cut-point table."""
-    lines = ["## Gateway cost per cut point (split, saturation) next to local_only", "",
-             *table_head("modality", "gateway runs", "extractor MMACs", "inferences/s", "gateway CPU ms / inference",
-                         "gateway peak RSS MiB", "bytes up / inference")]
+    lines = ["## Cost per cut point (saturation): split at each cut next to local_only and cloud_only", "",
+             *table_head("modality", "mode", "gateway runs", "extractor MMACs", "inferences/s",
+                         "gateway CPU ms / inference", "worker CPU ms / inference", "gateway peak RSS MiB",
+                         "bytes up / inference")]
+    runs = {"local_only": "the whole network", "cloud_only": "nothing (raw media up)"}
     for modality, rows in cuts.items():
         for name, r in rows.items():
-            macs = f"{r['extractor_macs'] / 1e6:.2f}" if "extractor_macs" in r else "whole network"
-            what = f"extractor to {name}" if name in CUTS else "local_only"
-            lines.append(f"| {modality} | {what} | {macs} | {r['throughput_per_s']:.1f} | "
-                         f"{r['gateway_cpu_s_per_inference'] * 1e3:.2f} | {r['gateway_peak_rss_mb']:.1f} | "
+            macs = f"{r['extractor_macs'] / 1e6:.2f}" if "extractor_macs" in r else "-"
+            mode, what = ("split", f"extractor to {name}") if name in CUTS else (name, runs[name])
+            worker = r.get("worker_cpu_s_per_inference")
+            lines.append(f"| {modality} | {mode} | {what} | {macs} | {r['throughput_per_s']:.1f} | "
+                         f"{r['gateway_cpu_s_per_inference'] * 1e3:.2f} | "
+                         f"{'-' if worker is None else f'{worker * 1e3:.2f}'} | {r['gateway_peak_rss_mb']:.1f} | "
                          f"{r['bytes_up_per_inference']:.0f} |")
-    return lines + [""]
+    return lines + ["All on the same runtime (the services' default, ONNX Runtime for these bundles). Worker CPU "
+                    "is the worker process's, per result; local_only has no worker.", ""]

@@ -107,3 +107,17 @@ def test_drill_counts_are_read_back_from_the_lines_the_drills_print():
     assert parse_counts(text) == [("worker SIGKILL", {"inputs": 500, "results": 500, "missing": 0,
                                                       "dropped": {"cam0": 3, "cam1": 4}, "note": "ok"}),
                                   ("x", {"inputs": 2})]
+
+
+def test_cut_table_puts_split_local_and_cloud_side_by_side():
+    from bench.cuts import cuts_markdown
+
+    row = {"throughput_per_s": 100.0, "gateway_cpu_s_per_inference": 0.001, "gateway_peak_rss_mb": 120.0,
+           "bytes_up_per_inference": 40.0}
+    cuts = {"image": {"block1": {**row, "extractor_macs": 720_000, "worker_cpu_s_per_inference": 0.0005},
+                      "local_only": {**row, "bytes_up_per_inference": 0.0, "worker_cpu_s_per_inference": None},
+                      "cloud_only": {**row, "bytes_up_per_inference": 3844.0, "worker_cpu_s_per_inference": 0.002}}}
+    rows = [line for line in cuts_markdown(cuts) if line.startswith("| image")]
+    assert [r.split(" | ")[1] for r in rows] == ["split", "local_only", "cloud_only"]
+    assert "| 0.72 |" in rows[0] and "| 0.50 |" in rows[0]  # MMACs, worker CPU ms
+    assert "| - |" in rows[1] and "| 2.00 |" in rows[2] and rows[2].endswith("| 3844 |")
