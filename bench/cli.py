@@ -60,6 +60,27 @@ def _fmt(key: str, value: float) -> str:
     return f"{value:.0f}" if key == "bytes_up_per_inference" else f"{value:.1f}"
 
 
+def stages_markdown(modality: str, figures: dict, details: dict) -> list[str]:
+    """Where each mode's gateway time went at saturation (ms per inference by stage, from its stats), the
+    process CPU beside it, and for speech the gateway's real-time factor per core."""
+    rows = {m: details[m].get("gateway_stages_ms_per_inference") for m in MODES if m in details}
+    stages = sorted({k for v in rows.values() if v for k in v})
+    if not stages:
+        return []
+    lines = [f"Where the gateway's time goes ({modality}, saturation; wall ms per inference inside its loop "
+             "threads, from its stats topic; CPU is the whole process's, MQTT client thread included):", "",
+             *table_head("mode", *stages, "sum of stages", "process CPU")]
+    for mode, v in rows.items():
+        if v:
+            lines.append(f"| {mode} | " + " | ".join(f"{v.get(k, 0.0):.3f}" for k in stages) +
+                         f" | {sum(v.values()):.3f} | {figures[mode]['gateway_cpu_s_per_inference'] * 1e3:.3f} |")
+    rtf = {m: details[m]["gateway_real_time_factor"] for m in MODES if "gateway_real_time_factor" in details.get(m, {})}
+    if rtf:
+        lines += ["", "Gateway real-time factor per core (CPU seconds per second of audio): " +
+                  ", ".join(f"{m} {v:.4f}" for m, v in rtf.items()) + "."]
+    return lines + [""]
+
+
 def markdown(result: dict) -> str:
     """bench.md: the machine, the settings and one table per modality."""
     lines = header("privedge pipeline benchmark", result["machine"], result["settings"])
@@ -78,6 +99,7 @@ def markdown(result: dict) -> str:
         lines += ["", f"Runtime ceiling (extractor alone, one thread, {ceil['runtime']}, batch {ceil['batch']}, "
                       f"preprocessing included): {r['runtime_ceiling_per_s']:.1f} inferences/s. "
                       f"Fixed offered load for latency: {rate:.1f} inferences/s.", ""]
+        lines += stages_markdown(modality, r, d)
     lines += NOTES
     if result.get("scaling"):
         from bench.scaling import scaling_markdown

@@ -44,9 +44,9 @@ CANDIDATES: dict[str, tuple[str, list[dict], list[float]]] = {
     "haar_alt2": ("haar", [{"cascade": "haarcascade_frontalface_alt2.xml", "scale_factor": sf,
                             "min_size": 40} for sf in (1.1, 1.2)], [float(t) for t in range(1, 41)]),
     "dlib_hog": ("dlib_hog", [{"upsample": u} for u in (0, 1)], [t / 10 for t in range(-5, 21)]),
-    "blazeface_short": ("blazeface", [{"model": "short", "tiles": t} for t in (1, 2)],
+    "blazeface_short": ("blazeface", [{"model": "short", "tiles": t, "verify": v} for t in (1, 2) for v in (0.0, 2.0)],
                         [t / 100 for t in range(30, 100, 2)]),
-    "blazeface_full": ("blazeface", [{"model": "full", "tiles": t} for t in (1, 2)],
+    "blazeface_full": ("blazeface", [{"model": "full", "tiles": t, "verify": v} for t in (1, 2) for v in (0.0, 2.0)],
                        [t / 100 for t in range(30, 100, 2)]),
     "mtcnn": ("mtcnn", [{"min_face": 40}], [0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995, 0.999]),
 }

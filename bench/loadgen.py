@@ -13,7 +13,7 @@ import itertools
 import json
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,6 +46,13 @@ class Inputs:
 
     def __len__(self) -> int:
         return len(self.frames) if self.modality == "image" else len(self.utterances)
+
+    @property
+    def audio_seconds(self) -> float | None:
+        """Mean length of the utterances in seconds (speech), None for images."""
+        if self.modality != "speech" or not self.raws:
+            return None
+        return sum(len(w) / r for w, r in self.raws) / len(self.raws)
 
 
 def default_data_dir() -> Path | None:
@@ -94,17 +101,20 @@ def load_inputs(modality: str, n: int = 32, data: str | Path | None = None, *,
 
 
 class ResultListener:
-    """Subscribes to ``{prefix}/+/result`` and the gateway's status; records (arrival, capture ts) per device."""
+    """Subscribes to ``{prefix}/+/result``, the gateway's status and its stats; records (arrival, capture
+    ts) per device and the latest stats snapshot (gateway/metrics.py) per gateway."""
 
     def __init__(self, port: int, prefix: str, client_id: str) -> None:
         self.names = Names(prefix)
         self.arrivals: dict[str, list[tuple[float, float]]] = defaultdict(list)
         self.status: dict[str, bytes] = {}
+        self.stats: dict[str, deque] = defaultdict(lambda: deque(maxlen=600))
         self._cond = threading.Condition()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
-        self.client.subscribe([(f"{prefix}/+/result", 1), (f"{prefix}/gateway/+/status", 1)])
+        self.client.subscribe([(f"{prefix}/+/result", 1), (f"{prefix}/gateway/+/status", 1),
+                               (f"{prefix}/gateway/+/stats", 0)])
         self.client.loop_start()
 
     def _on_message(self, client, userdata, msg) -> None:
@@ -112,10 +122,23 @@ class ResultListener:
         with self._cond:
             if msg.topic.endswith("/status"):
                 self.status[msg.topic] = msg.payload
+            elif msg.topic.endswith("/stats"):
+                self.stats[msg.topic.split("/")[-2]].append(json.loads(msg.payload))
             else:
                 body = json.loads(msg.payload)
                 self.arrivals[body["device"]].append((now, float(body["ts"])))
             self._cond.notify_all()
+
+    def stats_after(self, gateway: str, t: float, timeout: float) -> dict | None:
+        """The first stats snapshot gateway ``gateway`` took at or after ``t`` (its ``ts``, wall clock),
+        waiting up to ``timeout`` seconds for it; None when none came."""
+        found: list[dict] = []
+
+        def seen() -> bool:
+            found[:] = [snap for snap in self.stats[gateway] if snap["ts"] >= t][:1]
+            return bool(found)
+
+        return found[0] if self.wait(seen, timeout) else None
 
     def count(self, device: str) -> int:
         with self._cond:

@@ -137,6 +137,29 @@ def _warm_up(gen: LoadGenerator, s: PipelineSettings, services: list[Service]) -
         raise BenchError("warm-up inputs did not all come back")
 
 
+STATS_INTERVAL_S = 1.0
+"""How often the benchmark's gateways publish their stats: the stage breakdown is read from two of them."""
+
+
+def stage_breakdown(start: dict | None, end: dict | None) -> dict[str, float] | None:
+    """Milliseconds per inference in each gateway stage between two stats snapshots (gateway/metrics.py),
+    per input extracted (the whole network for local_only; per message published for cloud_only, which
+    extracts nothing): where the gateway's loop time went. Wall time inside the loop threads; the MQTT
+    client's own thread (receive, acknowledge) is what the process's CPU shows beyond these. None
+    without two snapshots."""
+    if not start or not end:
+        return None
+    per = "extracted" if end["extracted"] > start["extracted"] else "published"
+    n = end[per] - start[per]
+    if n <= 0:
+        return None
+    out = {}
+    for stage, e in end["stages"].items():
+        s = start["stages"].get(stage, {"seconds": 0.0})
+        out[stage] = round(1e3 * (e["seconds"] - s["seconds"]) / n, 4)
+    return out
+
+
 def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineSettings, *,
              fixed_rate: float | None = None, latency: bool = True) -> tuple[dict, dict]:
     """Run one mode on one modality: saturation, then the fixed load ``fixed_rate`` (None: this run's
@@ -149,7 +172,7 @@ def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineS
     listener = ResultListener(stack.mqtt.port, prefix, client_id=f"bench-listener-{token}")
     gateway = Service("gateway", ["--broker", stack.mqtt.url, "--redis", stack.redis.url, "--bundle", str(bundle),
                                   "--id", gw_id, "--prefix", prefix,
-                                  "--stats-interval-s", "60", "--log-level", "WARNING",
+                                  "--stats-interval-s", str(STATS_INTERVAL_S), "--log-level", "WARNING",
                                   *s.gateway_args], logs / "gateway.log", module=HOME_PROCESS[mode])
     services = [gateway]
     if mode in CLOUD_PROCESS:
@@ -168,8 +191,11 @@ def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineS
         _warm_up(generator("warm"), s, services)
         log.info("[%s] warm; saturating for %.0f s with %d outstanding", name, s.seconds, s.window)
 
-        sat, cpu = generator("sat"), {}
-        mark = lambda k: cpu.update({k: [x.cpu_s() for x in services]})  # noqa: E731
+        sat, cpu, marks = generator("sat"), {}, {}
+
+        def mark(k: str) -> None:
+            cpu[k] = [x.cpu_s() for x in services]
+            marks[k] = time.time()
         satur = sat.closed_loop(s.seconds, s.window, on_start=lambda: mark("start"), on_end=lambda: mark("end"),
                                 skip_s=s.skip_s)
         if satur["results"] == 0:
@@ -185,6 +211,11 @@ def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineS
                    "outstanding": s.window}
         if len(spent) > 1:
             details["worker_cpu_s_per_inference"] = spent[1] / satur["results"]
+        wait = 3 * STATS_INTERVAL_S  # the stats just after each mark (the stages are a ratio over the same span)
+        details["gateway_stages_ms_per_inference"] = stage_breakdown(
+            *(listener.stats_after(gw_id, marks[k], wait) for k in ("start", "end")))
+        if inputs.modality == "speech" and inputs.audio_seconds:
+            details["gateway_real_time_factor"] = spent[0] / satur["results"] / inputs.audio_seconds
         if latency:
             _fixed_load(name, generator("lat"), gateway, services, s, figures, details,
                         fixed_rate if fixed_rate is not None else s.latency_fraction * satur["throughput_per_s"])

@@ -44,12 +44,13 @@ class StreamHandOn:
     def hand_on(self, loop: ExtractionLoop, ready: list[Ready], outputs: Any) -> None:
         now = time.time()
         kept, msgs = [], []
-        for r, out in zip(ready, outputs):
-            try:
-                msgs.append(self.message(loop, r, out, now))
-                kept.append(r)
-            except Exception as e:  # noqa: BLE001 (one input's message that does not encode: reject it)
-                loop.reject(r, *self.refusal(e))
+        with loop.metrics.timed("encode", len(ready)):
+            for r, out in zip(ready, outputs):
+                try:
+                    msgs.append(self.message(loop, r, out, now))
+                    kept.append(r)
+                except Exception as e:  # noqa: BLE001 (one input's message that does not encode: reject it)
+                    loop.reject(r, *self.refusal(e))
         if not kept:
             return
         if self.upstream.send([(self.stream, m) for m in msgs], give_up=loop.giving_up):

@@ -2,7 +2,8 @@
 
 One :class:`Metrics` per gateway (so several gateways in one process do not mix): plain counters, counters
 with one label (reason, device), and stage timers (total seconds and count per stage: ``decode``,
-``detect`` (the face stage), ``extract``, ``publish``, ``relay``). The Prometheus exporter reads the same
+``detect`` (the face stage), ``preprocess``, ``extract``, ``encode`` (the upstream messages), ``publish``
+(the Redis round trip), ``relay``). The Prometheus exporter reads the same
 numbers when scraped, so there is one bookkeeping and no drift between the two views.
 """
 from __future__ import annotations

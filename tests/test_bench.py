@@ -39,7 +39,15 @@ def test_bench_writes_every_figure_and_split_sends_least(tmp_path):
         assert 0 < split < 1000 and cloud > 5 * split and local == 0, (split, cloud, local)
         details = result["details"][modality]
         assert details["split"]["upstream_entries"] > 0 and details["local_only"]["upstream_entries"] == 0
+        stages = details["split"]["gateway_stages_ms_per_inference"]  # where the gateway's time went
+        assert {"decode", "preprocess", "extract", "encode", "publish"} <= set(stages), stages
+        assert all(v >= 0 for v in stages.values()) and stages["extract"] > 0
+        assert "extract" not in details["cloud_only"]["gateway_stages_ms_per_inference"]
+        if modality == "speech":
+            assert 0 < details["split"]["gateway_real_time_factor"] < 1
     md = (out / "bench.md").read_text()
+    assert "Where the gateway's time goes (image" in md
+    assert ("real-time factor per core" in md) == ("speech" in MODALITIES)
     for mode in MODES:
         assert f"| {mode}" in md
 
