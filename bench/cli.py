@@ -67,13 +67,15 @@ def stages_markdown(modality: str, figures: dict, details: dict) -> list[str]:
     stages = sorted({k for v in rows.values() if v for k in v})
     if not stages:
         return []
-    lines = [f"Where the gateway's time goes ({modality}, saturation; wall ms per inference inside its loop "
-             "threads, from its stats topic; CPU is the whole process's, MQTT client thread included):", "",
-             *table_head("mode", *stages, "sum of stages", "process CPU")]
+    lines = [f"Where the gateway's time goes ({modality}, saturation; wall ms per inference in each stage, "
+             "from its stats topic). The image or speech loop runs decode to publish; `relay` is the results "
+             "thread, in parallel, and includes waiting for the broker's PUBACKs; process CPU is the whole "
+             "process's, the MQTT client's thread (receive, acknowledge) included:", "",
+             *table_head("mode", *stages, "process CPU")]
     for mode, v in rows.items():
         if v:
             lines.append(f"| {mode} | " + " | ".join(f"{v.get(k, 0.0):.3f}" for k in stages) +
-                         f" | {sum(v.values()):.3f} | {figures[mode]['gateway_cpu_s_per_inference'] * 1e3:.3f} |")
+                         f" | {figures[mode]['gateway_cpu_s_per_inference'] * 1e3:.3f} |")
     rtf = {m: details[m]["gateway_real_time_factor"] for m in MODES if "gateway_real_time_factor" in details.get(m, {})}
     if rtf:
         lines += ["", "Gateway real-time factor per core (CPU seconds per second of audio): " +

