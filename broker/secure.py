@@ -154,6 +154,35 @@ def make_certs(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.
     return ca_crt
 
 
+def make_client_cert(directory: Path, name: str, *, days: int = 825) -> tuple[Path, Path]:
+    """A client certificate for ``name`` signed by the home CA of ``directory/certs`` (``make_certs``
+    first), for a TLS listener with ``require_certificate``: (certificate, key) under ``certs/clients``,
+    the key mode 600. It proves the device holds a key the home CA vouched for; the password still names
+    the user."""
+    check_name(name, "client name")
+    certs = Path(directory) / "certs"
+    ca_key, ca_crt = certs / "ca.key", certs / "ca.crt"
+    if not ca_key.exists():
+        raise BrokerToolError(f"no home CA in {certs}: run `privedge broker make-certs` first")
+    out = certs / "clients"
+    out.mkdir(exist_ok=True)
+    crt, key, csr, ext = (out / f"{name}{suffix}" for suffix in (".crt", ".key", ".csr", ".ext"))
+    old = os.umask(0o077)
+    try:
+        ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                       "extendedKeyUsage=clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+        _run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+              "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"])
+        _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+              "-CAcreateserial", "-out", str(crt), "-days", str(days), "-extfile", str(ext)])
+        csr.unlink()
+        ext.unlink()
+        crt.chmod(0o644)
+    finally:
+        os.umask(old)
+    return crt, key
+
+
 def render_conf(directory: Path, port: int, *, tls_port: int | None = None, bind: str = "127.0.0.1",
                 tls_bind: str = "0.0.0.0", require_certificate: bool = False) -> Path:
     """Write ``directory/mosquitto.conf`` from the template; the TLS listener (its own template, with the

@@ -6,6 +6,7 @@
   privedge broker add-gateway NAME --dir DIR / add-app NAME --dir DIR    enrol a gateway / a home app
   privedge broker remove NAME --dir DIR                                  withdraw a user
   privedge broker make-certs --dir DIR [--host H ...]                    home CA + server certificate
+  privedge broker make-client-cert NAME --dir DIR                        a client certificate (that CA)
   privedge broker render --dir DIR --port P [--tls-port P2 [--require-certificate]]
                                                                          write DIR/mosquitto.conf
 
@@ -20,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from broker.secure import BrokerToolError, add_user, make_certs, remove_user, render_conf
+from broker.secure import BrokerToolError, add_user, make_certs, make_client_cert, remove_user, render_conf
 from schemas.errors import BadName
 
 DEV_CONF = Path(__file__).with_name("mosquitto.dev.conf")
@@ -61,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dir", type=Path, required=True)
     c.add_argument("--host", action="append", default=None, help="DNS name or IP (repeatable)")
     c.add_argument("--days", type=int, default=825)
+    k = sub.add_parser("make-client-cert", help="a client certificate signed by the home CA")
+    k.add_argument("name")
+    k.add_argument("--dir", type=Path, required=True)
+    k.add_argument("--days", type=int, default=825)
     g = sub.add_parser("render", help="write the hardened mosquitto.conf")
     g.add_argument("--dir", type=Path, required=True)
     g.add_argument("--port", type=int, required=True)
@@ -94,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             remove_user(args.dir, args.name, prefix=args.prefix)
         elif args.cmd == "make-certs":
             print(make_certs(args.dir, tuple(args.host or ("localhost", "127.0.0.1")), days=args.days))
+        elif args.cmd == "make-client-cert":
+            print(*make_client_cert(args.dir, args.name, days=args.days))
         elif args.cmd == "render":
             print(render_conf(args.dir, args.port, tls_port=args.tls_port, bind=args.bind,
                               require_certificate=args.require_certificate))
