@@ -110,7 +110,7 @@ def add_flags(parser: argparse.ArgumentParser, key: str, what: str) -> None:
     """``--{key}-ca-file``, ``--{key}-cert-file`` and ``--{key}-key-file`` (settings ``{key}_ca_file``...)."""
     for part, help_ in (("ca", f"CA certificate that signed the {what} server's (PEM; default: the system's)"),
                         ("cert", f"client certificate for a {what} server that requires one (PEM)"),
-                        ("key", f"the private key of that client certificate (PEM)")):
+                        ("key", "the private key of that client certificate (PEM)")):
         parser.add_argument(f"--{key}-{part}-file", help=help_)
 
 
