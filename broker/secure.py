@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 ROLES = ("device", "gateway", "app")
 TEMPLATE = Path(__file__).with_name("mosquitto.secure.conf.template")
+TLS_TEMPLATE = Path(__file__).with_name("mosquitto.tls-listener.conf.template")
 
 
 class BrokerToolError(RuntimeError):
@@ -153,9 +154,40 @@ def make_certs(directory: Path, hosts: tuple[str, ...] = ("localhost", "127.0.0.
     return ca_crt
 
 
+def make_client_cert(directory: Path, name: str, *, days: int = 825) -> tuple[Path, Path]:
+    """A client certificate for ``name`` signed by the home CA of ``directory/certs`` (``make_certs``
+    first), for a TLS listener with ``require_certificate``: (certificate, key) under ``certs/clients``,
+    the key mode 600. It proves the device holds a key the home CA vouched for; the password still names
+    the user."""
+    check_name(name, "client name")
+    certs = Path(directory) / "certs"
+    ca_key, ca_crt = certs / "ca.key", certs / "ca.crt"
+    if not ca_key.exists():
+        raise BrokerToolError(f"no home CA in {certs}: run `privedge broker make-certs` first")
+    out = certs / "clients"
+    out.mkdir(exist_ok=True)
+    crt, key, csr, ext = (out / f"{name}{suffix}" for suffix in (".crt", ".key", ".csr", ".ext"))
+    old = os.umask(0o077)
+    try:
+        ext.write_text("basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\n"
+                       "extendedKeyUsage=clientAuth\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+        _run(["openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+              "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"])
+        _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca_crt), "-CAkey", str(ca_key),
+              "-CAcreateserial", "-out", str(crt), "-days", str(days), "-extfile", str(ext)])
+        csr.unlink()
+        ext.unlink()
+        crt.chmod(0o644)
+    finally:
+        os.umask(old)
+    return crt, key
+
+
 def render_conf(directory: Path, port: int, *, tls_port: int | None = None, bind: str = "127.0.0.1",
-                tls_bind: str = "0.0.0.0") -> Path:
-    """Write ``directory/mosquitto.conf`` from the template; TLS listener only when ``tls_port``."""
+                tls_bind: str = "0.0.0.0", require_certificate: bool = False) -> Path:
+    """Write ``directory/mosquitto.conf`` from the template; the TLS listener (its own template, with the
+    certificates of ``directory/certs``) only when ``tls_port``; ``require_certificate``: its clients must
+    present a certificate the home CA signed."""
     directory = Path(directory).resolve()
     for needed in ("passwd", "acl"):
         if not (directory / needed).exists():
@@ -164,11 +196,13 @@ def render_conf(directory: Path, port: int, *, tls_port: int | None = None, bind
     tls = ""
     if tls_port:
         certs = directory / "certs"
-        if not (certs / "server.crt").exists():
-            raise BrokerToolError(f"no certificates in {certs}: run `privedge broker make-certs` first")
-        tls = (f"# TLS listener: for devices on the home network.\nlistener {tls_port} {tls_bind}\n"
-               f"cafile {certs}/ca.crt\ncertfile {certs}/server.crt\nkeyfile {certs}/server.key\n"
-               "tls_version tlsv1.2\nuse_username_as_clientid true\n")
+        for needed in ("ca.crt", "server.crt", "server.key"):
+            if not (certs / needed).exists():
+                raise BrokerToolError(f"no {needed} in {certs}: run `privedge broker make-certs` first")
+        tls = TLS_TEMPLATE.read_text().format(tls_port=int(tls_port), tls_bind=tls_bind, certs=certs,
+                                              require_certificate=str(require_certificate).lower())
+    elif require_certificate:
+        raise BrokerToolError("require_certificate needs a TLS listener (tls_port)")
     text = TEMPLATE.read_text().format(dir=directory, port=int(port), bind=bind, tls_listener=tls,
                                        user=getpass.getuser())
     conf = directory / "mosquitto.conf"
@@ -176,10 +210,11 @@ def render_conf(directory: Path, port: int, *, tls_port: int | None = None, bind
     return conf
 
 
-def start_secure(directory: Path, port: int | None = None, *, tls_port: int | None = None) -> servers.LocalServer:
+def start_secure(directory: Path, port: int | None = None, *, tls_port: int | None = None,
+                 require_certificate: bool = False) -> servers.LocalServer:
     """Render the config and start the hardened broker on loopback (for tests and the demo)."""
     port = port or servers.free_port()
-    conf = render_conf(directory, port, tls_port=tls_port)
+    conf = render_conf(directory, port, tls_port=tls_port, require_certificate=require_certificate)
     binary = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
     server = servers.LocalServer("mosquitto", [binary, "-c", str(conf)], port, Path(directory).resolve())
     return server.start()

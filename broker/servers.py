@@ -62,10 +62,12 @@ class LocalServer:
     port: int
     workdir: Path
     proc: subprocess.Popen | None = field(default=None, repr=False)
+    tls: bool = False
+    """Whether ``port`` speaks TLS (``url`` is then mqtts:// or rediss://)."""
 
     @property
     def url(self) -> str:
-        scheme = "mqtt" if self.name == "mosquitto" else "redis"
+        scheme = ("mqtt" if self.name == "mosquitto" else "redis") + ("s" if self.tls else "")
         return f"{scheme}://127.0.0.1:{self.port}"
 
     def start(self) -> "LocalServer":
@@ -129,9 +131,12 @@ def mosquitto(workdir: Path, port: int | None = None, *, persistence: bool = Tru
 
 def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
           password: str | None = None, acl_users: list | None = None,
-          extra: list[str] | None = None) -> LocalServer:
+          extra: list[str] | None = None, tls_files: tuple[Path, Path, Path] | None = None) -> LocalServer:
     """A redis-server on 127.0.0.1:port with its data in ``workdir`` (``appendonly``: the AOF settings we
     ship, appendfsync everysec).
+
+    ``tls_files`` (CA, server certificate, server key): TLS only, on ``port`` (no plain port), and every
+    client must present a certificate that CA signed (redis-server's ``tls-auth-clients yes``).
 
     ``acl_users`` (:class:`broker.redis_acl.AclUser`, e.g. ``gateway_user`` and ``worker_user``): write
     them to ``workdir/users.acl`` and start with ``--aclfile``; the anonymous default user is then off.
@@ -139,7 +144,12 @@ def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
-    argv = [_find("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
+    listen = ["--port", str(port)]
+    if tls_files:
+        ca, cert, key = tls_files
+        listen = ["--port", "0", "--tls-port", str(port), "--tls-ca-cert-file", str(ca), "--tls-cert-file", str(cert),
+                  "--tls-key-file", str(key), "--tls-auth-clients", "yes"]
+    argv = [_find("redis-server"), *listen, "--bind", "127.0.0.1", "--dir", str(workdir),
             "--save", "", "--appendonly", "yes" if appendonly else "no", "--protected-mode", "no"]
     if appendonly:
         # As shipped (docker-compose.yml): everysec loses nothing written before a kill of the process,
@@ -155,4 +165,4 @@ def redis(workdir: Path, port: int | None = None, *, appendonly: bool = False,
         acl.chmod(0o600)
         argv += ["--aclfile", str(acl)]
     argv += extra or []
-    return LocalServer("redis", argv, port, workdir).start()
+    return LocalServer("redis", argv, port, workdir, tls=bool(tls_files)).start()

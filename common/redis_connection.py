@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 from common.settings import SettingsError
+from common.tls import TlsFiles, endpoint
 
 SOCKET_TIMEOUT_S = 10.0
 """Longest wait for one Redis reply, seconds (above any BLOCK the services ask for; the gateway asks for
@@ -34,7 +35,8 @@ COMMAND_RETRY_CAP_S = 1.0
 
 @dataclass(frozen=True)
 class RedisSettings:
-    """Where Redis is and how to log in; built from a ``redis://[user:pass@]host:port[/db]`` URL."""
+    """Where Redis is and how to log in; built from a ``redis://[user:pass@]host:port[/db]`` URL
+    (``rediss://`` for TLS, with the files of :class:`~common.tls.TlsFiles`)."""
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -42,28 +44,41 @@ class RedisSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     ssl: bool = False
+    ca_file: str | None = None
+    """TLS: the CA certificate that signed the server's (None: the system's CAs)."""
+    cert_file: str | None = None
+    """TLS: a client certificate, for a server with ``tls-auth-clients yes`` (redis-server's default)."""
+    key_file: str | None = None
+    """TLS: that certificate's private key."""
+
+    def __post_init__(self) -> None:
+        self.tls.validate(self.ssl)
+
+    @property
+    def tls(self) -> TlsFiles:
+        return TlsFiles("Redis", self.ca_file, self.cert_file, self.key_file)
 
     @classmethod
-    def from_dsn(cls, dsn: str, password: str | None = None) -> "RedisSettings":
+    def from_dsn(cls, dsn: str, password: str | None = None, *, ca_file: str | None = None,
+                 cert_file: str | None = None, key_file: str | None = None) -> "RedisSettings":
         """Parse ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` or ``rediss://`` (TLS) URLs; the path, if
         any, is the database number. ``password`` is used when the URL carries none (e.g. from
-        ``PRIVEDGE_REDIS_PASSWORD``, so that it need not appear on a command line)."""
+        ``PRIVEDGE_REDIS_PASSWORD``, so that it need not appear on a command line). The TLS files are
+        checked here (readable, and only with ``rediss://``); SettingsError otherwise."""
+        host, port, tls = endpoint("Redis", dsn)
         parts = urlsplit(dsn)
-        if parts.scheme not in ("redis", "rediss"):
-            raise SettingsError(f"redis URL must start with redis:// or rediss://, got {dsn!r}")
         try:
             db = int(parts.path.strip("/") or 0)
-            port = parts.port or 6379
         except ValueError as e:
             raise SettingsError(f"bad redis URL {dsn!r}: {e}") from e
-        return cls(host=parts.hostname or "127.0.0.1", port=port, db=db,
+        return cls(host=host, port=port, db=db,
                    username=unquote(parts.username) if parts.username else None,
                    password=unquote(parts.password) if parts.password else password,
-                   ssl=parts.scheme == "rediss")
+                   ssl=tls, ca_file=ca_file, cert_file=cert_file, key_file=key_file)
 
     def client(self, **kwargs):
         """A redis-py client that returns bytes (messages are msgpack); ``kwargs`` override the bounded
-        defaults (``socket_timeout=...``)."""
+        defaults (``socket_timeout=...``). With TLS it verifies the server's certificate and hostname."""
         # Imported here so that settings stay importable (and printable) without a Redis client.
         import redis
         from redis.backoff import ExponentialWithJitterBackoff
@@ -73,5 +88,8 @@ class RedisSettings:
                       COMMAND_RETRIES, supported_errors=(redis.ConnectionError,))
         kwargs = {"socket_timeout": SOCKET_TIMEOUT_S, "socket_connect_timeout": CONNECT_TIMEOUT_S,
                   "health_check_interval": HEALTH_CHECK_INTERVAL_S, "retry": retry, **kwargs}
+        if self.ssl:
+            kwargs = {"ssl_ca_certs": self.ca_file, "ssl_certfile": self.cert_file, "ssl_keyfile": self.key_file,
+                      **kwargs}
         return redis.Redis(host=self.host, port=self.port, db=self.db, username=self.username,
                            password=self.password, ssl=self.ssl, **kwargs)

@@ -10,6 +10,9 @@ Only the ``PRIVEDGE_*`` variables that name a field are read: other parts of pri
 Secrets (the MQTT and Redis passwords) never come from a config file, which tends to end up in a
 repository: they come from ``PRIVEDGE_MQTT_PASSWORD`` / ``PRIVEDGE_REDIS_PASSWORD`` or from a file named by
 ``mqtt_password_file`` / ``redis_password_file`` (flag, environment or config file).
+
+TLS: ``mqtts://`` and ``rediss://`` URLs, each connection with its own CA file and optional client
+certificate and key (``mqtt_ca_file``..., ``redis_ca_file``...; common.tls), read when the settings are.
 """
 from __future__ import annotations
 
@@ -18,9 +21,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
-from urllib.parse import urlparse
-
 from common.settings import Keys, SettingsError, check_type, env_names, keys_of, merge
+from common.tls import TlsFiles
 from models.faces import DETECTORS
 from models.runtimes import RUNTIMES
 from schemas.errors import BadName
@@ -52,9 +54,10 @@ class GatewaySettings:
     """Everything the gateway needs. Durations carry their unit in the name."""
 
     broker: str = "mqtt://127.0.0.1:1883"
-    """MQTT broker URL, ``mqtt://HOST:PORT``."""
+    """MQTT broker URL, ``mqtt://HOST:PORT``, or ``mqtts://HOST[:PORT]`` (TLS, default port 8883)."""
     redis: str = "redis://127.0.0.1:6379/0"
-    """Redis URL, ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` (an ACL user, see README "Security")."""
+    """Redis URL, ``redis://[USER[:PASSWORD]@]HOST:PORT[/DB]`` (an ACL user, see README "Security"), or
+    ``rediss://`` for TLS."""
     bundles: tuple[str, ...] = ()
     """Bundle directories, at most one per modality (image, speech). Only manifest.json and the extractor
     (extractor.pt, extractor.onnx) are read: a home never needs analyzer.*."""
@@ -103,6 +106,18 @@ class GatewaySettings:
     """Redis password (secret: environment or redis_password_file only)."""
     redis_password_file: str | None = None
     """File holding the Redis password (first line)."""
+    mqtt_ca_file: str | None = None
+    """``mqtts://``: the CA certificate (PEM) that signed the broker's; None: the system's CAs."""
+    mqtt_cert_file: str | None = None
+    """``mqtts://``: a client certificate (PEM), for a broker that requires one (``require_certificate``)."""
+    mqtt_key_file: str | None = None
+    """The private key (PEM) of ``mqtt_cert_file``; None: in the same file."""
+    redis_ca_file: str | None = None
+    """``rediss://``: the CA certificate (PEM) that signed Redis's; None: the system's CAs."""
+    redis_cert_file: str | None = None
+    """``rediss://``: a client certificate (PEM), for a Redis with ``tls-auth-clients yes`` (its default)."""
+    redis_key_file: str | None = None
+    """The private key (PEM) of ``redis_cert_file``; None: in the same file."""
     stream_max_backlog: int = 100_000
     """Entries in one of this gateway's features/media streams above which the cloud is behind: the gateway
     then spools (or holds its inputs) as when Redis is away, until the workers have consumed and trimmed
@@ -206,6 +221,14 @@ class GatewaySettings:
         return None if self.pitch_shift is None else parse_pitch_shift(self.pitch_shift)
 
     @property
+    def mqtt_tls(self) -> TlsFiles:
+        return TlsFiles("MQTT", self.mqtt_ca_file, self.mqtt_cert_file, self.mqtt_key_file)
+
+    @property
+    def redis_tls(self) -> TlsFiles:
+        return TlsFiles("Redis", self.redis_ca_file, self.redis_cert_file, self.redis_key_file)
+
+    @property
     def client_id(self) -> str:
         """The fixed MQTT client id that makes the broker keep our session."""
         return f"privedge-gateway-{self.id}"
@@ -237,9 +260,8 @@ def _validate(s: GatewaySettings) -> None:
         except BadName as e:
             raise ConfigError(str(e)) from e
     need(s.mqtt_protocol in ("5", "3.1.1"), f"mqtt_protocol must be '5' or '3.1.1', got {s.mqtt_protocol!r}")
-    url = urlparse(s.broker)
-    need(url.scheme == "mqtt" and bool(url.hostname), f"broker must be mqtt://HOST:PORT, got {s.broker!r}")
-    need(urlparse(s.redis).scheme in ("redis", "rediss"), f"redis must be redis://HOST:PORT, got {s.redis!r}")
+    s.mqtt_tls.check(s.broker)  # the URL's scheme, and the TLS files (read) when it is mqtts://
+    s.redis_tls.check(s.redis)
     for name in ("batch", "audio_max_chunks", "audio_max_bytes", "receive_maximum", "stream_max_backlog",
                  "results_batch", "results_block_ms", "dedupe_size", "audio_max_open", "torch_threads", "keepalive_s",
                  "spool_max_bytes", "spool_replay_batch", "max_faces", "min_face_px"):

@@ -22,6 +22,11 @@ overload sustained that long. (mosquitto 2.0.11 honours the window only up to th
 each PUBACK then lets up to a whole window more in, so with that broker a long backlog can make the
 gateway hold more than ``receive_maximum``; newer brokers and MQTT 5 clients should not.)
 
+TLS (``mqtts://``): the client context comes from the ``mqtt_*_file`` settings (common.tls). A broker
+certificate our CA did not sign ends start() at once; other failures (a broker that is not up yet, a
+client certificate it refuses) are retried until ``connect_timeout_s``, and the error then names the last
+of them.
+
 Message ids are per connection: after a reconnect the broker resends the unacknowledged messages, so an
 input received on an earlier connection is handed on but not acknowledged (its resent copy is, and
 the duplicate is harmless: ids are stable and results are de-duplicated).
@@ -29,17 +34,18 @@ the duplicate is harmless: ids are stable and results are de-duplicated).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Callable
-from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 
+from common.tls import certificate_refused, endpoint
 from gateway.config import GatewaySettings
 from gateway.metrics import Metrics
 from schemas import Names, SchemaError
@@ -156,6 +162,11 @@ class Intake:
         if settings.mqtt_username:
             self.client.username_pw_set(settings.mqtt_username, settings.mqtt_password)
         self.client.reconnect_delay_set(1, 30)
+        self._last_error: str | None = None
+        if endpoint("MQTT", settings.broker)[2]:
+            self.client.tls_set_context(settings.mqtt_tls.context())
+        self.client.on_connect_fail = self._on_connect_fail
+        self.client.on_log = self._on_log
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
@@ -163,17 +174,18 @@ class Intake:
     # lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
         """Connect (network loop in paho's thread) and wait for the first successful CONNACK."""
-        url = urlparse(self.s.broker)
+        host, port, _ = endpoint("MQTT", self.s.broker)
         kwargs = {}
         if self.s.mqtt_protocol == "5":
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.s.session_expiry_s
             props.ReceiveMaximum = self.s.receive_maximum
             kwargs = {"clean_start": False, "properties": props}
-        self.client.connect_async(url.hostname, url.port or 1883, keepalive=self.s.keepalive_s, **kwargs)
+        self.client.connect_async(host, port, keepalive=self.s.keepalive_s, **kwargs)
         self.client.loop_start()
         if not self._first_connack.wait(self.s.connect_timeout_s) or not self.connected.is_set():
-            why = self._refusal or f"no CONNACK within {self.s.connect_timeout_s} s"
+            why = self._refusal or f"no CONNACK within {self.s.connect_timeout_s} s" + (
+                f" (last error: {self._last_error})" if self._last_error else "")
             self.client.loop_stop()
             raise IntakeError(f"MQTT broker {self.s.broker} refused or unreachable: {why}")
 
@@ -216,6 +228,19 @@ class Intake:
         client.publish(self.status_topic, b"online", qos=1, retain=True)
         self.connected.set()
         self._first_connack.set()
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        # paho calls this inside its ``except OSError`` around the connection attempt (it passes no error),
+        # so the error is the exception being handled.
+        error = sys.exception()
+        self._last_error = str(error) if error is not None else self._last_error
+        if certificate_refused(error) is not None and not self._first_connack.is_set():
+            self._refusal = f"its certificate is not trusted (mqtt_ca_file, the URL's host): {error}"
+            self._first_connack.set()
+
+    def _on_log(self, client, userdata, level, message: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:  # e.g. "failed to receive on socket: [SSL: ...] certificate required"
+            self._last_error = message
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self.connected.clear()

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-
 from common.health import HealthServer, check as health_check
+from common.tls import add_flags as add_tls_flags
 from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_settings
 from gateway.extraction import ExtractionLoop, HandOn
 from gateway.faces import FaceLedger, FaceStage, FaceStageError
@@ -311,8 +311,8 @@ def _device_label(device: object) -> str:
 # command line -----------------------------------------------------------------------------------------
 def build_parser(prog: str = "privedge gateway", description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
-    p.add_argument("--broker", help="MQTT broker, mqtt://HOST:PORT")
-    p.add_argument("--redis", help="Redis, redis://[USER:PASSWORD@]HOST:PORT[/DB]")
+    p.add_argument("--broker", help="MQTT broker, mqtt://HOST:PORT (mqtts:// for TLS)")
+    p.add_argument("--redis", help="Redis, redis://[USER:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS)")
     p.add_argument("--bundle", dest="bundles", action="append", help="bundle directory (repeat per modality)")
     p.add_argument("--id", help="gateway name (MQTT client id privedge-gateway-ID)")
     p.add_argument("--bundle-key", help="the provider's public key file; bundles must be signed with it")
@@ -335,6 +335,8 @@ def build_parser(prog: str = "privedge gateway", description: str | None = None)
     p.add_argument("--mqtt-username", help="MQTT user (password: PRIVEDGE_MQTT_PASSWORD or --mqtt-password-file)")
     p.add_argument("--mqtt-password-file", help="file holding the MQTT password")
     p.add_argument("--redis-password-file", help="file holding the Redis password")
+    add_tls_flags(p, "mqtt", "MQTT broker")
+    add_tls_flags(p, "redis", "Redis")
     p.add_argument("--spool-dir", help="on-disk spool for while Redis is unreachable (default: none, hold)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     p.add_argument("--print-settings", action="store_true",
@@ -393,7 +395,6 @@ def main(argv: list[str] | None = None, serving: Serving | None = None,
         log.error("a gateway thread failed: %r; stopping", gateway.failed())
     gateway.stop()
     return 1 if gateway.failed() else 0
-
 
 
 if __name__ == "__main__":

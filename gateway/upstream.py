@@ -32,6 +32,7 @@ import redis
 
 from common.backoff import Backoff
 from common.redis_connection import RedisSettings
+from common.tls import certificate_refused
 from gateway.config import GatewaySettings
 from gateway.metrics import Metrics
 from gateway.spool import Spool, SpoolFull
@@ -42,7 +43,8 @@ log = logging.getLogger(__name__)
 
 
 class UpstreamRefused(RuntimeError):
-    """Redis answered but refused us (wrong user or password): a settings problem, not an outage."""
+    """Redis answered but refused us (wrong user or password), or its certificate is not the one our CA
+    signed: a settings problem, not an outage."""
 
 
 def connect_redis(settings: GatewaySettings) -> redis.Redis:
@@ -50,9 +52,12 @@ def connect_redis(settings: GatewaySettings) -> redis.Redis:
     timeout a little above the results loop's BLOCK.
 
     User and password come from the URL (``redis://USER:PASSWORD@HOST:PORT``) or, for the password,
-    from ``redis_password`` (environment or file); the URL's wins.
+    from ``redis_password`` (environment or file); the URL's wins. ``rediss://``: TLS with the
+    ``redis_*_file`` settings.
     """
-    return RedisSettings.from_dsn(settings.redis, settings.redis_password or None).client(
+    tls = settings.redis_tls
+    return RedisSettings.from_dsn(settings.redis, settings.redis_password or None, ca_file=tls.ca_file,
+                                  cert_file=tls.cert_file, key_file=tls.key_file).client(
         socket_timeout=max(5.0, settings.results_block_ms / 1000 + 5.0))
 
 
@@ -95,6 +100,9 @@ class Upstream:
         except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
             raise UpstreamRefused(f"Redis {safe_url(self.s.redis)} refused us: {e}") from e
         except redis.RedisError as e:
+            if certificate_refused(e):  # a settings problem: retrying would never succeed
+                raise UpstreamRefused(f"Redis {safe_url(self.s.redis)}: its certificate is not trusted "
+                                      f"(redis_ca_file, the URL's host): {e}") from e
             log.warning("Redis %s unreachable at start (%s); %s", safe_url(self.s.redis), e,
                         "spooling to disk" if self.spool else "holding inputs until it answers")
             self._set_available(False)

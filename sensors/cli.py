@@ -49,6 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--utt-seconds", type=float, default=1.0, help="live mic: utterance length, seconds")
     p.add_argument("--loop", action="store_true", help="repeat a folder or synthetic source forever")
     p.add_argument("--max-inflight", type=int, default=20, help="unacknowledged messages allowed")
+    p.add_argument("--ca-file", help="mqtts://: CA certificate that signed the broker's (PEM; default: the system's, "
+                                     "or PRIVEDGE_MQTT_CA_FILE)")
+    p.add_argument("--cert-file", help="mqtts://: this device's client certificate (PEM; PRIVEDGE_MQTT_CERT_FILE)")
+    p.add_argument("--key-file", help="mqtts://: its private key (PEM; PRIVEDGE_MQTT_KEY_FILE)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -63,8 +67,8 @@ def run(args: argparse.Namespace, stop: threading.Event) -> int:
     """Publish from the source until it ends, ``--count`` is reached or ``stop`` is set."""
     try:
         items = _items(args)
-        settings = settings_from_env(args.broker, args.device, prefix=args.prefix,
-                                     max_inflight=args.max_inflight)
+        settings = settings_from_env(args.broker, args.device, prefix=args.prefix, max_inflight=args.max_inflight,
+                                     ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
     except (SourceError, ValueError) as e:
         print(f"privedge sensor: {e}", file=sys.stderr)
         return EXIT_SOURCE

@@ -10,6 +10,12 @@ last will and on a clean close.
 Identity: each start picks a fresh random ``boot`` id and numbers its messages from ``first_seq`` (0);
 the gateway makes inference ids ``{gateway}/{device}/{boot}-{seq}``. A sensor keeps no state across
 reboots, so a counter that survives them (or a clock) is not needed for ids to stay unique.
+
+TLS (``mqtts://``, default port 8883): the broker's certificate is checked against ``ca_file`` (or the
+system's CAs) and its hostname; ``cert_file``/``key_file`` are the device's certificate for a broker
+that requires one. The files are read when the settings are made, so a missing one is a settings error
+naming it. (The services build the same context in common.tls; the firmware imports none of privedge
+but ``schemas`` and ``models``, so these few lines of ``ssl`` stand here on their own.)
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ import itertools
 import logging
 import os
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -71,7 +78,11 @@ class PublisherSettings:
     password: str | None = None
     """Broker credentials; the CLI reads the password from PRIVEDGE_MQTT_PASSWORD, never a flag."""
     ca_file: str | None = None
-    """CA certificate for ``mqtts://`` brokers."""
+    """CA certificate (PEM) that signed an ``mqtts://`` broker's; None: the system's CAs."""
+    cert_file: str | None = None
+    """The device's client certificate (PEM), for a broker that requires one (``require_certificate``)."""
+    key_file: str | None = None
+    """The private key (PEM) of ``cert_file``; None: in the same file."""
     first_seq: int | None = None
     """First sequence number; None = 0 (every start has a fresh ``boot``, so seqs may restart)."""
     boot: int | None = None
@@ -88,7 +99,27 @@ class PublisherSettings:
             raise ValueError("max_inflight must be >= 1")
         if self.boot is not None and not 0 <= self.boot < 2**63:
             raise ValueError(f"boot must be in [0, 2**63), got {self.boot}")
-        host_port(self.broker)
+        tls = host_port(self.broker)[2]
+        if not tls and (self.ca_file or self.cert_file or self.key_file):
+            raise ValueError(f"TLS files are set but the broker {self.broker} is mqtt://: use mqtts://")
+        if tls:
+            self.tls_context()
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The client context for an ``mqtts://`` broker; ValueError naming a file that cannot be read."""
+        if self.key_file and not self.cert_file:
+            raise ValueError(f"a key file ({self.key_file}) needs its certificate file too")
+        try:
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"cannot read the MQTT CA file {self.ca_file}: {e}") from e
+        if self.cert_file:
+            try:
+                ctx.load_cert_chain(self.cert_file, self.key_file)
+            except (OSError, ssl.SSLError) as e:
+                raise ValueError(f"cannot load the client certificate {self.cert_file} "
+                                 f"(key {self.key_file or 'in the same file'}): {e}") from e
+        return ctx
 
     @property
     def client_id(self) -> str:
@@ -129,6 +160,7 @@ class SensorPublisher:
         self._pending: collections.deque[int] = collections.deque()
         self._connected = threading.Event()
         self._refused: str | None = None
+        self._last_error: str | None = None
         self.sent = 0
         """Messages acknowledged by the broker."""
         self.bytes_sent = 0
@@ -145,7 +177,8 @@ class SensorPublisher:
         if s.username is not None:
             client.username_pw_set(s.username, s.password)
         if host_port(s.broker)[2]:
-            client.tls_set(ca_certs=s.ca_file)
+            client.tls_set_context(s.tls_context())
+        client.on_log = self._on_log
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
@@ -164,6 +197,10 @@ class SensorPublisher:
         self._untracked.add(info.mid)
         self._connected.set()
         log.info("sensor %s connected to %s", self.settings.device, self.settings.broker)
+
+    def _on_log(self, client, userdata, level, message: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:  # e.g. "failed to receive on socket: [SSL: ...] certificate required"
+            self._last_error = message
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected.clear()
@@ -184,6 +221,9 @@ class SensorPublisher:
         host, port, _ = host_port(self.settings.broker)
         try:
             self._client.connect(host, port, keepalive=self.settings.keepalive_s)
+        except ssl.SSLCertVerificationError as e:
+            raise ConnectError(f"broker {self.settings.broker}: its certificate is not trusted (the CA file, "
+                               f"the URL's host): {e}") from e
         except OSError as e:
             raise ConnectError(f"cannot reach broker {self.settings.broker}: {e}") from e
         self._client.loop_start()
@@ -191,7 +231,8 @@ class SensorPublisher:
         while not self._connected.wait(0.05):
             if self._refused or time.monotonic() > deadline:
                 self._client.loop_stop()
-                why = f"refused: {self._refused}" if self._refused else "no CONNACK in time"
+                why = f"refused: {self._refused}" if self._refused else "no CONNACK in time" + (
+                    f" (last error: {self._last_error})" if self._last_error else "")
                 raise ConnectError(f"broker {self.settings.broker} {why}")
         return self
 
@@ -295,10 +336,16 @@ class SensorPublisher:
         return chunks
 
 
+TLS_ENV = {"ca_file": "PRIVEDGE_MQTT_CA_FILE", "cert_file": "PRIVEDGE_MQTT_CERT_FILE",
+           "key_file": "PRIVEDGE_MQTT_KEY_FILE"}
+"""TLS setting -> its environment variable (the gateway's names; ``PRIVEDGE_MQTT_CA`` is read too)."""
+
+
 def settings_from_env(broker: str, device: str, **kw) -> PublisherSettings:
-    """Settings with credentials from PRIVEDGE_MQTT_USERNAME (default: the device id) / _PASSWORD."""
+    """Settings with credentials from PRIVEDGE_MQTT_USERNAME (default: the device id) / _PASSWORD, and the
+    TLS files from :data:`TLS_ENV` unless ``kw`` gives them (a None in ``kw`` means not given)."""
     password = os.environ.get("PRIVEDGE_MQTT_PASSWORD")
     username = os.environ.get("PRIVEDGE_MQTT_USERNAME") or (device if password else None)
-    ca = os.environ.get("PRIVEDGE_MQTT_CA")
-    return PublisherSettings(broker=broker, device=device, username=username, password=password,
-                             ca_file=ca, **kw)
+    tls = {key: kw.pop(key, None) or os.environ.get(env) or None for key, env in TLS_ENV.items()}
+    tls["ca_file"] = tls["ca_file"] or os.environ.get("PRIVEDGE_MQTT_CA") or None
+    return PublisherSettings(broker=broker, device=device, username=username, password=password, **tls, **kw)

@@ -181,6 +181,33 @@ def test_device_publishes_over_tls_with_the_home_ca(hardened):
                                           connect_timeout_s=3)).connect()
 
 
+def test_tls_listener_can_require_a_client_certificate_from_the_home_ca(tmp_path, capsys):
+    from broker import tool
+
+    d = tmp_path / "broker"
+    pw = secure.add_user(d, "camA", "device")
+    ca = secure.make_certs(d)
+    assert tool.main(["make-client-cert", "camA", "--dir", str(d)]) == 0
+    crt, key = capsys.readouterr().out.split()
+    assert Path(key).stat().st_mode & 0o077 == 0 and not list((d / "certs" / "clients").glob("*.csr"))
+    tls_port = servers.free_port()
+    conf = secure.render_conf(d, servers.free_port(), tls_port=tls_port, require_certificate=True)
+    assert "require_certificate true" in conf.read_text() and f"listener {tls_port} 0.0.0.0" in conf.read_text()
+    server = secure.start_secure(d, tls_port=tls_port, require_certificate=True)
+    try:
+        base = dict(broker=f"mqtts://localhost:{tls_port}", device="camA", username="camA", password=pw,
+                    ca_file=str(ca))
+        with SensorPublisher(PublisherSettings(**base, cert_file=crt, key_file=key)) as pub:
+            assert pub.connected
+        with pytest.raises(ConnectError, match="(?i)certificate required"):
+            SensorPublisher(PublisherSettings(**base, connect_timeout_s=2)).connect()
+    finally:
+        server.stop()
+    with pytest.raises(secure.BrokerToolError, match="needs a TLS listener"):
+        secure.render_conf(d, 1883, require_certificate=True)
+    assert "require_certificate false" in secure.render_conf(d, 1883, tls_port=8883).read_text()
+
+
 def test_acl_file_and_enrolment_rules(tmp_path):
     d = tmp_path / "b"
     secure.add_user(d, "camA", "device", "pw1")

@@ -6,7 +6,8 @@ Precedence (DESIGN.md "Command line"): flags, then environment variables, then a
 defaults. The environment variables are the worker's own few (:data:`ENVIRONMENT`), not one per field: a
 worker started beside a gateway must not take the gateway's ``PRIVEDGE_BATCH``. In a file, ``redis`` is
 the URL; the password comes from ``PRIVEDGE_REDIS_PASSWORD`` or the file named by ``redis_password_file``,
-never from the config file.
+never from the config file. With a ``rediss://`` URL, ``redis_ca_file``, ``redis_cert_file`` and
+``redis_key_file`` name the TLS files (common.tls).
 """
 from __future__ import annotations
 
@@ -91,17 +92,22 @@ _FIELDS = keys_of(WorkerSettings, redis="str")
 ENVIRONMENT = {"redis": "PRIVEDGE_REDIS", "redis_password": "PRIVEDGE_REDIS_PASSWORD",
                "redis_password_file": "PRIVEDGE_REDIS_PASSWORD_FILE", "name": "PRIVEDGE_WORKER_NAME",
                "prefix": "PRIVEDGE_PREFIX", "runtime": "PRIVEDGE_RUNTIME", "bundle_key": "PRIVEDGE_BUNDLE_KEY",
-               "allow_unsigned": "PRIVEDGE_ALLOW_UNSIGNED"}
+               "allow_unsigned": "PRIVEDGE_ALLOW_UNSIGNED", **{f"redis_{part}_file": f"PRIVEDGE_REDIS_{part.upper()}_FILE"
+                                                               for part in ("ca", "cert", "key")}}
 """Setting -> the environment variable a worker reads it from; the other settings have none."""
 
 REMOVED = {"mode": "a worker serves features only; the cloud-only baseline's worker, which decodes raw media, is "
                    "the benchmark's own process: python -m bench.baselines.cloud_worker"}
 """Settings that no longer exist -> what replaces them (refused with this message)."""
 
-KEYS = Keys(types={**_FIELDS, "redis_password": "str | None", "redis_password_file": "str | None"},
+TLS_KEYS = {"redis_ca_file": "ca_file", "redis_cert_file": "cert_file", "redis_key_file": "key_file"}
+"""The worker's TLS settings -> the RedisSettings fields they set (rediss:// only)."""
+
+KEYS = Keys(types={**_FIELDS, "redis_password": "str | None", "redis_password_file": "str | None",
+                   **{key: "str | None" for key in TLS_KEYS}},
             env=ENVIRONMENT, secrets=("redis_password",), removed=REMOVED)
 """What a worker's config file, environment and flags may set: every field (``redis`` as a URL), and the
-Redis password (a secret: environment or ``redis_password_file`` only)."""
+Redis password (a secret: environment or ``redis_password_file`` only) and the TLS files."""
 
 
 def load_settings(flags: Mapping[str, Any] | None = None, *, config_file: str | Path | None = None,
@@ -113,6 +119,7 @@ def load_settings(flags: Mapping[str, Any] | None = None, *, config_file: str | 
     merged = merge(KEYS, flags, config_file=config_file, env=os.environ if env is None else env)
     password = merged.pop("redis_password", None) or None
     merged.pop("redis_password_file", None)
-    redis = RedisSettings.from_dsn(merged.pop("redis", DEFAULT_REDIS), password)
+    tls = {field: merged.pop(key, None) for key, field in TLS_KEYS.items()}
+    redis = RedisSettings.from_dsn(merged.pop("redis", DEFAULT_REDIS), password, **tls)
     return WorkerSettings(redis=redis, **merged)
 

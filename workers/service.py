@@ -31,6 +31,7 @@ import redis
 from common.health import HealthServer
 from common.health import check as health_check
 from common.backoff import Backoff
+from common.tls import add_flags as add_tls_flags, certificate_refused
 from common.top_k import top_k
 from models.signing import SignatureError
 from schemas.limits import DEFAULT_LIMITS
@@ -301,6 +302,7 @@ def build_parser(prog: str = "privedge worker", description: str | None = None) 
     p.add_argument("--redis", help="redis://[USER:PASSWORD@]HOST:PORT[/DB] (default redis://127.0.0.1:6379, or "
                                    "PRIVEDGE_REDIS; password also from PRIVEDGE_REDIS_PASSWORD)")
     p.add_argument("--redis-password-file", help="file holding the Redis password")
+    add_tls_flags(p, "redis", "Redis")
     p.add_argument("--bundle", dest="bundles", action="append",
                    help="bundle directory (repeatable; at least one, here or in the config file)")
     p.add_argument("--name", help="consumer name (PRIVEDGE_WORKER_NAME; default hostname-pid-random)")
@@ -360,6 +362,9 @@ def main(argv: list[str] | None = None, analysis: Analysis | None = None,
         log.error("Redis refused the worker: %s", e)
         return 1
     except redis.RedisError as e:
+        if certificate_refused(e):  # a settings problem: retrying would never succeed
+            log.error("Redis's certificate is not trusted (redis_ca_file, the URL's host): %s", e)
+            return 1
         log.warning("Redis not reachable yet (%s); the worker retries", e)
     try:
         worker = Worker(settings, analysis)
