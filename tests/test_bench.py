@@ -107,3 +107,29 @@ def test_drill_counts_are_read_back_from_the_lines_the_drills_print():
     assert parse_counts(text) == [("worker SIGKILL", {"inputs": 500, "results": 500, "missing": 0,
                                                       "dropped": {"cam0": 3, "cam1": 4}, "note": "ok"}),
                                   ("x", {"inputs": 2})]
+
+
+def test_scene_speed_times_every_stage_of_the_face_path_per_frame(tmp_path, capsys):
+    from bench import scene_speed
+
+    out = tmp_path / "scenes"
+    assert scene_speed.main(["--out", str(out), "--frames", "2", "--repeats", "1", "--faces", "synthetic",
+                             "--size", "640x480"]) == 0
+    result = json.loads((out / "scene-speed.json").read_text())
+    assert list(result["runs"]) == ["640x480, 0 faces", "640x480, 1 face", "640x480, 4 faces"]
+    assert result["settings"]["runtime"] == "onnx" and result["settings"]["detector"] == "blazeface"
+    for key, r in result["runs"].items():
+        assert r["frames"] == 2 and r["passes"] == 1
+        assert set(r["ms_by_stage"]) == set(scene_speed.STAGES)
+        assert r["ms_by_stage"]["decode"] > 0 and r["ms_by_stage"]["detect"] > 0, (key, r)
+        assert r["ms_per_frame"] == pytest.approx(sum(r["ms_by_stage"].values()))
+        assert r["fps_per_core"] == pytest.approx(1e3 / r["ms_per_frame"])
+        assert sum(r["share_by_stage"].values()) == pytest.approx(1.0)
+        assert 0 <= r["faces_sent_per_frame"] <= 8  # the gateway's max_faces
+    assert [r["true_faces_per_frame"] for r in result["runs"].values()] == [0, 1, 4]
+    four = result["runs"]["640x480, 4 faces"]
+    # Faces were found and sent: the extractor ran on them.
+    assert four["faces_sent_per_frame"] >= 1 and four["ms_by_stage"]["extract"] > 0
+    assert result["target"]["measured"] == result["runs"]["640x480, 1 face"]["fps_per_core"]
+    md = (out / "scene-speed.md").read_text()
+    assert "| 640x480, 4 faces |" in md and "frames/s per core" in md and "detect %" in md
