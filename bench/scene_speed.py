@@ -138,6 +138,21 @@ def measure(frames: list[scenes.Scene], stage, extractor, repeats: int, quality:
             "ms_by_stage": ms, "share_by_stage": {k: v / total if total > 0 else 0.0 for k, v in ms.items()}}
 
 
+def ceiling(bundle: str | Path, images: list[np.ndarray], repeats: int = 2) -> tuple[float, dict]:
+    """Frames per CPU second (one thread) of the face path over ``images``, and its details: the pipeline
+    benchmark's runtime ceiling for camera scenes."""
+    from gateway.config import GatewaySettings
+    from models.bundle import load_extractor
+    from models.faces import make_detector
+
+    extractor = load_extractor(bundle, runtime="onnx", threads=1)
+    stage = face_stage(TimedDetector(make_detector(GatewaySettings().face_detector)))
+    frames = [scenes.Scene(img, np.zeros((0, 4)), "") for img in images]
+    r = measure(frames, stage, extractor, repeats, 90)
+    r.pop("true_faces_per_frame")
+    return r["fps_per_core"], {"runtime": extractor.runtime, "batch": "each frame's faces", "face_path": r}
+
+
 def load_image_extractor(bundle: str | None, work: Path):
     """The home part of ``bundle`` (or of an untrained default one) on ONNX Runtime, one thread."""
     from models.bundle import load_extractor, make_untrained_bundle

@@ -44,6 +44,27 @@ def test_bench_writes_every_figure_and_split_sends_least(tmp_path):
         assert f"| {mode}" in md
 
 
+def test_bench_scenes_input_reports_faces_and_frames_answered_per_second(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["--modality", "scenes", "--seconds", "1.5", "--window", "16", "--warm-inputs", "2", "--inputs",
+                 "4", "--data", "none", "--scaling", "off", "--cuts", "off", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["settings"]["sources"]["scenes"].startswith("scenes 640x480, 1 face each")
+    entry, details = result["scenes"], result["details"]["scenes"]
+    assert set(entry) == {"split", "runtime_ceiling_per_s"}  # the baselines have no face stage
+    figures = entry["split"]
+    assert set(figures) == set(KEYS) and all(math.isfinite(v) and v >= 0 for v in figures.values()), figures
+    assert figures["throughput_per_s"] > 0 and figures["latency_p99_ms"] >= figures["latency_p50_ms"] > 0
+    # What went up are the faces' features, not the frames (a 640x480 JPEG is tens of kilobytes).
+    assert 0 < figures["bytes_up_per_inference"] < 1000
+    split = details["split"]
+    assert 0 < split["inputs_per_s"] and split["saturation_inputs_answered"] <= split["saturation_results"]
+    face_path = details["runtime_ceiling"]["face_path"]
+    assert entry["runtime_ceiling_per_s"] == face_path["fps_per_core"] > 0 and face_path["frames"] == 4
+    md = (out / "bench.md").read_text()
+    assert "## scenes" in md and "Frames answered per second at saturation: split " in md
+
+
 def test_worker_drain_rate_counts_results_of_a_prefilled_stream(tmp_path, redis_server):
     from bench.loadgen import load_inputs
     from bench.scaling import drain_rate
