@@ -85,13 +85,11 @@ def _procedural(modality: str, n: int, seed: int = 0) -> list:
 
 
 def scene_inputs(n: int, data: str | Path | None, seed: int = 0) -> Inputs:
-    """``n`` JPEG camera scenes of SCENE_SIZE with SCENE_FACES face each: ORL / LFW faces when ``data``
-    holds both (``bench.scenes`` reads them from its own data folder), else procedural ones."""
-    import numpy as np
-
+    """``n`` JPEG camera scenes of SCENE_SIZE with SCENE_FACES face each: ORL / LFW faces when real data is
+    asked for (``data`` not None) and ``bench.scenes`` finds both in its data folder, else procedural ones."""
     from bench import scenes
 
-    real = data is not None and (Path(data) / "orl").is_dir() and (Path(data) / "lfw").is_dir()
+    real = data is not None and (scenes.DATA / "orl").is_dir() and (scenes.DATA / "lfw").is_dir()
     rng = np.random.default_rng([seed, 23])
     if real:
         made = [scenes.composite(rng, SCENE_SIZE, SCENE_FACES, "test") for _ in range(n)]
