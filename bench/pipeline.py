@@ -13,6 +13,10 @@ Per modality and mode:
   (read back with XRANGE), per entry; 0 when nothing went up.
 - ``gateway_cpu_s_per_inference``: the gateway process's utime + stime over the saturation window, per
   result in that window; ``gateway_peak_rss_mb``: its VmHWM at the end of the run.
+
+An inference is a result: for camera scenes (the ``scenes`` input) one per face the gateway sent, or one
+``no_face`` answer for a frame without; the details carry the inputs (frames) answered per second beside
+it (``inputs_per_s``), and the runtime ceiling of scenes is the face stage's path per frame on one core.
 """
 from __future__ import annotations
 
@@ -166,7 +170,7 @@ def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineS
     saturation x ``latency_fraction``). Returns (the KEYS figures, details); ``latency=False`` skips
     the fixed load, and the latency figures are left out."""
     token = secrets.token_hex(3)
-    name = f"{inputs.modality}-{mode}".replace("_", "-")
+    name = f"{inputs.kind}-{mode}".replace("_", "-")
     prefix, gw_id = f"bench-{name}-{token}", f"bench-{token}"
     logs = stack.logs / f"{name}-{token}"
     listener = ResultListener(stack.mqtt.port, prefix, client_id=f"bench-listener-{token}")
@@ -208,7 +212,8 @@ def run_mode(stack: Stack, bundle: Path, inputs: Inputs, mode: str, s: PipelineS
         figures = {"throughput_per_s": satur["throughput_per_s"],
                    "gateway_cpu_s_per_inference": spent[0] / satur["results"]}
         details = {"saturation_results": satur["results"], "saturation_window_s": satur["window_s"],
-                   "outstanding": s.window}
+                   "outstanding": s.window, "saturation_inputs_answered": satur["inputs_answered"],
+                   "inputs_per_s": satur["inputs_per_s"]}
         if len(spent) > 1:
             details["worker_cpu_s_per_inference"] = spent[1] / satur["results"]
         wait = 3 * STATS_INTERVAL_S  # the stats just after each mark (the stages are a ratio over the same span)
@@ -315,6 +320,10 @@ def run_modality(stack: Stack, bundle: Path, inputs: Inputs, s: PipelineSettings
         out[mode], details[mode] = run_mode(stack, bundle, inputs, mode, s, fixed_rate=rate)
         if rate is None:
             rate = details[mode]["fixed_load_per_s"]
-    ceiling, details["runtime_ceiling"] = runtime_ceiling(bundle, inputs, seconds_each=min(1.0, s.seconds / 5))
+    if inputs.kind == "scenes":  # the face stage's path, frame by frame (bench.scene_speed)
+        from bench.scene_speed import ceiling as scene_ceiling
+        ceiling, details["runtime_ceiling"] = scene_ceiling(bundle, inputs.raws)
+    else:
+        ceiling, details["runtime_ceiling"] = runtime_ceiling(bundle, inputs, seconds_each=min(1.0, s.seconds / 5))
     out["runtime_ceiling_per_s"] = ceiling
     return out, details

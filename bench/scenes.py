@@ -4,6 +4,9 @@
   onto the real photographs scikit-image ships, at 640x480 or 1280x720.
 - :func:`face_free`: those photographs alone, randomly rescaled, cropped and mirrored (false positives).
 - :func:`lfw_frames`: LFW's own 250x250 photographs with the box of their centred face.
+- :func:`synthetic_composites`: the procedural faces of :mod:`models.data.synth_faces` pasted on those
+  photographs the same way, no data set needed (the demo's camera, and the speed benchmark without
+  ``../shared/data``).
 
 Everything is built in memory from a seed: the same seed gives the same frames. ``python -m bench.scenes
 --out DIR`` writes a set to disk (PNG frames, ``boxes.json`` with the true boxes, and with ``--video FPS``
@@ -41,6 +44,11 @@ LFW_BOX = (69, 79, 112, 112)  # x, y, w, h of the centre face in a 250x250 LFW p
 LFW_PATCH = (25, 30, 200, 200)  # the head region pasted from an LFW photo
 FACE_SIDE = {640: (56, 200), 1280: (80, 300)}  # true box side range in pixels, by frame width
 FEATHER = 0.10
+SYNTH_SIDE = {640: (150, 230), 1280: (200, 340)}  # side of a pasted procedural face's square, by frame width
+SYNTH_BOX = (0.11, 0.24, 0.78, 0.78)
+"""The face box of a procedural face, as parts of its side: the training framing (the synthetic 64x64 faces
+stand for ORL's 92x92 crops, in which ORL's box is (10, 22, 72, 72)), so its crop is the whole drawing."""
+SYNTH_PEOPLE = 50
 
 
 @dataclass(frozen=True)
@@ -145,7 +153,7 @@ def composite(rng: np.random.Generator, size: tuple[int, int], n_faces: int, spl
             if pw >= w or ph >= h:
                 continue
             x0, y0 = int(rng.integers(w - pw + 1)), int(rng.integers(h - ph + 1))
-            if all(x0 + pw <= a or a + c <= x0 or y0 + ph <= b or b + d <= y0 for a, b, c, d in taken):
+            if _free(taken, x0, y0, pw, ph):
                 break
         else:
             continue
@@ -157,6 +165,66 @@ def composite(rng: np.random.Generator, size: tuple[int, int], n_faces: int, spl
         boxes.append((x0 + bx * k, y0 + by * k, side, side))
     image = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
     return Scene(image, np.array(boxes, dtype=np.float64).reshape(-1, 4), name)
+
+
+def _free(taken: list[tuple[int, int, int, int]], x0: int, y0: int, pw: int, ph: int) -> bool:
+    """Whether the rectangle (x0, y0, pw, ph) overlaps none of ``taken``."""
+    return all(x0 + pw <= a or a + c <= x0 or y0 + ph <= b or b + d <= y0 for a, b, c, d in taken)
+
+
+def _head_alpha(side: int) -> np.ndarray:
+    """Alpha (side, side, 1): an upright ellipse round a procedural face's head, soft over 12% of its radius
+    (the square's dark corners would frame the face with an edge no camera shows)."""
+    axis = (np.arange(side) + 0.5) / side * 2.0 - 1.0
+    yy, xx = np.meshgrid(axis, axis, indexing="ij")
+    return np.clip((1.0 - np.sqrt((xx / 0.85) ** 2 + (yy / 0.98) ** 2)) / 0.12, 0, 1)[:, :, None]
+
+
+@lru_cache(maxsize=None)
+def _synth_traits(seed: int) -> dict:
+    from models.data.synth_faces import _identity_traits
+
+    return _identity_traits(SYNTH_PEOPLE, np.random.default_rng([seed, 0]))
+
+
+def synthetic_composite(rng: np.random.Generator, size: tuple[int, int], n_faces: int,
+                        seed: int = 0) -> Scene:
+    """One frame of ``size`` (w, h) with up to ``n_faces`` procedural faces (people of ``seed``), each drawn
+    at the side it is pasted at, inside a soft head-shaped mask, on a photograph as :func:`composite`."""
+    from models.data.synth_faces import render_faces
+
+    w, h = size
+    frame, name = _scene_background(rng, w, h)
+    frame = frame.astype(np.float32)
+    lo, hi = SYNTH_SIDE[w]
+    traits = _synth_traits(seed)
+    taken: list[tuple[int, int, int, int]] = []
+    boxes = []
+    for _ in range(n_faces):
+        for _attempt in range(50):
+            side = int(rng.uniform(lo, min(hi, w - 1, h - 1)))
+            x0, y0 = int(rng.integers(w - side + 1)), int(rng.integers(h - side + 1))
+            if _free(taken, x0, y0, side, side):
+                break
+        else:
+            continue
+        taken.append((x0, y0, side, side))
+        who, glasses = np.array([rng.integers(SYNTH_PEOPLE)]), np.array([rng.random() < 0.3])
+        face = render_faces(traits, who, glasses, rng, size=side)[0].astype(np.float32)[:, :, None]
+        alpha = _head_alpha(side)
+        region = frame[y0:y0 + side, x0:x0 + side]
+        frame[y0:y0 + side, x0:x0 + side] = alpha * face + (1 - alpha) * region
+        bx, by, bw, bh = SYNTH_BOX
+        boxes.append((x0 + bx * side, y0 + by * side, bw * side, bh * side))
+    image = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    return Scene(image, np.array(boxes, dtype=np.float64).reshape(-1, 4), name)
+
+
+def synthetic_composites(n: int, seed: int, sizes=SIZES, faces: tuple[int, int] = (1, 4)) -> list[Scene]:
+    """``n`` frames of procedural faces (``faces`` (lo, hi): how many per frame), sizes alternating."""
+    rng = np.random.default_rng([seed, 13])
+    return [synthetic_composite(rng, sizes[i % len(sizes)], int(rng.integers(faces[0], faces[1] + 1)), seed)
+            for i in range(n)]
 
 
 def composites(n: int, seed: int, split: str = "test", sizes=SIZES) -> list[Scene]:

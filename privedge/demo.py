@@ -1,11 +1,14 @@
 """``privedge demo``: the whole system on this machine, with live results and a closing summary.
 
     privedge demo [--duration SECONDS] [--summary-json FILE] [--bundle DIR ...] [--rate PER_S]
-                  [--mic-rate PER_S] [--workers N] [--train-size small|full] [--train-epochs N]
+                  [--mic-rate PER_S] [--scenes N] [--workers N] [--train-size small|full] [--train-epochs N]
 
 It starts mosquitto and redis-server on free loopback ports, finds the bundles in the cache or trains them
 on the synthetic data (``privedge train`` with its default embedding), then starts a gateway, the workers
-and a camera and a microphone sensor, each as a process of its own. Results are shown as they arrive.
+and a camera and a microphone sensor, each as a process of its own. The camera loops over ``--scenes``
+640x480 scenes of two or three procedural faces on real photographs (:mod:`privedge.demo_scenes`), sent as
+JPEG: the gateway's face stage finds and crops each face, and each face's result is shown on its own line
+(frame, face index, box, label, score). Results are shown as they arrive.
 After ``--duration`` seconds, or on Ctrl-C / SIGTERM, the sensors stop first, the results of everything
 they sent are awaited (a second Ctrl-C skips this wait), then the gateway, the workers and the servers
 stop. Everything it started is ended, whatever happens.
@@ -29,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from broker import servers
+from privedge import demo_scenes
 from privedge.children import Child
 from privedge.demo_bundles import (MODALITIES, BundleCacheError, DemoBundle, TrainingInterrupted, default_cache_dir,
                                    ensure_bundles, key_args, train_argv)
@@ -61,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="serve this bundle instead of the cached/trained ones (one per modality; repeat)")
     p.add_argument("--rate", type=float, default=2.0, help="camera frames per second (default %(default)s)")
     p.add_argument("--mic-rate", type=float, default=1.0, help="spoken digits per second (default %(default)s)")
+    p.add_argument("--scenes", type=int, default=12,
+                   help="distinct camera scenes, sent in a loop (default %(default)s)")
     p.add_argument("--workers", type=int, default=2, help="cloud worker processes (default %(default)s)")
     p.add_argument("--train-size", choices=("small", "full"), default="small",
                    help="synthetic training set when a bundle is not cached (default %(default)s: minutes)")
@@ -132,8 +138,11 @@ class Demo:
                 self.view.line(f"no {modality} bundle: {device} stays off")
                 continue
             rate = self.args.rate if kind == "camera" else self.args.mic_rate
+            source = ["--source", "synthetic"]
+            if kind == "camera":
+                source = ["--source", str(self._scenes()), "--codec", demo_scenes.CODEC]
             self.sensors.append(Child(device, python_cmd(
-                "sensor", kind, "--broker", broker.url, "--device", device, "--source", "synthetic",
+                "sensor", kind, "--broker", broker.url, "--device", device, *source,
                 "--rate", str(rate), "--loop"), self.workdir).start())
         pids = ", ".join(str(c.pid) for c in self.children)
         self.view.line(f"running: gateway, {self.args.workers} workers, sensors "
@@ -161,6 +170,15 @@ class Demo:
             how = f"trained in {b.train_s:.0f} s" if b.train_s is not None else "cached"
             self.view.line(f"{b.modality} bundle {how}: {b.path}")
         return bundles
+
+    def _scenes(self) -> Path:
+        """The camera's folder of scenes, made for this run."""
+        folder = self.workdir / "scenes"
+        made = demo_scenes.write_scenes(folder, self.args.scenes, self.args.seed)
+        w, h = demo_scenes.SIZE
+        self.view.line(f"camera scenes: {made['frames']} frames of {w}x{h} with {made['faces']} procedural "
+                       f"faces on photographs ({folder})")
+        return folder
 
     def _check_children(self) -> None:
         for child in self.children:
@@ -214,7 +232,7 @@ class Demo:
         while not self.tally.answered() and not self.hurry.is_set() and (stopping_already or not self.stop.is_set()):
             if time.monotonic() - t0 > self.args.drain_timeout:
                 log.warning("%d inputs still without a result after %.0f s", sum(self.tally.inputs.values())
-                            - sum(self.tally.results.values()), self.args.drain_timeout)
+                            - sum(self.tally.answered_inputs.values()), self.args.drain_timeout)
                 break
             self._refresh(self.publish_s)
             self.hurry.wait(0.1)
@@ -255,8 +273,8 @@ def _install_signals(demo_stop: threading.Event, hurry: threading.Event) -> None
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.workers < 1 or args.duration < 0 or args.drain_timeout < 0:
-        parser.error("--workers must be at least 1, --duration and --drain-timeout not negative")
+    if args.workers < 1 or args.scenes < 1 or args.duration < 0 or args.drain_timeout < 0:
+        parser.error("--workers and --scenes must be at least 1, --duration and --drain-timeout not negative")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="privedge-demo-"))
@@ -280,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         view.close()
     if demo.servers:
         summary = demo.tally.summary()
-        missing = summary["inputs"] - summary["results"]
+        missing = summary["inputs"] - summary["answered"]
         if missing and not demo.hurry.is_set():  # a second Ctrl-C skipped the wait: then it is expected
             problems.append(f"{missing} of {summary['inputs']} inputs got no result")
         summary.update(publish_s=round(demo.publish_s, 1), wall_s=round(time.monotonic() - t0, 1),

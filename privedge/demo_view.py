@@ -29,14 +29,18 @@ class Tally:
     inputs: Counter = field(default_factory=Counter)       # device -> frames / complete utterances
     messages_raw: int = 0                                   # sensor MQTT messages (frames + audio chunks)
     bytes_raw: int = 0                                      # their payload bytes, as the broker delivered them
-    results: Counter = field(default_factory=Counter)      # device -> results relayed to MQTT
+    results: Counter = field(default_factory=Counter)      # device -> results relayed to MQTT (one per face)
+    answered_inputs: Counter = field(default_factory=Counter)  # device -> inputs all of whose results came
     labels: Counter = field(default_factory=Counter)       # (device, label) -> results
     latencies_ms: list = field(default_factory=list)       # capture -> result published, per result
     rejected: int = 0                                       # inputs the gateway reported as rejected
     dead: Counter = field(default_factory=Counter)         # reason -> inputs a worker dead-lettered
     messages_cloud: int = 0                                 # feature messages added to Redis
     bytes_cloud: int = 0                                    # their bytes (every field name and value)
+    faces: int = 0                                          # results that answer one face of a frame
+    no_face: int = 0                                        # frames answered with no face found
     _seen: set = field(default_factory=set, repr=False)    # result ids already counted
+    _pending: dict = field(default_factory=dict, repr=False)  # (device, boot, seq) -> results still due
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_raw(self, device: str, nbytes: int, complete_input: bool) -> None:
@@ -47,12 +51,25 @@ class Tally:
                 self.inputs[device] += 1
 
     def add_result(self, result: dict) -> bool:
-        """Count a result JSON once per id; False for a duplicate."""
+        """Count a result JSON once per id; False for a duplicate. A camera frame is answered by one result
+        per face (each says how many the frame has: ``faces.answered``) or by one ``no_face`` result."""
         with self._lock:
             if result["id"] in self._seen:
                 return False
             self._seen.add(result["id"])
             self.results[result["device"]] += 1
+            if result.get("face") is not None:
+                self.faces += 1
+            elif "faces" in result:
+                self.no_face += 1
+            due = int((result.get("faces") or {}).get("answered") or 1) if result.get("face") is not None else 1
+            key = (result["device"], result.get("boot"), result.get("seq", result["id"]))
+            left = self._pending.get(key, due) - 1
+            if left <= 0:
+                self._pending.pop(key, None)
+                self.answered_inputs[result["device"]] += 1
+            else:
+                self._pending[key] = left
             self.labels[(result["device"], str(result["label"]))] += 1
             self.latencies_ms.append(float(result["latency_ms"]))
             return True
@@ -73,7 +90,7 @@ class Tally:
     def answered(self) -> bool:
         """Every input seen so far has a result, was rejected or was dead-lettered."""
         with self._lock:
-            done = sum(self.results.values()) + self.rejected + sum(self.dead.values())
+            done = sum(self.answered_inputs.values()) + self.rejected + sum(self.dead.values())
             return done >= sum(self.inputs.values())
 
     def summary(self) -> dict:
@@ -86,7 +103,8 @@ class Tally:
                 v = percentile(lat, q)
                 return None if v is None else round(v, 3)
             return {
-                "inputs": n_in, "results": n_res, "rejected": self.rejected,
+                "inputs": n_in, "results": n_res, "answered": sum(self.answered_inputs.values()),
+                "faces": self.faces, "frames_without_faces": self.no_face, "rejected": self.rejected,
                 "dead_lettered": sum(self.dead.values()), "dead_reasons": dict(self.dead),
                 "bytes_cloud": self.bytes_cloud, "bytes_raw": self.bytes_raw,
                 "messages_cloud": self.messages_cloud, "messages_raw": self.messages_raw,
@@ -95,6 +113,7 @@ class Tally:
                 "latency_p50_ms": pct(50), "latency_p99_ms": pct(99),
                 "latency_max_ms": round(max(lat), 3) if lat else None,
                 "inputs_by_device": dict(self.inputs), "results_by_device": dict(self.results),
+                "answered_by_device": dict(self.answered_inputs),
                 "labels": {f"{d}:{label}": n for (d, label), n in sorted(self.labels.items())},
             }
 
@@ -108,10 +127,18 @@ def human_bytes(n: float) -> str:
 
 
 def result_line(r: dict) -> str:
-    """One result, as a home app would show it."""
+    """One result, as a home app would show it: a camera frame's faces one line each (frame, face index,
+    box in frame pixels), a frame without a face as such, anything else by its label alone."""
     clock = time.strftime("%H:%M:%S", time.localtime(r.get("ts", time.time())))
-    return (f"{clock}  {r['device']:<10} {r.get('task', ''):<8} {str(r['label']):<12} "
-            f"score {float(r['score']):.2f}  latency {float(r['latency_ms']):7.1f} ms")
+    head = f"{clock}  {r['device']:<10} {r.get('task', ''):<8} "
+    tail = f"score {float(r['score']):.2f}  latency {float(r['latency_ms']):7.1f} ms"
+    if r.get("face") is not None:
+        box = r.get("box")
+        where = "box unknown" if box is None else "box {},{} {}x{}".format(*box)
+        return f"{head}frame {r.get('seq', '?'):<5} face {r['face']}  {where:<22} {str(r['label']):<12} {tail}"
+    if "faces" in r:
+        return f"{head}frame {r.get('seq', '?'):<5} no face ({r['faces']['found']} found, none sent)  {tail}"
+    return f"{head}{str(r['label']):<12} {tail}"
 
 
 def status_text(t: Tally, elapsed_s: float) -> str:
@@ -172,7 +199,10 @@ def summary_text(s: dict, seconds: float) -> str:
     lines = [
         f"summary after {seconds:.0f} s",
         f"  inputs            {s['inputs']}  ({by_device})",
-        f"  results           {s['results']}{lost}",
+        f"  results           {s['results']}{lost}"
+        + (f"  ({s['faces']} faces, {s['frames_without_faces']} frames without one)" if s["faces"] or
+           s["frames_without_faces"] else ""),
+        f"  inputs answered   {s['answered']}",
         f"  raw bytes in      {s['bytes_raw']:,}  ({s['messages_raw']} sensor messages)",
         f"  bytes to cloud    {s['bytes_cloud']:,}  ({s['messages_cloud']} feature messages"
         + (f", {s['bytes_raw'] / s['bytes_cloud']:.0f}x less than raw)" if s["bytes_cloud"] else ")"),

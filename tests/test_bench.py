@@ -52,6 +52,27 @@ def test_bench_writes_every_figure_and_split_sends_least(tmp_path):
         assert f"| {mode}" in md
 
 
+def test_bench_scenes_input_reports_faces_and_frames_answered_per_second(tmp_path):
+    out = tmp_path / "bench"
+    assert main(["--modality", "scenes", "--seconds", "1.5", "--window", "16", "--warm-inputs", "2", "--inputs",
+                 "4", "--data", "none", "--scaling", "off", "--cuts", "off", "--out", str(out)]) == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert result["settings"]["sources"]["scenes"].startswith("scenes 640x480, 1 face each")
+    entry, details = result["scenes"], result["details"]["scenes"]
+    assert set(entry) == {"split", "runtime_ceiling_per_s"}  # the baselines have no face stage
+    figures = entry["split"]
+    assert set(figures) == set(KEYS) and all(math.isfinite(v) and v >= 0 for v in figures.values()), figures
+    assert figures["throughput_per_s"] > 0 and figures["latency_p99_ms"] >= figures["latency_p50_ms"] > 0
+    # What went up are the faces' features, not the frames (a 640x480 JPEG is tens of kilobytes).
+    assert 0 < figures["bytes_up_per_inference"] < 1000
+    split = details["split"]
+    assert 0 < split["inputs_per_s"] and split["saturation_inputs_answered"] <= split["saturation_results"]
+    face_path = details["runtime_ceiling"]["face_path"]
+    assert entry["runtime_ceiling_per_s"] == face_path["fps_per_core"] > 0 and face_path["frames"] == 4
+    md = (out / "bench.md").read_text()
+    assert "## scenes" in md and "Frames answered per second at saturation: split " in md
+
+
 def test_worker_drain_rate_counts_results_of_a_prefilled_stream(tmp_path, redis_server):
     from bench.loadgen import load_inputs
     from bench.scaling import drain_rate
@@ -129,3 +150,29 @@ def test_cut_table_puts_split_local_and_cloud_side_by_side():
     assert [r.split(" | ")[1] for r in rows] == ["split", "local_only", "cloud_only"]
     assert "| 0.72 |" in rows[0] and "| 0.50 |" in rows[0]  # MMACs, worker CPU ms
     assert "| - |" in rows[1] and "| 2.00 |" in rows[2] and rows[2].endswith("| 3844 |")
+
+
+def test_scene_speed_times_every_stage_of_the_face_path_per_frame(tmp_path, capsys):
+    from bench import scene_speed
+
+    out = tmp_path / "scenes"
+    assert scene_speed.main(["--out", str(out), "--frames", "2", "--repeats", "1", "--faces", "synthetic",
+                             "--size", "640x480"]) == 0
+    result = json.loads((out / "scene-speed.json").read_text())
+    assert list(result["runs"]) == ["640x480, 0 faces", "640x480, 1 face", "640x480, 4 faces"]
+    assert result["settings"]["runtime"] == "onnx" and result["settings"]["detector"] == "blazeface"
+    for key, r in result["runs"].items():
+        assert r["frames"] == 2 and r["passes"] == 1
+        assert set(r["ms_by_stage"]) == set(scene_speed.STAGES)
+        assert r["ms_by_stage"]["decode"] > 0 and r["ms_by_stage"]["detect"] > 0, (key, r)
+        assert r["ms_per_frame"] == pytest.approx(sum(r["ms_by_stage"].values()))
+        assert r["fps_per_core"] == pytest.approx(1e3 / r["ms_per_frame"])
+        assert sum(r["share_by_stage"].values()) == pytest.approx(1.0)
+        assert 0 <= r["faces_sent_per_frame"] <= 8  # the gateway's max_faces
+    assert [r["true_faces_per_frame"] for r in result["runs"].values()] == [0, 1, 4]
+    four = result["runs"]["640x480, 4 faces"]
+    # Faces were found and sent: the extractor ran on them.
+    assert four["faces_sent_per_frame"] >= 1 and four["ms_by_stage"]["extract"] > 0
+    assert result["target"]["measured"] == result["runs"]["640x480, 1 face"]["fps_per_core"]
+    md = (out / "scene-speed.md").read_text()
+    assert "| 640x480, 4 faces |" in md and "frames/s per core" in md and "detect %" in md

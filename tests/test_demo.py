@@ -125,17 +125,37 @@ def test_demo_runs_for_its_duration_and_summarises_measured_figures(trained_imag
     demo = DemoProcess("--duration", str(DURATION), "--summary-json", str(summary_file), *bundles)
     ports, pids = demo.started()
     assert all(alive(p) for p in pids)
-    demo.wait_line(r"^\d\d:\d\d:\d\d  camera-1 +glasses .* score [01]\.\d\d  latency +[\d.]+ ms", 60)
+    made = demo.wait_line(r"^camera scenes: (\d+) frames of 640x480 with (\d+) procedural faces", 60)
+    frames, faces = int(made[1]), int(made[2])
+    assert frames == 12 and 2 * frames <= faces <= 3 * frames
+    # Each face of a scene is a line of its own: frame, face index, its box in the frame, label and score.
+    face_line = (r"^\d\d:\d\d:\d\d  camera-1 +glasses +frame (\d+) +face (\d)  box (\d+),(\d+) (\d+)x(\d+) +"
+                 r"(no_glasses|glasses) +score [01]\.\d\d  latency +[\d.]+ ms")
+    demo.wait_line(face_line, 60)
     assert demo.finish(DURATION + 120) == 0, demo.output
     assert_nothing_left(ports, pids)
 
     s = json.loads(summary_file.read_text())
-    assert s["inputs"] > 0 and s["results"] == s["inputs"], s
+    assert s["inputs"] > 0 and s["answered"] == s["inputs"], s
     assert s["rejected"] == 0 and s["dead_lettered"] == 0, s
     assert s["inputs_by_device"].get("camera-1", 0) > 0
-    assert s["results_by_device"] == s["inputs_by_device"]
-    # One feature message per input went up, and it is far smaller than the media that came in.
-    assert s["messages_cloud"] == s["inputs"]
+    assert s["answered_by_device"] == s["inputs_by_device"]
+    # The gateway found every face of the demo's scenes: two or three results per camera frame, none
+    # without a face, each face once, with a box inside the 640x480 frame.
+    camera_frames, camera_results = s["inputs_by_device"]["camera-1"], s["results_by_device"]["camera-1"]
+    assert 2 * camera_frames <= camera_results <= 3 * camera_frames and s["frames_without_faces"] == 0, s
+    lines = [m for line in demo.lines if (m := re.search(face_line, line))]
+    assert len(lines) == s["faces"] == camera_results
+    assert len({(m[1], m[2]) for m in lines}) == len(lines)
+    for m in lines:
+        x, y, w, h = map(int, m.group(3, 4, 5, 6))
+        assert w >= 32 and h >= 32 and x + w <= 640 and y + h <= 480, m[0]
+    by_frame = {}
+    for m in lines:
+        by_frame.setdefault(m[1], set()).add(int(m[2]))
+    assert all(idx == set(range(len(idx))) for idx in by_frame.values()), by_frame
+    # One feature message per face and per utterance went up, far smaller than the media that came in.
+    assert s["messages_cloud"] == s["faces"] + s["inputs_by_device"].get("mic-1", 0)
     assert 0 < s["bytes_cloud"] * 5 < s["bytes_raw"], s
     assert 0 < s["latency_p50_ms"] <= s["latency_p99_ms"] <= s["latency_max_ms"]
     assert s["publish_s"] >= DURATION and s["interrupted"] is False
@@ -155,7 +175,7 @@ def test_sigint_mid_run_stops_everything_and_still_summarises(untrained, tmp_pat
     assert_nothing_left(ports, pids)
     s = json.loads(summary_file.read_text())
     assert s["interrupted"] is True and s["publish_s"] < 300
-    assert s["inputs"] > 0 and s["results"] == s["inputs"], s
+    assert s["inputs"] > 0 and s["answered"] == s["inputs"], s
 
 
 def test_missing_bundle_is_trained_once_then_found_in_the_cache(trained_image, tmp_path):
@@ -211,6 +231,28 @@ def test_tally_counts_each_result_once_and_percentiles_interpolate():
     assert not t.answered()
     t.add_dead("analysis failed")  # a dead-lettered input is answered too: the demo stops waiting for it
     assert t.answered() and t.summary()["dead_reasons"] == {"analysis failed": 1}
+
+
+def test_a_camera_frame_is_answered_once_every_face_of_it_has_its_result():
+    from privedge.demo_view import result_line
+
+    t = Tally()
+    for _ in range(2):
+        t.add_raw("cam", 100, complete_input=True)
+    face = {"device": "cam", "boot": 7, "seq": 1, "label": "glasses", "score": 0.9, "latency_ms": 5.0,
+            "task": "glasses", "ts": 0.0, "faces": {"found": 3, "answered": 2}}
+    assert t.add_result({**face, "id": "gw/cam/7-1#0", "face": 0, "box": [10, 20, 30, 40]})
+    assert not t.answered() and t.summary()["answered"] == 0  # the frame's second face is still out
+    assert t.add_result({**face, "id": "gw/cam/7-1#1", "face": 1, "box": [50, 60, 70, 80]})
+    assert t.summary()["answered"] == 1 and not t.answered()
+    empty = {**face, "id": "gw/cam/7-2", "seq": 2, "label": "no_face", "score": 0.0, "faces": {"found": 1,
+                                                                                                "answered": 0}}
+    assert t.add_result(empty) and t.answered()
+    s = t.summary()
+    assert (s["results"], s["answered"], s["faces"], s["frames_without_faces"]) == (3, 2, 2, 1)
+    assert " frame 1     face 1  box 50,60 70x80 " in result_line({**face, "id": "gw/cam/7-1#1", "face": 1,
+                                                                    "box": [50, 60, 70, 80]})
+    assert "frame 2     no face (1 found, none sent)" in result_line(empty)
 
 
 def test_a_child_that_ignores_sigterm_leaves_its_stacks_in_its_log_then_is_killed(tmp_path):

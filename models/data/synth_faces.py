@@ -73,10 +73,12 @@ def _paint(img: np.ndarray, mask: np.ndarray, tone) -> np.ndarray:
 
 
 def render_faces(traits: dict[str, np.ndarray], who: np.ndarray, glasses: np.ndarray,
-                 rng: np.random.Generator) -> np.ndarray:
-    """Draw one face per entry of ``who`` (indices into ``traits``) -> uint8 (N, 64, 64).
+                 rng: np.random.Generator, size: int = IMAGE_SIZE) -> np.ndarray:
+    """Draw one face per entry of ``who`` (indices into ``traits``) -> uint8 (N, size, size).
 
     ``glasses``: bool/int (N,), whether each face wears glasses. Nuisance is drawn from ``rng``.
+    ``size``: the side in pixels; the training set is drawn at 64 (the network input), camera scenes
+    (``bench.scenes``) draw their faces at the size they paste them, so they are sharp, not upscaled.
     """
     n = len(who)
     glasses = np.asarray(glasses, dtype=np.float32)
@@ -91,14 +93,14 @@ def render_faces(traits: dict[str, np.ndarray], who: np.ndarray, glasses: np.nda
     light_dir = rng.uniform(0, 2 * np.pi, n)[:, None, None].astype(np.float32)
     light_amp, background = nuisance(0.0, 0.35), nuisance(0.05, 0.3)
 
-    axis = ((np.arange(IMAGE_SIZE) + 0.5) / IMAGE_SIZE * 2.0 - 1.0).astype(np.float32)
+    axis = ((np.arange(size) + 0.5) / size * 2.0 - 1.0).astype(np.float32)
     gy, gx = np.meshgrid(axis, axis, indexing="ij")  # (64, 64), y grows downwards
     # Face coordinates: undo the per-image shift, rotation and scale.
     qx, qy = gx[None] - dx, gy[None] - dy
     x = (np.cos(angle) * qx + np.sin(angle) * qy) / scale  # (N, 64, 64)
     y = (-np.sin(angle) * qx + np.cos(angle) * qy) / scale
 
-    img = np.broadcast_to(background, (n, IMAGE_SIZE, IMAGE_SIZE)).copy()
+    img = np.broadcast_to(background, (n, size, size)).copy()
     hair_mass = _ellipse(x, y, 0.0, -0.08, t["face_w"] + t["hair_side"] + 0.05, t["face_h"] + 0.12)
     img = _paint(img, _mask(hair_mass) * _mask(y - (t["hairline"] + 0.55)), t["hair"])
     face = _ellipse(x, y, 0.0, 0.02, t["face_w"], t["face_h"])
