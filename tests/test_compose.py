@@ -108,6 +108,22 @@ def test_dependency_order_puts_each_service_after_what_it_waits_for():
             assert cond["condition"] == ("service_completed_successfully" if dep in ONE_SHOTS else "service_healthy")
 
 
+def test_compose_secrets_keep_their_passwords_store_hashes_and_hide_the_folder(tmp_path):
+    folder = tmp_path / "secrets"
+    files = make_secrets(folder, gateway="home", devices=("cam1",))
+    assert set(files) >= {s["file"].removeprefix("./secrets/") for s in _compose()["secrets"].values()}
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"  # the host's other users stay out
+    assert {oct(f.stat().st_mode & 0o777) for f in files.values()} == {"0o644"}  # each container's user reads
+    passwords = {n: f.read_text().strip() for n, f in files.items() if n.endswith("_password")}
+    for hashed in ("redis_acl", "mosquitto_passwd"):
+        text = files[hashed].read_text()
+        assert not [n for n, pw in passwords.items() if pw in text], hashed
+    assert "user default off" in files["redis_acl"].read_text()
+    again = make_secrets(folder, gateway="home", devices=("cam1", "mic1"))  # a device added later
+    assert {n: again[n].read_text().strip() for n in passwords} == passwords
+    assert "device_mic1_password" in again and "mic1:" in again["mosquitto_passwd"].read_text()
+
+
 # --- the whole file as local processes ----------------------------------------------------------------
 
 @pytest.fixture
