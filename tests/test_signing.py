@@ -350,11 +350,12 @@ def test_the_demo_cache_trusts_only_bundles_its_own_key_signed(tmp_path, keys, m
 def test_the_compose_services_pin_the_provider_key():
     import yaml
 
-    from gateway.service import build_parser
-    from workers.service import parse_args
-
-    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
-    assert parse_args(services["worker"]["command"][1:]).bundle_key == "/keys/provider.key.pub"
-    assert build_parser().parse_args(services["gateway"]["command"][1:]).bundle_key == "/keys/provider.key.pub"
-    for name in ("gateway", "worker"):
-        assert "./keys/provider.key.pub:/keys/provider.key.pub:ro" in services[name]["volumes"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["configs"]["provider_key"] == {"file": "./keys/provider.key.pub"}
+    for name, settings in (("gateway", "gateway.yaml"), ("worker", "worker.yaml")):
+        key = yaml.safe_load((REPO / "deploy" / settings).read_text())["bundle_key"]
+        assert {"source": "provider_key", "target": key} in compose["services"][name]["configs"]
+    for name in ("home-bundles", "cloud-bundles"):  # the one-shots that install the bundles verify them too
+        command = compose["services"][name]["command"]
+        key = command[command.index("--key") + 1]
+        assert {"source": "provider_key", "target": key} in compose["services"][name]["configs"]
