@@ -162,9 +162,9 @@ class ExtractionLoop:
                         self.assembler.touch_all()
                     for r in self.assembler.expire():
                         self._reject_many(r)
-                    self.metrics.set_gauge(f"{self.kind}_open_utterances", len(self.assembler))
-                    self.metrics.set_gauge(f"{self.kind}_held_chunks", self.assembler.held())
-                self.metrics.set_gauge(f"{self.kind}_queue", self.queue.depth())
+                    self.metrics.set_gauge("open_utterances", len(self.assembler), kind=self.kind)
+                    self.metrics.set_gauge("held_chunks", self.assembler.held(), kind=self.kind)
+                self.metrics.set_gauge("queue", self.queue.depth(), kind=self.kind)
                 if items:
                     self.process(items)
                 elif self.draining:

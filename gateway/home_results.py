@@ -10,25 +10,32 @@ answered at home by gateway/faces.py) is published:
   (gateway/homeassistant.py), so that the entity appears by itself.
 
 The event's delivery is what the relay waits for (its PUBACK moves the results cursor); the retained state
-is the same payload, best effort: a lost one is replaced by the next result.
+is the same payload, best effort: a lost one is replaced by the next result. Each event's end-to-end
+latency (its ``latency_ms``) goes to the gateway's latency histogram (gateway/metrics.py).
 """
 from __future__ import annotations
+
+import time
 
 import paho.mqtt.client as mqtt
 
 from gateway.homeassistant import Discovery, DiscoverySettings
 from schemas import Names, Result
 
+OTHER_TASK = "(other)"
+"""The latency label of a result whose task no bundle of this gateway serves."""
+
 
 class HomeResults:
     """Publishes results to the home (``publish`` callable: ``(topic, payload, qos, retain) -> info``)."""
 
     def __init__(self, publish, names: Names, kind_of_task: dict[str, str],
-                 discovery: Discovery | None = None) -> None:
+                 discovery: Discovery | None = None, metrics=None) -> None:
         self._publish = publish
         self.names = names
         self.kind_of_task = dict(kind_of_task)
         self.discovery = discovery
+        self.metrics = metrics  # gateway.metrics.Metrics, or None: no latency histogram
 
     def publish(self, result: Result, device: str | None = None) -> mqtt.MQTTMessageInfo:
         """Publish ``result`` (of ``device``, by default its id's) to the home: event, state, discovery;
@@ -41,7 +48,11 @@ class HomeResults:
     def publish_event(self, result: Result, device: str) -> tuple[mqtt.MQTTMessageInfo, bytes]:
         """The per-result event alone (the relay publishes a batch's events, then one state per (device,
         task) for the batch's last result: a burst of results does not double the messages to the broker)."""
-        body = result.to_json()
+        now = time.time()
+        body = result.to_json(now)
+        if self.metrics is not None:  # tasks the gateway serves only: a result's task cannot grow the labels
+            task = result.task if result.task in self.kind_of_task else OTHER_TASK
+            self.metrics.observe_latency(task, now - result.ts)
         return self._publish(self.names.result(device), body, 1, False), body
 
     def publish_state(self, result: Result, device: str, body: bytes | None = None) -> None:
@@ -51,8 +62,8 @@ class HomeResults:
             self.discovery.serve(device, result.task, self.kind_of_task.get(result.task, "image"))
 
 
-def home_results(settings, names: Names, intake,
-                 kind_of_task: dict[str, str]) -> tuple[HomeResults, Discovery | None]:
+def home_results(settings, names: Names, intake, kind_of_task: dict[str, str],
+                 metrics=None) -> tuple[HomeResults, Discovery | None]:
     """The gateway's home outbox on ``intake``, with Home Assistant discovery when ``ha_discovery`` is on:
     announced as results come, again when HA says ``online``, removed when a device is retired (its
     retained status cleared). Registers those control subscriptions on ``intake`` (before it starts)."""
@@ -71,7 +82,7 @@ def home_results(settings, names: Names, intake,
                 discovery.retire(names.status_device(topic))
 
         intake.on_topic(names.status_wildcard(), device_status)
-    return HomeResults(publish, names, kind_of_task, discovery), discovery
+    return HomeResults(publish, names, kind_of_task, discovery, metrics), discovery
 
 
 def _version() -> str:

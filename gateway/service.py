@@ -121,7 +121,7 @@ class Gateway:
         self.s = settings
         self.serving: Serving = serving or SplitServing()
         self.names = Names(settings.prefix)
-        self.metrics = Metrics()
+        self.metrics = Metrics(settings.id)
         self.loops: list[ExtractionLoop] = []
         self.intake: Intake | None = None
         self.relay: ResultsRelay | None = None
@@ -145,12 +145,14 @@ class Gateway:
         self.intake = Intake(self.s, self.names, self.metrics, tuple(models), self.report)
         self.pseudonyms = pseudonyms_from_settings(self.s)
         self.home, self.discovery = home_results(self.s, self.names, self.intake,
-                                                 {manifest["task"]: kind for kind, (_, manifest) in models.items()})
+                                                 {manifest["task"]: kind for kind, (_, manifest) in models.items()},
+                                                 self.metrics)
         faces = {kind: self._face_stage(kind, manifest) for kind, (_, manifest) in models.items()}
         if self.serving.uses_cloud:
             self.redis = connect_redis(self.s)
             self.upstream = Upstream(self.s, self.redis, self.metrics, spool=open_spool(self.s),
                                      on_available=self._upstream_available)
+            self._upstream_available(True)  # as the upstream assumes, until it says otherwise
         for kind, (model, manifest) in models.items():
             self.loops.append(ExtractionLoop(kind, manifest, self.s, self.names, self.intake, self.metrics,
                                              self.report, self.serving.hand_on(self, kind, model, manifest),
@@ -171,7 +173,7 @@ class Gateway:
             self.relay = ResultsRelay(self.s, self.names, self.redis, self.intake, self.metrics, self.face_ledger,
                                       self.home, self.pseudonyms)
         if self.s.metrics_port is not None:
-            self._metrics_server = HealthServer(gateway_probes(self), prometheus_registry(self.metrics, self.s.id),
+            self._metrics_server = HealthServer(gateway_probes(self), prometheus_registry(self.metrics),
                                                 host=self.s.metrics_host, port=self.s.metrics_port).start()
         try:
             self.intake.start()

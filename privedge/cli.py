@@ -2,7 +2,7 @@
 
 It only picks the subcommand and hands the remaining arguments to the module that owns it, so that
 ``privedge sensor`` never imports torch and each package keeps its own argument parser. ``privedge
-bundle`` (keygen, sign, verify, export) is parsed here and calls :mod:`models.signing`, which imports no
+bundle`` (keygen, sign, verify, install, export) is parsed here and calls :mod:`models.signing`, which imports no
 torch (``export`` calls :func:`models.bundle.export_onnx`, which does).
 """
 from __future__ import annotations
@@ -49,6 +49,13 @@ def bundle_parser() -> argparse.ArgumentParser:
                         help="full: every signed file; home: all but analyzer.*; auto (default): home when "
                              "the bundle holds no analyzer file")
     verify.add_argument("dirs", nargs="+", metavar="DIR", help="bundle directories")
+    install = sub.add_parser("install", help="verify bundles and install read-only copies of their part into "
+                                             "a folder (a deployment's bundles volume)")
+    install.add_argument("--key", required=True, help="provider public key file (KEY.pub)")
+    install.add_argument("--part", choices=("full", "home"), default="full",
+                         help="home: all but analyzer.* (for a gateway); full (default): every file")
+    install.add_argument("--into", required=True, help="folder that receives one sub-folder per bundle")
+    install.add_argument("dirs", nargs="+", metavar="DIR", help="bundle directories")
     export = sub.add_parser("export", help="add extractor.onnx (and analyzer.onnx) to existing bundles; "
                                            "voids their signature unless signed again")
     export.add_argument("--sign-key", default=os.environ.get("PRIVEDGE_SIGNING_KEY"),
@@ -58,12 +65,14 @@ def bundle_parser() -> argparse.ArgumentParser:
 
 
 def bundle_main(argv: list[str]) -> int:
-    """``privedge bundle keygen|sign|verify|export``; 0 on success, 1 when a key or a bundle fails."""
+    """``privedge bundle keygen|sign|verify|install|export``; 0 on success, 1 when a key or a bundle fails."""
     from models import signing
 
     args = bundle_parser().parse_args(argv)
     if args.action == "export":
         return _export(args.dirs, args.sign_key)
+    if args.action == "install":
+        return _install(args.dirs, args.key, args.part, args.into)
     try:
         if args.action == "keygen":
             key, pub = signing.generate_key(args.out)
@@ -84,6 +93,21 @@ def bundle_main(argv: list[str]) -> int:
             else:
                 v = signing.verify_bundle(d, key, args.part)
                 print(f"{d}: OK, model {v.model} signed by {v.key[:16]}... ({v.part} part, {len(v.files)} files)")
+        except (signing.SignatureError, OSError) as e:
+            print(f"{d}: FAILED: {e}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def _install(dirs: list[str], key: str, part: str, into: str) -> int:
+    from models import signing
+    from models.bundle_install import install_bundle
+
+    failed = 0
+    for d in dirs:
+        try:
+            dest, changed = install_bundle(d, into, key, part)
+            print(f"{d}: {'installed' if changed else 'already installed'} as {dest} ({part} part)")
         except (signing.SignatureError, OSError) as e:
             print(f"{d}: FAILED: {e}", file=sys.stderr)
             failed += 1

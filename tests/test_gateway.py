@@ -22,6 +22,7 @@ from gateway.config import ConfigError, GatewaySettings, load_settings
 from gateway.intake import Intake
 from gateway.metrics import Metrics
 from schemas import Limits, Names, Result
+from tests.metrics_names import parse, problems
 from tests.gateway_fixtures import (Listener, gateway_bundles, image_frame,  # noqa: F401 (fixtures)
                                     make_gateway, utterance, wait_until)
 from tests.gateway_fixtures import features_in as _features
@@ -96,6 +97,13 @@ def test_results_are_relayed_once_even_when_written_twice(make_gateway, mosquitt
     text = urllib.request.urlopen(gw.metrics_url, timeout=5).read().decode()
     assert 'privedge_gateway_results_relayed_total{gateway="gw1"} 3.0' in text
     assert 'privedge_gateway_duplicates_dropped_total{gateway="gw1"} 2.0' in text
+    # Each relayed result's capture-to-publication time, in the latency histogram of its task.
+    samples = [s for s in parse(text)["privedge_gateway_result_latency_seconds"].samples
+               if s.labels.get("task") == "glasses"]
+    value = {(s.name.rsplit("_", 1)[-1], s.labels.get("le")): s.value for s in samples}
+    assert value[("count", None)] == 3 and 0.6 <= value[("sum", None)] < 180  # each at least 0.2 s
+    assert value[("bucket", "0.1")] == 0 and value[("bucket", "+Inf")] == 3
+    assert problems(text) == []
     lis.close()
 
 

@@ -17,6 +17,7 @@ from broker import servers
 from common.health import HealthServer, Probes, check
 from gateway import service as gateway_service
 from tests.conftest import REPO
+from tests.metrics_names import parse, problems
 from tests.gateway_fixtures import (Listener, full_bundles, gateway_bundles, image_frame,  # noqa: F401
                                     make_gateway, wait_until)
 
@@ -76,6 +77,35 @@ def test_metrics_parse_with_prometheus_clients_own_parser(server):
     assert _get(server.url + "/nothing")[0] == 404
 
 
+OLD_CATCH_ALL = """# HELP privedge_gateway_gauge current values
+# TYPE privedge_gateway_gauge gauge
+privedge_gateway_gauge{gateway="gw1",name="image_queue"} 3.0
+# HELP privedge_gateway_publish_ms publish time
+# TYPE privedge_gateway_publish_ms gauge
+privedge_gateway_publish_ms{gateway="gw1"} 1.5
+# HELP privedge_gateway_received inputs
+# TYPE privedge_gateway_received gauge
+privedge_gateway_received{gateway="gw1"} 7.0
+# HELP privedge_gateway_latency latency
+# TYPE privedge_gateway_latency histogram
+privedge_gateway_latency_bucket{le="+Inf"} 1.0
+privedge_gateway_latency_count 1.0
+privedge_gateway_latency_sum 0.5
+"""
+
+
+def test_the_naming_rules_catch_a_catch_all_gauge_abbreviated_units_and_a_unitless_histogram():
+    found = problems(OLD_CATCH_ALL)
+    assert any("privedge_gateway_gauge: the metric type in its name" in p for p in found), found
+    assert any("privedge_gateway_gauge: a 'name' label" in p for p in found), found
+    assert any("privedge_gateway_publish_ms: abbreviated unit 'ms'" in p for p in found), found
+    assert any("privedge_gateway_latency: a histogram with no unit suffix" in p for p in found), found
+    assert not any(p.startswith("privedge_gateway_received") for p in found)  # a gauge may be unitless
+    good = "# HELP privedge_x_sent_bytes_total sent\n# TYPE privedge_x_sent_bytes_total counter\n" \
+           "privedge_x_sent_bytes_total 3.0\n"
+    assert problems(good) == []
+
+
 def test_check_of_nothing_listening_is_not_ready():
     assert check("http://127.0.0.1:9", timeout_s=1) == 1
 
@@ -98,8 +128,19 @@ def test_the_gateway_turns_unready_when_redis_stops_and_ready_when_it_returns(ma
         assert gateway_service.main(["--check", "--metrics-port", str(gw._metrics_server.port)]) == 1
         store.start()
         assert wait_until(lambda: _get(gw.health_url + "/readyz")[0] == 200, 20)
-        families = {f.name for f in text_string_to_metric_families(_get(gw.metrics_url)[1].decode())}
+
+        def kinds() -> set[str]:  # each loop sets its gauges after its first wait for inputs (0.2 s)
+            family = parse(_get(gw.metrics_url)[1].decode()).get("privedge_gateway_queued_inputs")
+            return {s.labels["kind"] for s in family.samples} if family else set()
+
+        assert wait_until(lambda: kinds() == {"image", "audio"}, 5)  # the loops' gauges by kind
+        text = _get(gw.metrics_url)[1].decode()
+        families = parse(text)
         assert "privedge_gateway_received" in families and "process_resident_memory_bytes" in families
+        assert problems(text) == []
+        assert "privedge_gateway_gauge" not in families  # no catch-all family: the gauges have names
+        assert families["privedge_gateway_upstream_available"].samples[0].value == 1.0
+        assert families["privedge_gateway_result_latency_seconds"].type == "histogram"
     finally:
         store.stop()
 
@@ -164,6 +205,7 @@ def test_a_worker_serves_health_and_named_metrics_and_check_follows_redis(full_b
                      "privedge_worker_group_lag", "privedge_worker_group_pending", "process_cpu_seconds"):
             assert name in families, sorted(families)
         assert families["privedge_worker_batch_seconds"].type == "histogram"
+        assert problems(text) == []
         store.stop()
         assert wait_until(lambda: _get_or_none(url + "/readyz") == 503, 10)
         assert _get(url + "/healthz")[0] == 200 and _check(args) == 1

@@ -135,16 +135,18 @@ def test_print_settings_hides_the_password_in_the_redis_url():
 def test_compose_runs_redis_with_the_acl_users():
     import yaml
 
-    from gateway.service import build_parser
-    from workers.service import parse_args
-
-    services = yaml.safe_load((Path(__file__).resolve().parents[1] / "docker-compose.yml").read_text())["services"]
-    assert "--aclfile" in services["redis"]["command"]
-    gw_url = build_parser().parse_args(services["gateway"]["command"][1:]).redis
-    assert urlsplit(gw_url).username == gateway_user("home", "").name
-    assert "PRIVEDGE_REDIS_PASSWORD" in services["gateway"]["environment"]
-    assert parse_args(services["worker"]["command"][1:]).redis.username == WORKER.name
-    assert "PRIVEDGE_REDIS_PASSWORD" in services["worker"]["environment"]
+    repo = Path(__file__).resolve().parents[1]
+    compose = yaml.safe_load((repo / "docker-compose.yml").read_text())
+    services = compose["services"]
+    command = services["redis"]["command"]
+    assert command[command.index("--aclfile") + 1] == "/run/secrets/redis_acl" and "redis_acl" in services["redis"]["secrets"]
+    gateway = yaml.safe_load((repo / "deploy" / "gateway.yaml").read_text())
+    gw_url = services["gateway"]["environment"]["PRIVEDGE_REDIS"]
+    assert urlsplit(gw_url).username == gateway_user(gateway["id"], "").name and urlsplit(gw_url).password is None
+    assert gateway["redis_password_file"] == "/run/secrets/gateway_redis_password"
+    worker = yaml.safe_load((repo / "deploy" / "worker.yaml").read_text())
+    assert urlsplit(worker["redis"]).username == WORKER.name and urlsplit(worker["redis"]).password is None
+    assert worker["redis_password_file"] == "/run/secrets/worker_redis_password"
 
 
 def test_a_worker_transaction_survives_an_appendonly_restart(tmp_path):

@@ -136,6 +136,29 @@ def test_a_home_copy_without_analyzer_files_verifies_as_the_home_part(signed, ke
         signing.verify_bundle(d, keys["ours"][1], "full")
 
 
+def test_install_copies_the_verified_part_read_only_and_refuses_a_changed_bundle(signed, other, keys, tmp_path):
+    from models.bundle_install import install_bundle
+
+    into = tmp_path / "volume"
+    dest, changed = install_bundle(signed, into, keys["ours"][1], "home")
+    assert changed and sorted(p.name for p in dest.iterdir()) == ["extractor.onnx", "extractor.pt",
+                                                                   "manifest.json", "signature.json"]
+    assert {oct(p.stat().st_mode & 0o777) for p in dest.iterdir()} == {"0o444"}
+    assert oct(dest.stat().st_mode & 0o777) == "0o555"
+    assert signing.verify_bundle(dest, keys["ours"][1], "auto").part == "home"
+    assert install_bundle(signed, into, keys["ours"][1], "home") == (dest, False)  # already there
+    changed_copy = copy(signed, tmp_path, "image")
+    (changed_copy / "extractor.onnx").write_bytes(b"a backdoored graph")
+    with pytest.raises(signing.SignatureError, match="extractor.onnx: sha256"):
+        install_bundle(changed_copy, into, keys["ours"][1], "home")
+    with pytest.raises(signing.SignatureError, match="not by the pinned provider key"):
+        install_bundle(other, into, keys["ours"][1], "full")
+    assert signing.verify_bundle(dest, keys["ours"][1], "home")  # what was installed is untouched
+    assert sorted(p.name for p in into.iterdir()) == ["image"]  # no half-made copy left behind
+    full, _ = install_bundle(signed, tmp_path / "cloud", keys["ours"][1], "full")
+    assert signing.verify_bundle(full, keys["ours"][1], "full").part == "full"
+
+
 def test_the_wrong_key_fails(other, keys):
     with pytest.raises(signing.SignatureError, match="not by the pinned provider key"):
         signing.verify_bundle(other, keys["ours"][1])
@@ -327,11 +350,12 @@ def test_the_demo_cache_trusts_only_bundles_its_own_key_signed(tmp_path, keys, m
 def test_the_compose_services_pin_the_provider_key():
     import yaml
 
-    from gateway.service import build_parser
-    from workers.service import parse_args
-
-    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
-    assert parse_args(services["worker"]["command"][1:]).bundle_key == "/keys/provider.key.pub"
-    assert build_parser().parse_args(services["gateway"]["command"][1:]).bundle_key == "/keys/provider.key.pub"
-    for name in ("gateway", "worker"):
-        assert "./keys/provider.key.pub:/keys/provider.key.pub:ro" in services[name]["volumes"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert compose["configs"]["provider_key"] == {"file": "./keys/provider.key.pub"}
+    for name, settings in (("gateway", "gateway.yaml"), ("worker", "worker.yaml")):
+        key = yaml.safe_load((REPO / "deploy" / settings).read_text())["bundle_key"]
+        assert {"source": "provider_key", "target": key} in compose["services"][name]["configs"]
+    for name in ("home-bundles", "cloud-bundles"):  # the one-shots that install the bundles verify them too
+        command = compose["services"][name]["command"]
+        key = command[command.index("--key") + 1]
+        assert {"source": "provider_key", "target": key} in compose["services"][name]["configs"]
