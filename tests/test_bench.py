@@ -107,3 +107,28 @@ def test_drill_counts_are_read_back_from_the_lines_the_drills_print():
     assert parse_counts(text) == [("worker SIGKILL", {"inputs": 500, "results": 500, "missing": 0,
                                                       "dropped": {"cam0": 3, "cam1": 4}, "note": "ok"}),
                                   ("x", {"inputs": 2})]
+
+
+def test_worker_scaling_sizes_each_phase_from_a_measured_rate(tmp_path, redis_server):
+    """A probe's single-worker rate sizes the backlog of every phase, so none runs out, and the output says
+    what it was sized from."""
+    from bench.loadgen import load_inputs
+    from bench.scaling import MARGIN, measure_scaling, scaling_markdown, sized_backlog
+    from models.bundle import make_untrained_bundle
+
+    assert sized_backlog(1000.0, 2, 10.0, "split") == math.ceil(MARGIN * 2 * 1000 * (10 + 1 + 1)) >= 2 * 1000 * 10
+    assert sized_backlog(1e9, 2, 10.0, "cloud_only") == 100_000  # capped: Redis memory
+    make_untrained_bundle(tmp_path / "image", "image")
+    r = measure_scaling(redis_server.url, tmp_path / "image", load_inputs("image", 4, None), "split", 1.0,
+                        tmp_path / "logs")
+    rate = r["probe"]["per_s"]
+    assert rate > 0 and not r["probe"]["ran_out"]
+    for k in (1, 2):
+        phase = r[str(k)]
+        assert phase["backlog"] == sized_backlog(phase["sized_from_per_s"], k, 1.0, "split")
+        assert phase["sized_from_per_s"] >= rate and phase["backlog"] >= k * rate * 1.0
+        assert phase["results"] > 0 and phase["dead_letters"] == 0
+        assert not phase["ran_out"] and phase["left_at_end"] > 64 * k, phase
+    assert r["sizing"].startswith(f"backlog sized from measured rate {rate:.0f}/s for 1 s per phase")
+    md = "\n".join(scaling_markdown({"image": {"split": r}}))
+    assert r["sizing"] in md and "ran out" not in md.split("\n\n")[1]
