@@ -6,7 +6,8 @@ stream over the measured window. How much to pre-fill is measured, not guessed: 
 worker, :data:`PROBE_S` seconds, on a generous backlog, doubled until the probe itself does not run out)
 gives the single-worker rate R, and each phase of N workers gets ``MARGIN x N x R x (seconds + settle +
 FILL_SLACK_S)`` messages: twice what N perfectly scaling workers would finish in the whole phase (a later
-phase uses the higher per-worker rate of an earlier phase that did not run out, when there is one). A phase whose workers still finished every message before its window ended is flagged
+phase uses the higher per-worker rate of an earlier phase that did not run out, when there is one). A
+phase whose workers still finished every message before its window ended is flagged
 (``ran_out``; its rate is then a lower bound), and the output says what the backlog was sized from.
 
 Two modes: ``split`` (messages as a gateway sends them, wire version 2, made by the bundle's own

@@ -58,12 +58,6 @@ class UndecodableMedia(SchemaError):
     reason = "undecodable media"
 
 
-class UnknownModel(SchemaError):
-    """A compact feature envelope's model reference names no model the reader knows (schemas.compact)."""
-
-    reason = "unknown model"
-
-
 class BadName(SchemaError):
     """A topic, device id, gateway id or task name that is malformed."""
 

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 from gateway.hand_on import FeaturesUpstream
 from gateway.pseudonyms import Pseudonyms
 from schemas import FeatureMessage, Malformed, Names, SchemaError, UnknownVersion, WrongType, compact
-from schemas.compact import Catalog, Model, Origin, entry_bytes, model_ref
-from schemas.errors import UnknownModel
+from schemas.compact import Catalog, Model, Origin, UnknownModel, entry_bytes, model_ref
 from schemas.names import FIELD
 
 NAMES = Names()

@@ -23,8 +23,8 @@ from models import bundle as bundles
 from models.release import BadFeatures, check_wire
 from models.signing import check_bundle
 from schemas import compact
-from schemas.compact import Catalog, Origin
-from schemas.errors import SchemaError, UnknownModel
+from schemas.compact import Catalog, Origin, UnknownModel
+from schemas.errors import SchemaError
 from schemas.features import FeatureMessage
 
 log = logging.getLogger(__name__)
