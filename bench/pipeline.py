@@ -9,8 +9,9 @@ Per modality and mode:
 - ``latency_p50_ms`` / ``latency_p99_ms``: result arrival on MQTT minus capture time, at a fixed offered
   load (open loop, paced) of ``latency_fraction`` x the split mode's saturation throughput, the same for
   all three modes.
-- ``bytes_up_per_inference``: the msgpack bytes of every entry the gateway added to the Redis streams
-  (read back with XRANGE), per entry; 0 when nothing went up.
+- ``bytes_up_per_inference``: the bytes of every entry the gateway added to the Redis streams, field
+  names and values as Redis stores them (read back with XRANGE: schemas.compact.entry_bytes), per entry;
+  0 when nothing went up.
 - ``gateway_cpu_s_per_inference``: the gateway process's utime + stime over the saturation window, per
   result in that window; ``gateway_peak_rss_mb``: its VmHWM at the end of the run.
 
@@ -35,6 +36,7 @@ from bench.baselines import CLOUD_PROCESS, HOME_PROCESS
 from bench.loadgen import Inputs, LoadGenerator, ResultListener
 from bench.procs import Service
 from broker import servers
+from schemas.compact import entry_bytes
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,8 @@ class Stack:
 
 
 def upstream_bytes(client: redis.Redis, key_prefix: str) -> tuple[int, int]:
-    """(total bytes, entries) of the ``m`` fields of every features/media stream under ``key_prefix``."""
+    """(total bytes, entries) of every features/media stream under ``key_prefix``: each entry's field names
+    and values (schemas.compact.entry_bytes)."""
     total = entries = 0
     for pattern in (f"{key_prefix}:features:*", f"{key_prefix}:media:*"):
         for key in client.scan_iter(match=pattern):
@@ -107,7 +110,7 @@ def upstream_bytes(client: redis.Redis, key_prefix: str) -> tuple[int, int]:
                     chunk = chunk[1:]  # XRANGE's min is inclusive: the previous page's last entry
                 if not chunk:
                     break
-                total += sum(len(fields[b"m"]) for _, fields in chunk)
+                total += sum(entry_bytes(fields) for _, fields in chunk)
                 entries += len(chunk)
                 last = chunk[-1][0]
     return total, entries

@@ -159,6 +159,10 @@ class GatewaySettings:
     pseudonym_period_s: int = 0
     """Rotating device pseudonyms on the wire (gateway/pseudonyms.py): every this many seconds (86400: daily)
     the cloud sees other device ids, boot ids and sequence numbers, mapped back here; 0: off."""
+    wire_version: int = 2
+    """Wire version of the feature messages sent up (schemas.compact): 2, the compact envelope (at most 64
+    bytes per inference for the default bundles), or 1, the self-describing map, for a cloud whose workers
+    are older than version 2. Workers read both, so upgrade the workers first, then the gateways."""
     pseudonym_key_file: str | None = None
     """The home's pseudonym key; default ``spool_dir/{id}/pseudonym.key`` (made at first start), or, without
     a spool_dir, a key held in memory (results of inputs sent before a restart are then unmappable)."""
@@ -274,6 +278,7 @@ def _validate(s: GatewaySettings) -> None:
                  "drain_timeout_s", "connect_timeout_s"):
         need(getattr(s, name) > 0, f"{name} must be > 0, got {getattr(s, name)}")
     need(s.metrics_port is None or 0 <= s.metrics_port <= 65535, f"bad metrics_port {s.metrics_port}")
+    need(s.wire_version in (1, 2), f"wire_version must be 1 or 2, got {s.wire_version}")
     need(s.pseudonym_period_s == 0 or s.pseudonym_period_s >= 60,
          f"pseudonym_period_s must be 0 (off) or at least 60, got {s.pseudonym_period_s}")
     if s.pitch_shift is not None:

@@ -5,7 +5,8 @@ input whose message cannot be made is rejected alone), add the batch to one stre
 :class:`gateway.upstream.Upstream` (pipelined, retried, spooled), and acknowledge the inputs only once it
 is there; at shutdown past the drain deadline they are left unacknowledged for the broker to resend.
 :class:`FeaturesUpstream` is privedge's: the extractor's released features as FeatureMessages to
-``{p}:features:{task}:{gateway}``.
+``{p}:features:{task}:{gateway}``, in the compact envelope (wire version 2, schemas.compact) unless the
+gateway's ``wire_version`` is 1.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import numpy as np
 from gateway.extraction import ExtractionLoop, Ready, describe
 from gateway.pseudonyms import Pseudonyms
 from gateway.upstream import Upstream
-from schemas import FeatureMessage
+from schemas import FeatureMessage, compact
 
 
 class StreamHandOn:
@@ -63,8 +64,9 @@ class FeaturesUpstream(StreamHandOn):
     """Split serving: the bundle's Extractor at home, its features to the home's features stream."""
 
     def __init__(self, extractor: Any, upstream: Upstream, stream: str,
-                 pseudonyms: Pseudonyms | None = None) -> None:
+                 pseudonyms: Pseudonyms | None = None, wire_version: int = compact.VERSION) -> None:
         super().__init__(upstream, stream)
+        self.wire_version = wire_version
         self.network = extractor  # models.serving.Extractor (the home half only)
         self.pseudonyms = pseudonyms  # the names the cloud sees instead of the device's (gateway/pseudonyms.py)
 
@@ -75,9 +77,10 @@ class FeaturesUpstream(StreamHandOn):
         device, boot, seq = r.device, r.media.boot, r.seq
         if self.pseudonyms is not None:
             device, boot, seq = self.pseudonyms.hide(device, boot, seq, ts=now)
-        return FeatureMessage.from_array(output, gateway=loop.s.id, device=device, seq=seq, boot=boot,
-                                         ts=r.ts, ts_sent=now, task=loop.task, model=loop.model_id,
-                                         reply=loop.reply, face=r.face_index).encode()
+        msg = FeatureMessage.from_array(output, gateway=loop.s.id, device=device, seq=seq, boot=boot,
+                                        ts=r.ts, ts_sent=now, task=loop.task, model=loop.model_id,
+                                        reply=loop.reply, face=r.face_index)
+        return compact.encode(msg) if self.wire_version == compact.VERSION else msg.encode()
 
     def refusal(self, e: Exception) -> tuple[str, str]:
         return "model failed", f"features not sendable: {describe(e)}"

@@ -86,7 +86,7 @@ class SplitServing:
 
     def hand_on(self, gateway: "Gateway", kind: str, network: object | None, manifest: dict) -> HandOn:
         return FeaturesUpstream(network, gateway.upstream, gateway.names.features(manifest["task"], gateway.s.id),
-                                pseudonyms=gateway.pseudonyms)
+                                pseudonyms=gateway.pseudonyms, wire_version=gateway.s.wire_version)
 
 
 def load_models(settings: GatewaySettings, serving: Serving) -> dict[str, tuple[object | None, dict]]:

@@ -32,7 +32,9 @@ from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.structure import check_structure
 
 WIRE_VERSION = 1
-"""The only wire version this code speaks; decoders refuse any other."""
+"""The version of every message map built here (``{"v": 1, ...}``); :meth:`Message.decode` refuses any
+other. Version 2 is not a map but the compact feature envelope (schemas.compact), which the gateway
+writes to the features streams; a worker reads both there."""
 
 _REQUIRED = dataclasses.MISSING
 
@@ -145,8 +147,8 @@ def _check(f: _Field, value: Any, limits: Limits) -> Any:
     return value
 
 
-def unpack_map(data: bytes, payload_limit: int, limits: Limits) -> dict:
-    """Bytes -> msgpack map; only SchemaErrors escape.
+def unpack(data: bytes, payload_limit: int, limits: Limits) -> Any:
+    """Bytes -> one msgpack object (any type); only SchemaErrors escape.
 
     Oversize input is refused before any parsing, and input nested deeper than ``limits.max_depth`` or
     holding more than ``limits.max_objects`` objects before msgpack allocates anything
@@ -158,7 +160,7 @@ def unpack_map(data: bytes, payload_limit: int, limits: Limits) -> dict:
         raise TooLarge(f"payload of {len(data)} bytes > {payload_limit}")
     check_structure(data, limits.max_depth, limits.max_objects)
     try:
-        obj = msgpack.unpackb(
+        return msgpack.unpackb(
             data, raw=False, strict_map_key=True, use_list=True,
             max_bin_len=payload_limit, max_str_len=4 * limits.max_str, max_array_len=limits.max_array,
             max_map_len=limits.max_map, max_ext_len=0,
@@ -171,6 +173,11 @@ def unpack_map(data: bytes, payload_limit: int, limits: Limits) -> dict:
         raise Malformed(f"not msgpack: {e}") from e
     except (msgpack.UnpackException, TypeError, RecursionError) as e:
         raise Malformed(f"not msgpack: {e}") from e
+
+
+def unpack_map(data: bytes, payload_limit: int, limits: Limits) -> dict:
+    """Bytes -> msgpack map (:func:`unpack`, then the top level must be a map); only SchemaErrors escape."""
+    obj = unpack(data, payload_limit, limits)
     if not isinstance(obj, dict):
         raise Malformed(f"payload must be a msgpack map, got {type(obj).__name__}")
     return obj
@@ -262,4 +269,4 @@ class Message:
                 for f in cls.wire_fields()]
 
 
-__all__ = ["FieldSpec", "Message", "SchemaError", "WIRE_VERSION", "spec", "unpack_map"]
+__all__ = ["FieldSpec", "Message", "SchemaError", "WIRE_VERSION", "spec", "unpack", "unpack_map"]

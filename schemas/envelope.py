@@ -4,6 +4,10 @@ and for which task and model.
 :class:`FeatureMessage` (split mode) and :class:`~schemas.upload.MediaMessage` (cloud_only) both derive
 from :class:`Envelope`, so the nine fields are declared once. Its fields come first in each message's
 wire order (dataclass fields of a base precede the subclass's), the order both declared them in before.
+
+On the features streams, wire version 2 (schemas.compact) sends only ``device``, ``boot``, ``seq``, the
+two times (as milliseconds) and a 4-byte reference of ``model``: the reader rebuilds ``id`` and takes
+``gateway`` and ``task`` from the stream's key.
 """
 from __future__ import annotations
 

@@ -117,8 +117,10 @@ def tensor_array(dtype: str, shape: tuple[int, ...], data: bytes) -> np.ndarray:
 
 @dataclass(frozen=True, kw_only=True)
 class FeatureMessage(Envelope):
-    """One inference's private features, sent by a gateway to ``{p}:features:{task}`` (field ``m``):
-    the envelope's fields (schemas.envelope) first, then the tensor."""
+    """One inference's private features, sent by a gateway to ``{p}:features:{task}:{gateway}`` (field
+    ``m``): the envelope's fields (schemas.envelope) first, then the tensor. :meth:`encode` gives wire
+    version 1, a self-describing map; gateways send wire version 2 by default, the compact array of
+    schemas.compact (at most 64 bytes for the default bundles), which decodes to the same message."""
 
     PAYLOAD_LIMIT = "max_feature_payload"
     dtype: str = spec("element type of data", choices=TENSOR_DTYPES)

@@ -15,8 +15,18 @@ import pytest
 
 from gateway.config import GatewaySettings
 from gateway.service import Gateway
-from models.bundle import make_untrained_bundle
+from models.bundle import make_untrained_bundle, read_manifest
 from schemas.media import AudioChunk, ImageFrame, encode_image, float_to_pcm16
+
+
+MADE: list[dict] = []
+"""The manifests of every bundle these fixtures made: what :func:`features_in` resolves model references
+of version 2 entries (schemas.compact) against."""
+
+
+def _made(d: Path) -> Path:
+    MADE.append(read_manifest(d))
+    return d
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +40,7 @@ def gateway_bundles(tmp_path_factory) -> dict[str, Path]:
         make_untrained_bundle(d, modality)
         (d / "analyzer.pt").unlink()
         (d / "analyzer.onnx").unlink()
-        out[modality] = d
+        out[modality] = _made(d)
     return out
 
 
@@ -41,7 +51,7 @@ def full_bundles(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for modality in ("image", "speech"):
         make_untrained_bundle(root / modality, modality)
-        out[modality] = root / modality
+        out[modality] = _made(root / modality)
     return out
 
 
@@ -86,11 +96,21 @@ class Listener:
         self.client.disconnect()
 
 
-def features_in(r, task: str, gateway: str = "gw1") -> list:
-    """The FeatureMessages in a gateway's features stream of ``task``, in order."""
-    from schemas import FeatureMessage, Names
+def feature_entry(stream, data: bytes, manifests=None):
+    """A features stream entry's ``m`` field, wire version 1 or 2, as the FeatureMessage a worker serving
+    ``manifests`` (default: every bundle these fixtures made) reads from it."""
+    from schemas import Names, compact
 
-    return [FeatureMessage.decode(f[b"m"]) for _, f in r.xrange(Names().features(task, gateway))]
+    catalog = compact.Catalog.of_manifests({m["model"]: m for m in (manifests or MADE)}.values())
+    return compact.decode(data, compact.Origin.of_stream(Names(), stream), catalog)
+
+
+def features_in(r, task: str, gateway: str = "gw1", manifests=None) -> list:
+    """The FeatureMessages in a gateway's features stream of ``task``, in order."""
+    from schemas import Names
+
+    stream = Names().features(task, gateway)
+    return [feature_entry(stream, f[b"m"], manifests) for _, f in r.xrange(stream)]
 
 
 def wait_until(pred, timeout: float = 20.0, step: float = 0.05) -> bool:

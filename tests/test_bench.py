@@ -176,3 +176,28 @@ def test_scene_speed_times_every_stage_of_the_face_path_per_frame(tmp_path, caps
     assert result["target"]["measured"] == result["runs"]["640x480, 1 face"]["fps_per_core"]
     md = (out / "scene-speed.md").read_text()
     assert "| 640x480, 4 faces |" in md and "frames/s per core" in md and "detect %" in md
+
+
+def test_worker_scaling_sizes_each_phase_from_a_measured_rate(tmp_path, redis_server):
+    """A probe's single-worker rate sizes the backlog of every phase, so none runs out, and the output says
+    what it was sized from."""
+    from bench.loadgen import load_inputs
+    from bench.scaling import MARGIN, measure_scaling, scaling_markdown, sized_backlog
+    from models.bundle import make_untrained_bundle
+
+    assert sized_backlog(1000.0, 2, 10.0, "split") == math.ceil(MARGIN * 2 * 1000 * (10 + 1 + 1)) >= 2 * 1000 * 10
+    assert sized_backlog(1e9, 2, 10.0, "cloud_only") == 100_000  # capped: Redis memory
+    make_untrained_bundle(tmp_path / "image", "image")
+    r = measure_scaling(redis_server.url, tmp_path / "image", load_inputs("image", 4, None), "split", 1.0,
+                        tmp_path / "logs")
+    rate = r["probe"]["per_s"]
+    assert rate > 0 and not r["probe"]["ran_out"]
+    for k in (1, 2):
+        phase = r[str(k)]
+        assert phase["backlog"] == sized_backlog(phase["sized_from_per_s"], k, 1.0, "split")
+        assert phase["sized_from_per_s"] >= rate and phase["backlog"] >= k * rate * 1.0
+        assert phase["results"] > 0 and phase["dead_letters"] == 0
+        assert not phase["ran_out"] and phase["left_at_end"] > 64 * k, phase
+    assert r["sizing"].startswith(f"backlog sized from measured rate {rate:.0f}/s for 1 s per phase")
+    md = "\n".join(scaling_markdown({"image": {"split": r}}))
+    assert r["sizing"] in md and "ran out" not in md.split("\n\n")[1]

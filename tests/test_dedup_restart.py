@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import redis
 
-from schemas import FeatureMessage, Result
+from schemas import Result
 from sensors.publisher import PublisherSettings, SensorPublisher
-from tests.gateway_fixtures import Listener, gateway_bundles, make_gateway, wait_until  # noqa: F401 (fixtures)
+from tests.gateway_fixtures import Listener, feature_entry, gateway_bundles, make_gateway, wait_until  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
 RESULTS = "privedge:results:gw1"
@@ -81,7 +81,7 @@ class EchoWorker:
             for key, entries in self.r.xread(self.cursors, count=100, block=100) or []:
                 for entry_id, fields in entries:
                     self.cursors[key] = entry_id
-                    f = FeatureMessage.decode(fields[b"m"])
+                    f = feature_entry(key, fields[b"m"])
                     res = Result(id=f.id, task=f.task, model=f.model, label="x", score=1.0, ts=f.ts,
                                  ts_done=time.time(), worker="echo")
                     self.r.xadd(f.reply, {"m": res.encode()})

@@ -18,14 +18,14 @@ from gateway.config import GatewaySettings
 from gateway.service import Gateway
 from models.bundle import make_untrained_bundle, read_manifest
 from broker import servers
-from schemas import FeatureMessage, Limits, Names
+from schemas import Limits, Names
 from schemas.features import split_id
 from schemas.names import GROUP
 from sensors import cli as sensor_cli
 from tests.conftest import FAST
 from tests.e2e_support import (REPO, Published, WorkerProcesses, arm_atimes, audited_command, raw_media_findings,
                                read_since_armed, redis_entries, results_of, without_pitch_shift)
-from tests.gateway_fixtures import Listener, full_bundles, gateway_bundles  # noqa: F401 (fixtures)
+from tests.gateway_fixtures import Listener, features_in, full_bundles, gateway_bundles  # noqa: F401 (fixtures)
 from workers.config import RedisSettings, WorkerSettings
 from workers.service import Worker
 
@@ -145,8 +145,7 @@ def test_redis_holds_no_raw_media_and_no_entry_over_the_feature_bound(run, gatew
     assert not [m for m, d in gateway_bundles.items() if (d / "analyzer.pt").exists()]  # the gateway ran without
     r = redis.Redis.from_url(run.redis_url)
     # The gateway sent one FeatureMessage per input, and the scan below sees them.
-    sent = [FeatureMessage.decode(f[b"m"]) for m in run.manifests.values()
-            for _, f in r.xrange(Names().features(m["task"], GATEWAY))]
+    sent = [msg for m in run.manifests.values() for msg in features_in(r, m["task"], GATEWAY, run.manifests.values())]
     assert sorted(f.id for f in sent if f.device in run.devices) == sorted(run.published.ids())
     entries = redis_entries(r)
     assert sum(" entry " in where for where, _ in entries) >= len(sent)

@@ -8,15 +8,15 @@ FSDD utterances, serves the microphone drills. Each test prints its counts (``py
 """
 from __future__ import annotations
 
+import json
 import signal
 import time
 
 import pytest
 
-from schemas import FeatureMessage
 from tests.conftest import FAST
 from tests.fault_rig import Rig, frame_ids, peak_rss_mb
-from tests.gateway_fixtures import full_bundles, wait_until  # noqa: F401 (fixture)
+from tests.gateway_fixtures import feature_entry, full_bundles, wait_until  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.integration
 SPEECH_RATE = 20.0
@@ -128,8 +128,9 @@ def test_redis_down_10s_mid_run(rig):
     _exactly_one_each(rig, n, first, counts)
     # Replayed in order: per device, seqs first appear in the features stream in publishing order.
     seen: dict[str, list[int]] = {}
-    for _, fields in (e for k in rig.features_streams() for e in rig.admin().xrange(k, min="-", max="+")):
-        msg = FeatureMessage.decode(fields[b"m"])
+    manifests = [json.loads((rig.bundle / "manifest.json").read_text())]
+    for k, (_, fields) in ((k, e) for k in rig.features_streams() for e in rig.admin().xrange(k, min="-", max="+")):
+        msg = feature_entry(k, fields[b"m"], manifests)
         if msg.seq >= first and msg.seq not in seen.setdefault(msg.device, []):
             seen[msg.device].append(msg.seq)
     for device, seqs in seen.items():

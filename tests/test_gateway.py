@@ -21,7 +21,7 @@ import redis
 from gateway.config import ConfigError, GatewaySettings, load_settings
 from gateway.intake import Intake
 from gateway.metrics import Metrics
-from schemas import Limits, Names, Result
+from schemas import FeatureMessage, Limits, Names, Result
 from tests.metrics_names import parse, problems
 from tests.gateway_fixtures import (Listener, gateway_bundles, image_frame,  # noqa: F401 (fixtures)
                                     make_gateway, utterance, wait_until)
@@ -65,6 +65,25 @@ def test_image_and_audio_inputs_become_feature_messages(make_gateway, mosquitto,
     assert lis.wait_for(lambda l: l.messages["privedge/gateway/gw1/status"][-1:] == [b"online"])
     assert gw.metrics.count("extracted") == 4 and gw.metrics.count("received") == 6
     assert gw.failed() is None
+    lis.close()
+
+
+def test_wire_version_1_for_older_workers(make_gateway, mosquitto, redis_server, gateway_bundles):
+    """``wire_version: 1`` sends the self-describing map an older worker reads; 2 (the default) the compact
+    array (schemas.compact); both are the same FeatureMessage."""
+    assert GatewaySettings().wire_version == 2
+    assert load_settings(env={"PRIVEDGE_WIRE_VERSION": "1"}).wire_version == 1
+    with pytest.raises(ConfigError, match="wire_version"):
+        GatewaySettings(wire_version=3)
+    make_gateway(wire_version=1)
+    lis = Listener(mosquitto.port)
+    lis.publish("privedge/cam1/image", image_frame("cam1", 5).encode())
+    r = redis.Redis.from_url(redis_server.url)
+    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") == 1)
+    (_, fields), = r.xrange("privedge:features:glasses:gw1")
+    assert isinstance(msgpack.unpackb(fields[b"m"]), dict)
+    assert FeatureMessage.decode(fields[b"m"]) == _features(r, "glasses")[0]
+    assert _features(r, "glasses")[0].id == "gw1/cam1/5"
     lis.close()
 
 

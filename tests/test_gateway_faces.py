@@ -25,13 +25,14 @@ from gateway.intake import DeviceQueues, Inbound
 from gateway.metrics import Metrics
 from models.faces import FaceBox, FaceDetector, crop_face, crop_square, make_detector
 from models.preprocess import image_to_input
-from schemas import FeatureMessage, ImageFrame, Names, Result
-from tests.gateway_fixtures import (Listener, features_in, full_bundles, gateway_bundles,  # noqa: F401 (fixtures)
+from schemas import ImageFrame, Names, Result
+from tests.gateway_fixtures import (Listener, feature_entry, features_in, full_bundles, gateway_bundles,  # noqa: F401 (fixtures)
                                     make_gateway, wait_until)
 from workers.config import RedisSettings, WorkerSettings
 from workers.service import Worker
 
 MANIFEST = {"task": "glasses", "model": "glasses-000000000000", "labels": ["no_glasses", "glasses"]}
+FEATURES = {**MANIFEST, "feature": {"dtype": "float32", "shape": [8]}}  # what the stub extractor below releases
 
 
 @pytest.fixture(scope="module")
@@ -155,7 +156,7 @@ def test_one_message_per_face_and_the_frame_acknowledged_after_its_last_face():
 
     class Upstream:
         def send(self, entries, give_up):
-            events.append(("send", [FeatureMessage.decode(m).id for _, m in entries]))
+            events.append(("send", [feature_entry(s, m, [FEATURES]).id for s, m in entries]))
             return True
 
     class Model:

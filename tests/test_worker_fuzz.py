@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from models.bundle import make_untrained_bundle, read_manifest
-from schemas import FeatureMessage, Limits, Names, SchemaError
+from schemas import FeatureMessage, Limits, Names, SchemaError, compact
 from schemas.names import GROUP
 from schemas.results import Result
 from tests.conftest import FAST
@@ -138,6 +138,55 @@ def test_unknown_model(served, model):
     assert reason == b"unknown model" or reason.startswith(b"undecodable"), reason
 
 
+def _good_items(manifest, seq: int = 1) -> list:
+    """A good message as its version 2 array (schemas.compact)."""
+    return msgpack.unpackb(compact.encode(FeatureMessage.from_wire(_good_wire(manifest, seq))))
+
+
+def _decodes(payload: bytes, manifest, worker: Worker) -> bool:
+    """Whether ``payload`` decodes as an entry of gateway gw's stream (either wire version)."""
+    try:
+        compact.decode(payload, compact.Origin("gw", manifest["task"], NAMES.results("gw")), worker.analysis.catalog)
+        return True
+    except SchemaError:
+        return False
+
+
+@FUZZ
+@given(position=st.integers(0, 9), value=values, action=st.sampled_from(["replace", "drop", "insert"]))
+def test_structurally_wrong_version_2_arrays(served, position, value, action):
+    """Version 2 entries with an item replaced by anything, dropped or added: what does not decode is
+    dead-lettered as undecodable (or as an unknown model), what does gets its result."""
+    worker, manifest = served
+    items = _good_items(manifest)
+    if action == "replace" and position < len(items):
+        items[position] = value
+    elif action == "drop" and position < len(items):
+        del items[position]
+    else:
+        items.insert(position, value)
+    payload = msgpack.packb(items, use_bin_type=True)
+    valid = _decodes(payload, manifest, worker)
+    reason = _handle_one(worker, payload, "wrong v2 arrays")
+    if not valid:
+        assert reason is not None and (reason.startswith(b"undecodable") or reason == b"unknown model"), reason
+
+
+@FUZZ
+@given(tail=st.binary(max_size=80), cut=st.integers(0, 60))
+def test_version_2_heads_with_hostile_tails(served, tail, cut):
+    """A good version 2 entry cut anywhere and followed by random bytes: dead-lettered, never a crash."""
+    worker, manifest = served
+    good = compact.encode(FeatureMessage.from_wire(_good_wire(manifest)))
+    payload = good[:min(cut, len(good) - 1)] + tail
+    if payload == good:
+        return
+    reason = _handle_one(worker, payload, "v2 hostile tails")
+    # random feature bytes may decode and then be refused by the bundle's feature checks
+    assert reason is None or reason.startswith(b"undecodable") or reason in (
+        b"unknown model", b"non-finite features", b"features out of range"), reason
+
+
 def test_oversize_is_refused_before_decoding(served):
     """A well-formed message one byte over the limit is refused by size, not parsed."""
     worker, manifest = served
@@ -159,6 +208,10 @@ def test_running_worker_survives_a_stream_of_poison_then_serves(served):
     rng = np.random.default_rng(0)
     poison = [rng.bytes(int(rng.integers(0, 200))) for _ in range(50)]
     poison += [msgpack.packb({**_good_wire(manifest), "model": f"m{i}"}, use_bin_type=True) for i in range(10)]
+    good_v2 = compact.encode(FeatureMessage.from_wire(_good_wire(manifest)))
+    cut = [good_v2[:int(rng.integers(1, len(good_v2)))] + rng.bytes(int(rng.integers(0, 40))) for _ in range(20)]
+    poison += [p for p in cut if not _decodes(p, manifest, worker)]  # a random tail may complete the data
+    poison += [msgpack.packb([2, *_good_items(manifest)[1:6], i, *_good_items(manifest)[7:]]) for i in range(5)]
     TRIED["stream poison"] = len(poison)
     dead = NAMES.dead(manifest["task"])
     before, results_before = worker.redis.xlen(dead), worker.redis.xlen(NAMES.results("gw"))

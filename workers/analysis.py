@@ -5,6 +5,10 @@ FeatureMessages: :class:`FeatureAnalysis`, behind the small :class:`Analysis` in
 loop (workers/service.py) calls. The benchmark's cloud-only baseline drives that same loop with an
 analysis of its own (bench/baselines/cloud_worker.py): a worker never sees raw media. A message that
 cannot be analysed becomes a :class:`Rejected` with a reason and never stops the batch.
+
+An entry is either wire version (schemas.compact): a version 1 map or a version 2 array, whose model
+reference :class:`FeatureAnalysis` resolves against the bundles it loaded and whose home, task and reply
+stream come from the stream it was read from (:class:`schemas.compact.Origin`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ import numpy as np
 from models import bundle as bundles
 from models.release import BadFeatures, check_wire
 from models.signing import check_bundle
+from schemas import compact
+from schemas.compact import Catalog, Origin, UnknownModel
 from schemas.errors import SchemaError
 from schemas.features import FeatureMessage
 
@@ -55,8 +61,9 @@ class Analysis(Protocol):
              allow_unsigned: bool) -> dict[str, Served]:
         """{model id: Served} of every bundle, each once its signature verifies."""
 
-    def decode(self, data: bytes, limits) -> Any:
-        """A stream entry's ``m`` field as a message; Rejected if it does not decode."""
+    def decode(self, data: bytes, limits, origin: Origin) -> Any:
+        """A stream entry's ``m`` field, read from a stream of ``origin``, as a message; Rejected if it
+        does not decode."""
 
     def model_input(self, msg: Any, served: Served) -> np.ndarray:
         """One network input for ``msg``; Rejected if ``msg`` cannot be analysed by ``served``."""
@@ -67,12 +74,17 @@ class FeatureAnalysis:
 
     stream_kind = "features"
 
+    def __init__(self) -> None:
+        self.catalog = Catalog()  # the loaded bundles by wire reference (version 2 entries name them so)
+
     def load(self, bundle_dirs: tuple[Path, ...], runtime: str = "torch", threads: int = 1, *,
              bundle_key: str | None = None, allow_unsigned: bool = False) -> dict[str, Served]:
-        return load_served(bundle_dirs, runtime, threads, bundle_key=bundle_key, allow_unsigned=allow_unsigned)
+        served = load_served(bundle_dirs, runtime, threads, bundle_key=bundle_key, allow_unsigned=allow_unsigned)
+        self.catalog = catalog_of(served)
+        return served
 
-    def decode(self, data: bytes, limits) -> FeatureMessage:
-        return decode_message(data, limits)
+    def decode(self, data: bytes, limits, origin: Origin) -> FeatureMessage:
+        return decode_message(data, limits, origin, self.catalog)
 
     def model_input(self, msg: FeatureMessage, served: Served) -> np.ndarray:
         return model_input(msg, served)
@@ -102,10 +114,19 @@ def served_of(manifest: dict, net: Any, forward: Callable[[list[np.ndarray]], np
                   feature_shape=tuple(int(n) for n in manifest["feature"]["shape"]), net=net, forward=forward)
 
 
-def decode_message(data: bytes, limits) -> FeatureMessage:
-    """The stream entry's ``m`` field as a FeatureMessage; Rejected if it does not decode."""
+def catalog_of(served: dict[str, Served]) -> Catalog:
+    """The wire references of the served models, with the dtype and shape of the features each takes."""
+    return Catalog(compact.Model(s.model_id, s.net.manifest["feature"]["dtype"], s.feature_shape)
+                   for s in served.values())
+
+
+def decode_message(data: bytes, limits, origin: Origin, catalog: Catalog) -> FeatureMessage:
+    """The stream entry's ``m`` field (wire version 1 or 2) as a FeatureMessage; Rejected if it does not
+    decode, with reason ``unknown model`` for a version 2 reference to no served model."""
     try:
-        return FeatureMessage.decode(data, limits)
+        return compact.decode(data, origin, catalog, limits)
+    except UnknownModel as e:
+        raise Rejected("unknown model", str(e)) from e
     except SchemaError as e:
         raise Rejected(f"undecodable: {e.reason}", str(e)) from e
 

@@ -34,6 +34,7 @@ from common.backoff import Backoff
 from common.tls import add_flags as add_tls_flags, certificate_refused
 from common.top_k import top_k
 from models.signing import SignatureError
+from schemas.compact import Origin
 from schemas.limits import DEFAULT_LIMITS
 from schemas.names import FIELD, GROUP, Names
 from schemas.results import ErrorReport, Result
@@ -196,13 +197,13 @@ class Worker:
         raw = fields.get(FIELD.encode())
         if raw is None:
             raise Rejected("undecodable: missing field", f"stream entry has no field {FIELD}")
-        msg = self.analysis.decode(raw, DEFAULT_LIMITS)
-        served = self.served.get(msg.model)
-        if served is None:
-            raise Rejected("unknown model", msg.model)
         task, gateway = self.stream_set.streams.get(stream, (None, None))
         if gateway is None:
             raise Rejected("unknown stream", stream)
+        msg = self.analysis.decode(raw, DEFAULT_LIMITS, Origin(gateway, task, self.names.results(gateway)))
+        served = self.served.get(msg.model)
+        if served is None:
+            raise Rejected("unknown model", msg.model)
         if served.task != task:
             raise Rejected("task mismatch", f"model {msg.model} serves {served.task}, stream {stream}")
         check_origin(msg, gateway, self.names)

@@ -48,7 +48,8 @@ class MediaAnalysis:
             log.info("serving %s (task %s, cloud-only, %s) from %s", s.model_id, s.task, net.runtime, d)
         return served
 
-    def decode(self, data: bytes, limits) -> MediaMessage:
+    def decode(self, data: bytes, limits, origin=None) -> MediaMessage:
+        """A media stream's entry (version 1 only: the compact envelope is for features)."""
         try:
             return MediaMessage.decode(data, limits)
         except SchemaError as e:
