@@ -110,6 +110,10 @@ def decode_image(frame: ImageFrame, limits: Limits = DEFAULT_LIMITS) -> np.ndarr
         if len(frame.data) != frame.w * frame.h * frame.ch:
             raise UndecodableMedia(f"raw frame has {len(frame.data)} bytes, want w*h*ch", field="data")
         return np.frombuffer(frame.data, dtype=np.uint8).reshape(shape)
+    if frame.codec == "jpeg":
+        pixels = _decode_jpeg_turbo(frame)
+        if pixels is not None:
+            return pixels.reshape(shape)
     try:
         # Image.open only parses the header; the size check below runs before any decompression,
         # so a small declared size bounds the work (no global warning filters: gateways are threaded).
@@ -185,3 +189,33 @@ def split_pcm(data: bytes, *, rate: int, channels: int, chunk_ms: float) -> list
     frame_bytes = 2 * channels
     step = max(1, int(rate * chunk_ms / 1000)) * frame_bytes
     return [data[i:i + step] for i in range(0, len(data), step)] or [b""]
+
+
+_TURBO_COLOURS = {1: ("Gray", "GRAY"), 3: ("YCbCr", "RGB")}  # frame channels: (JPEG colour space, output)
+
+
+def _decode_jpeg_turbo(frame: ImageFrame) -> np.ndarray | None:
+    """A JPEG frame's pixels through simplejpeg (libjpeg-turbo, as Pillow's own decoder is), or None when
+    the file's colour space is not the one its channels call for (Pillow converts those, below).
+
+    The same decoder and settings as Pillow (accurate DCT, smooth upsampling), so the pixels are the same,
+    but without Pillow's Python-level header parsing and tile set-up, which for a camera-sized face crop
+    costs several times the decompression itself (about 0.2 ms against 0.04 ms for a 92x112 frame). The
+    header is read first, so the declared size bounds the work here too; ``strict`` refuses a corrupt or
+    truncated file instead of returning the part that decoded."""
+    import simplejpeg
+
+    wanted = _TURBO_COLOURS.get(frame.ch)
+    if wanted is None:
+        return None
+    try:
+        height, width, colour, _ = simplejpeg.decode_jpeg_header(frame.data)
+        if (width, height) != (frame.w, frame.h):
+            raise UndecodableMedia(f"jpeg is {width}x{height}, frame says {frame.w}x{frame.h}", field="data")
+        if colour != wanted[0]:
+            return None
+        return simplejpeg.decode_jpeg(frame.data, colorspace=wanted[1], strict=True)
+    except UndecodableMedia:
+        raise
+    except (ValueError, TypeError) as e:
+        raise UndecodableMedia(f"cannot decode jpeg frame: {e}", field="data") from e

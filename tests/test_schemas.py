@@ -14,7 +14,7 @@ from PIL import Image
 from schemas import (AudioChunk, BadName, BadTensor, ErrorReport, FeatureMessage, ImageFrame, Limits,
                      Malformed, MissingField, Names, Result, SchemaError, TooLarge, UndecodableMedia,
                      UnknownVersion, WrongType, decode_image, make_id, parse_sensor_topic, split_id)
-from schemas.media import float_to_pcm16, pcm16_to_array, split_pcm
+from schemas.media import encode_image, float_to_pcm16, pcm16_to_array, split_pcm
 
 RNG = np.random.default_rng(0)
 IMG = RNG.integers(0, 256, size=(6, 5, 3), dtype=np.uint8)
@@ -214,6 +214,33 @@ def test_media_decode_errors():
         decode_image(huge, SMALL)
     with pytest.raises(TooLarge):
         ImageFrame.decode(huge.encode(), SMALL)
+
+
+def _pillow_pixels(frame: ImageFrame) -> np.ndarray:
+    with Image.open(io.BytesIO(frame.data)) as im:
+        return np.asarray(im.convert({1: "L", 3: "RGB"}[frame.ch]))
+
+
+def test_jpeg_frames_decode_to_the_pixels_pillow_gives():
+    """The fast JPEG path (simplejpeg) gives Pillow's pixels exactly: grey ORL photographs, colour scenes,
+    and a colour file declared grey (Pillow converts it), and refuses truncated files and wrong sizes."""
+    from tests.conftest import DATA
+
+    rng = np.random.default_rng(0)
+    grey = [np.asarray(Image.open(DATA / "orl" / f"s{i}" / "1.pgm")) for i in (1, 7, 23)]
+    colour = [rng.integers(0, 256, (48, 64, 3), dtype=np.uint8),
+              np.repeat(np.repeat(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8), 8, 0), 8, 1)]
+    for img in grey + colour:
+        frame = ImageFrame(device="c", seq=0, ts=0.0, **encode_image(img, "jpeg"))
+        assert np.array_equal(decode_image(frame), _pillow_pixels(frame).reshape(decode_image(frame).shape))
+    as_grey = ImageFrame(device="c", seq=0, ts=0.0, **{**encode_image(colour[0], "jpeg"), "ch": 1})
+    assert np.array_equal(decode_image(as_grey), _pillow_pixels(as_grey))
+    frame = ImageFrame(device="c", seq=0, ts=0.0, **encode_image(colour[1], "jpeg"))
+    for cut in (50, len(frame.data) // 2, len(frame.data) - 4):
+        with pytest.raises(UndecodableMedia):
+            decode_image(ImageFrame(**{**vars(frame), "data": frame.data[:cut]}))
+    with pytest.raises(UndecodableMedia, match="frame says"):
+        decode_image(ImageFrame(**{**vars(frame), "w": frame.w - 1}))
 
 
 def test_names_from_prefix():
