@@ -139,7 +139,9 @@ def tune(name: str, tune_faces, tune_free, log) -> dict:
     kind, configs, thresholds = CANDIDATES[name]
     best = None
     for cfg in configs:
-        det = faces.make_detector(kind, **cfg, threshold=LOW[kind])
+        # box_fit identity: the fit below maps the detector's own raw boxes (make_detector would otherwise
+        # lay the shipped default's fit over the default kind's boxes, and the fit would be relative to it)
+        det = faces.make_detector(kind, **cfg, threshold=LOW[kind], box_fit=(0.0, 0.0, 1.0, 1.0))
         t0 = time.process_time()
         raw_f = run_raw(det, tune_faces)
         cost = (time.process_time() - t0) / len(tune_faces)

