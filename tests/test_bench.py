@@ -107,3 +107,28 @@ def test_drill_counts_are_read_back_from_the_lines_the_drills_print():
     assert parse_counts(text) == [("worker SIGKILL", {"inputs": 500, "results": 500, "missing": 0,
                                                       "dropped": {"cam0": 3, "cam1": 4}, "note": "ok"}),
                                   ("x", {"inputs": 2})]
+
+
+def _trained(embedding, cut, acc, nbytes, uncut=0.85):
+    return {"embedding": embedding, "cut": cut, "dims": 8 if embedding == "advanced" else None,
+            "primary_accuracy": acc, "feature_bytes": nbytes, "extractor_macs": 10_000_000, "epochs": [40, 15, 10],
+            "seconds": 1.0, "n_train": 640, "n_test": 640, "training": {"uncut_accuracy": uncut},
+            "face_crops": {"frames": 1280, "cropped": 1279, "missed": 1}}
+
+
+def test_paper_table_measures_each_cell_against_the_uncut_network():
+    from bench.paper_table import markdown, rows_of
+
+    uncut, rows = rows_of([_trained("simple", "block2", 0.85, 32768), _trained("advanced", "block3", 0.8395, 32),
+                           _trained("siamese", "block4", 0.8405, 8192)])
+    assert uncut["accuracy"] == 0.85 and uncut["n_test"] == 640
+    assert [r["points_vs_uncut"] for r in rows] == [0.0, -1.05, -0.95]
+    assert [r["within_1_point"] for r in rows] == [True, False, True]
+    res = {"machine": {"cores": 2, "cpu_model": "x", "python": "3", "torch": "t", "onnxruntime": "o",
+                       "load_average_at_start": [1.0, 1.0, 1.0], "date_utc": "now"},
+           "settings": {"size": "small", "seed": 0}, "detector": "blazeface", "detector_params": {},
+           "command": "python -m bench.paper_table", "uncut": uncut, "rows": rows}
+    md = markdown(res)
+    assert "| uncut | — | — | 0.8500 |" in md and "| advanced | block3 | 8 | 0.8395 | -1.1 | 32 |" in md
+    assert "Run size: small" in md and "1279 of 1280 frames" in md
+    assert "2 of 3 (simple block2, siamese block4)" in md
