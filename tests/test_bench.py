@@ -119,8 +119,9 @@ def _trained(embedding, cut, acc, nbytes, uncut=0.85):
 def test_paper_table_measures_each_cell_against_the_uncut_network():
     from bench.paper_table import markdown, rows_of
 
-    uncut, rows = rows_of([_trained("simple", "block2", 0.85, 32768), _trained("advanced", "block3", 0.8395, 32),
-                           _trained("siamese", "block4", 0.8405, 8192)])
+    seen = {"ssim_own": 0.6, "ssim_others": 0.2, "own_beats_other": 1.0, "n": 64}
+    uncut, rows = rows_of([{**_trained("simple", "block2", 0.85, 32768), "whitebox": seen},
+                           _trained("advanced", "block3", 0.8395, 32), _trained("siamese", "block4", 0.8405, 8192)])
     assert uncut["accuracy"] == 0.85 and uncut["n_test"] == 640
     assert [r["points_vs_uncut"] for r in rows] == [0.0, -1.05, -0.95]
     assert [r["within_1_point"] for r in rows] == [True, False, True]
@@ -132,3 +133,5 @@ def test_paper_table_measures_each_cell_against_the_uncut_network():
     assert "| uncut | — | — | 0.8500 |" in md and "| advanced | block3 | 8 | 0.8395 | -1.1 | 32 |" in md
     assert "Run size: small" in md and "1279 of 1280 frames" in md
     assert "2 of 3 (simple block2, siamese block4)" in md
+    assert "| simple | block2 | 32,768 | 0.600 | 0.200 | 1.000 |" in md and "on 64 crops" in md
+    assert "| advanced | block3 | 32 | 0." not in md.split("White-box")[1]    # only rows that ran it
