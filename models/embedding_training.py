@@ -234,32 +234,74 @@ def primary_network(net_cfg: NetConfig, train: InputSet, epochs: int, seed: int,
     The numpy generator is advanced as if the network had been trained, so a cached run equals a fresh one.
     """
     loop = LoopConfig(epochs)
+    net = build_net(net_cfg)
+    path = cache_dir() / f"{_primary_key(net_cfg, train, epochs, seed)}.pt"
+    if _load_cached_net(net, path, rng, use_cache):
+        if progress is not None:
+            progress(epochs * len(train))
+        return net.eval()
+    fit(net, train, loop, rng, progress=progress)
+    if use_cache:
+        _save_cached_net(net, path, rng)
+    return net
+
+
+def _primary_key(net_cfg: NetConfig, train: InputSet, epochs: int, seed: int) -> str:
     digest = hashlib.sha256(train.x.numpy().tobytes())
     digest.update(train.y.numpy().tobytes())
-    key = cache_key("primary-net", {"inputs": digest.hexdigest(), "augment": train.augment, "net": net_cfg.to_dict(),
-                                    "loop": asdict(loop), "seed": seed, "torch": torch.__version__,
-                                    "version": PRIMARY_VERSION})
+    return cache_key("primary-net", {"inputs": digest.hexdigest(), "augment": train.augment, "net": net_cfg.to_dict(),
+                                     "loop": asdict(LoopConfig(epochs)), "seed": seed, "torch": torch.__version__,
+                                     "version": PRIMARY_VERSION})
+
+
+def siamese_network(net: nn.Sequential, net_cfg: NetConfig, cut: str, train: InputSet, cfg: EmbeddingConfig,
+                    primary_epochs: int, epochs: int, rng: np.random.Generator, *,
+                    progress: Callable[[int], None] | None = None, use_cache: bool = True) -> None:
+    """Fine-tune the primary network ``net`` in place with cross-entropy + the contrastive loss at ``cut``.
+
+    Cached like :func:`primary_network`, keyed by the primary network's key and the fine-tuning settings:
+    the advanced embedding at a cut starts from the same Siamese network as the Siamese one there, and on
+    a shared machine this step is a good part of a paper-table run.
+    """
+    loop = LoopConfig(epochs, lr=5e-4)
+    key = cache_key("siamese-net", {"primary": _primary_key(net_cfg, train, primary_epochs, cfg.seed), "cut": cut,
+                                    "loop": asdict(loop), "margin": cfg.margin, "weight": cfg.contrastive_weight,
+                                    "normalize": cfg.normalize})
     path = cache_dir() / f"{key}.pt"
-    net = build_net(net_cfg)
+    if _load_cached_net(net, path, rng, use_cache):
+        if progress is not None:
+            progress(epochs * len(train))
+        return
+    front = net[:net_cfg.cut_index(cut) + 1]
+
+    def pair_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return cfg.contrastive_weight * contrastive_loss(f, y, cfg.margin, cfg.normalize)
+
+    fit(net, train, loop, rng, extra_loss=pair_loss, features_of=front, progress=progress)
+    if use_cache:
+        _save_cached_net(net, path, rng)
+
+
+def _load_cached_net(net: nn.Module, path, rng: np.random.Generator, use_cache: bool) -> bool:
+    """Load a cached network and the generator states it was saved with; False when there is none."""
     if use_cache and path.is_file():
         try:
             state = torch.load(path, map_location="cpu", weights_only=True)
             net.load_state_dict(state["net"])
             rng.bit_generator.state = json.loads(state["rng"])
             torch.set_rng_state(state["torch_rng"])
-            log.info("primary network from cache %s", path)
-            if progress is not None:
-                progress(epochs * len(train))
-            return net.eval()
+            log.info("network from cache %s", path)
+            return True
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             log.warning("ignoring unreadable cached network %s: %s", path, e)
-    fit(net, train, loop, rng, progress=progress)
-    if use_cache:
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        torch.save({"net": net.state_dict(), "rng": json.dumps(rng.bit_generator.state),
-                    "torch_rng": torch.get_rng_state()}, tmp)
-        os.replace(tmp, path)
-    return net
+    return False
+
+
+def _save_cached_net(net: nn.Module, path, rng: np.random.Generator) -> None:
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    torch.save({"net": net.state_dict(), "rng": json.dumps(rng.bit_generator.state),
+                "torch_rng": torch.get_rng_state()}, tmp)
+    os.replace(tmp, path)
 
 
 def train_embedding(protocol, cfg: EmbeddingConfig, *, progress: Callable[[int], None] | None = None,
@@ -272,7 +314,7 @@ def train_embedding(protocol, cfg: EmbeddingConfig, *, progress: Callable[[int],
     t_inputs = time.perf_counter() - t0
     net_cfg = net_config_for(modality, len(protocol.train.primary_names), cfg)
     cut = cfg.cut_for(modality)
-    cut_i = net_cfg.cut_index(cut)
+    net_cfg.cut_index(cut)   # a bad cut fails before any training
     primary_epochs, siamese_epochs, analyzer_epochs = cfg.epochs_for(modality)
     rng = np.random.default_rng(cfg.seed)
     metrics: dict = {}
@@ -282,13 +324,8 @@ def train_embedding(protocol, cfg: EmbeddingConfig, *, progress: Callable[[int],
         metrics["uncut_accuracy"] = accuracy(net, test.plain(), test.y)
         log.info("primary network: held-out accuracy %.4f", metrics["uncut_accuracy"])
         if cfg.embedding in ("siamese", "advanced") and siamese_epochs > 0:
-            front = net[:cut_i + 1]
-
-            def pair_loss(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                return cfg.contrastive_weight * contrastive_loss(f, y, cfg.margin, cfg.normalize)
-
-            fit(net, train, LoopConfig(siamese_epochs, lr=5e-4), rng, extra_loss=pair_loss,
-                features_of=front, progress=progress)
+            siamese_network(net, net_cfg, cut, train, cfg, primary_epochs, siamese_epochs, rng, progress=progress,
+                            use_cache=use_cache)
             metrics["siamese_accuracy"] = accuracy(net, test.plain(), test.y)
             log.info("after Siamese fine-tuning: held-out accuracy %.4f", metrics["siamese_accuracy"])
         pca, feature = None, None

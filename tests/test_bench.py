@@ -201,3 +201,31 @@ def test_worker_scaling_sizes_each_phase_from_a_measured_rate(tmp_path, redis_se
     assert r["sizing"].startswith(f"backlog sized from measured rate {rate:.0f}/s for 1 s per phase")
     md = "\n".join(scaling_markdown({"image": {"split": r}}))
     assert r["sizing"] in md and "ran out" not in md.split("\n\n")[1]
+
+
+def _trained(embedding, cut, acc, nbytes, uncut=0.85):
+    return {"embedding": embedding, "cut": cut, "dims": 8 if embedding == "advanced" else None,
+            "primary_accuracy": acc, "feature_bytes": nbytes, "extractor_macs": 10_000_000, "epochs": [40, 15, 10],
+            "seconds": 1.0, "n_train": 640, "n_test": 640, "training": {"uncut_accuracy": uncut},
+            "face_crops": {"frames": 1280, "cropped": 1279, "missed": 1}}
+
+
+def test_paper_table_measures_each_cell_against_the_uncut_network():
+    from bench.paper_table import markdown, rows_of
+
+    seen = {"ssim_own": 0.6, "ssim_others": 0.2, "own_beats_other": 1.0, "n": 64}
+    uncut, rows = rows_of([{**_trained("simple", "block2", 0.85, 32768), "whitebox": seen},
+                           _trained("advanced", "block3", 0.8395, 32), _trained("siamese", "block4", 0.8405, 8192)])
+    assert uncut["accuracy"] == 0.85 and uncut["n_test"] == 640
+    assert [r["points_vs_uncut"] for r in rows] == [0.0, -1.05, -0.95]
+    assert [r["within_1_point"] for r in rows] == [True, False, True]
+    res = {"machine": {"cores": 2, "cpu_model": "x", "python": "3", "torch": "t", "onnxruntime": "o",
+                       "load_average_at_start": [1.0, 1.0, 1.0], "date_utc": "now"},
+           "settings": {"size": "small", "seed": 0}, "detector": "blazeface", "detector_params": {},
+           "command": "python -m bench.paper_table", "uncut": uncut, "rows": rows}
+    md = markdown(res)
+    assert "| uncut | — | — | 0.8500 |" in md and "| advanced | block3 | 8 | 0.8395 | -1.1 | 32 |" in md
+    assert "Run size: small" in md and "1279 of 1280 frames" in md
+    assert "2 of 3 (simple block2, siamese block4)" in md
+    assert "| simple | block2 | 32,768 | 0.600 | 0.200 | 1.000 |" in md and "on 64 crops" in md
+    assert "| advanced | block3 | 32 | 0." not in md.split("White-box")[1]    # only rows that ran it

@@ -32,10 +32,15 @@ def test_training_is_deterministic_and_the_cache_changes_nothing(tmp_path, isola
     cfg = EmbeddingConfig(embedding="advanced", dims=3, epochs=2, siamese_epochs=1, analyzer_epochs=1, seed=5)
     a = train_embedding(proto, cfg, use_cache=False)
     _assert_same(a, train_embedding(proto, cfg, use_cache=False))
-    # the cached primary network gives the same result as training it again
+    # the cached primary and Siamese networks give the same result as training them again
     _assert_same(a, train_embedding(proto, cfg))
     assert any((tmp_path / "cache").glob("primary-net-*.pt"))
+    assert any((tmp_path / "cache").glob("siamese-net-*.pt"))
     _assert_same(a, train_embedding(proto, cfg))
+    # the Siamese embedding at the same cut leaves the same network the advanced one starts from
+    siamese = EmbeddingConfig(embedding="siamese", epochs=2, siamese_epochs=1, seed=5)
+    fresh = train_embedding(proto, siamese, use_cache=False)
+    _assert_same(fresh, train_embedding(proto, siamese))
     other = train_embedding(proto, EmbeddingConfig(**{**cfg.__dict__, "seed": 6}), use_cache=False)
     assert not torch.equal(next(iter(other.extractor.state_dict().values())),
                            next(iter(a.extractor.state_dict().values())))

@@ -108,7 +108,28 @@ def stronger_attacks_markdown(run) -> list[str]:
         floor = e.suite.aggregation[0].label_floor if e.suite.aggregation[0].length == 1 else None
         out.append(f"| {e.name} | {e.suite.chance:.3f} | {_i(floor)} | " +
                    " | ".join(_i(s.top1.get(c)) for c in configs) + f" | {s.picked} | {s.best} |")
+    out += _inversion_lines(entries)
     out += _targets(entries)
+    return out
+
+
+def _inversion_lines(entries) -> list[str]:
+    matched = [e for e in entries if e.inversion_match]
+    if not matched:
+        return []
+    n = next(iter(matched[0].inversion_match.values()))["n"]
+    out = ["", "### Inversion: the decoder vs a white-box attacker (models/audit/whitebox.py)", "",
+           "The decoder learns features -> input on the attacker's inputs; the white-box attacker holds the "
+           "extractor's weights and optimises an input from the attacker's mean input until its noiseless "
+           f"features match the release (Adam on the image's logits, total-variation prior). On the same {n} "
+           "held-out inputs: SSIM to the own input, mean SSIM to other people's inputs of attack_test, and "
+           "the share of (reconstruction, other person's input) pairs in which the own input is the more "
+           "similar (0.5: the reconstruction says nothing about who it was).", "",
+           "| bundle | attacker | SSIM to own input | SSIM to other people's | own more similar |", "|---|---|---|---|---|"]
+    for e in matched:
+        for name, m in e.inversion_match.items():
+            out.append(f"| {e.name} | {name} | {m['ssim_own']:.3f} | {m['ssim_others']:.3f} "
+                       f"| {m['own_beats_other']:.3f} |")
     return out
 
 

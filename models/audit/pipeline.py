@@ -24,6 +24,7 @@ from models.audit.inversion import DecoderSettings, train_inversion
 from models.audit.measures import (IdentityMeasures, LabelFloor, identity_measures, label_floors, psnr, ssim,
                                    verification_eer)
 from models.audit.suite import AttackSuite, SuiteSettings, run_suite
+from models.audit.whitebox import WhiteBoxSettings, invert_whitebox, reconstruction_match
 from models.bundle import load_analyzer, load_extractor, read_manifest
 from models.data import load_protocol
 from models.data.samples import Protocol, Samples
@@ -51,6 +52,7 @@ class AuditSettings:
     inversion: bool = True                # False: no inversion decoder (SSIM / PSNR not measured: NaN)
     attacks: str = "basic"                # one of ATTACKS
     suite: SuiteSettings = SuiteSettings()
+    whitebox: WhiteBoxSettings = WhiteBoxSettings()   # attacks "all", with the inversion
 
     def __post_init__(self) -> None:
         if self.attacks not in ATTACKS:
@@ -61,7 +63,7 @@ class AuditSettings:
         """Short training everywhere: for smoke tests and CI, not for figures anyone quotes."""
         base = cls(attacker=TrainSettings(max_epochs=30, patience=5, refit=False),
                    decoder=DecoderSettings(max_rounds=3, steps_per_round=10, patience=2, max_train=200), cost_repeats=5,
-                   suite=SuiteSettings.quick())
+                   suite=SuiteSettings.quick(), whitebox=WhiteBoxSettings(steps=20, max_inputs=16, others=8))
         return replace(base, **overrides)
 
 
@@ -87,6 +89,8 @@ class BundleAudit:
     cost: dict = field(default_factory=dict)   # {"extractor": {...}, "full": {...}} (measure_cost)
     suite: AttackSuite | None = None           # the stronger attacks (attacks "all")
     bound: ReleaseBound | None = None          # bits per release (attacks "all"; None for the raw input)
+    # attacks "all": {"decoder": ..., "white-box": ...} of models.audit.whitebox.reconstruction_match
+    inversion_match: dict | None = None
 
 
 @dataclass
@@ -153,8 +157,9 @@ def _extract(extractor, inputs: np.ndarray, batch: int = 256) -> np.ndarray:
 
 def _measure(name: str, release: Callable[[str], np.ndarray], cache: InputCache,
              front_end: SpeechFrontEnd | None, settings: AuditSettings, step: Callable[[str], None]
-             ) -> tuple[IdentityMeasures, float, float, float, np.ndarray]:
-    """Identity, verification and inversion figures for features ``release(split)``."""
+             ) -> tuple[IdentityMeasures, float, float, float, np.ndarray | None]:
+    """Identity, verification and inversion figures for features ``release(split)``, with the decoder's
+    reconstructions of every attack_test input (None without the inversion)."""
     p = cache.protocol
     f_train, f_test = release("attack_train"), release("attack_test")
     ident = identity_measures(f_train, p.attack_train.identity, f_test, p.attack_test.identity,
@@ -163,14 +168,36 @@ def _measure(name: str, release: Callable[[str], np.ndarray], cache: InputCache,
     step(f"{name}: inversion")
     originals = cache.get("attack_test", front_end)
     if not settings.inversion:
-        return ident, eer, float("nan"), float("nan"), np.zeros_like(originals[:settings.examples])
+        return ident, eer, float("nan"), float("nan"), None
     splits = _inversion_sets(p)
     inv = train_inversion(np.concatenate([release(s) for s in splits]),
                           np.concatenate([cache.get(s, front_end) for s in splits]),
                           f_test, settings=settings.decoder, seed=settings.seed)
     return (ident, eer, float(ssim(originals, inv.reconstructions, 1.0).mean()),
-            float(psnr(originals, inv.reconstructions, 1.0).mean()),
-            inv.reconstructions[:settings.examples])
+            float(psnr(originals, inv.reconstructions, 1.0).mean()), inv.reconstructions)
+
+
+def _examples(decoded: np.ndarray | None, cache: InputCache, front_end, settings: AuditSettings) -> np.ndarray:
+    """The reconstructions shown in the grid: the first ones, black without the inversion."""
+    if decoded is None:
+        return np.zeros_like(cache.get("attack_test", front_end)[:settings.examples])
+    return decoded[:settings.examples]
+
+
+def _inversion_match(module, release: Callable[[str], np.ndarray], decoded: np.ndarray, cache: InputCache,
+                     front_end, settings: AuditSettings) -> dict:
+    """The decoder's and the white-box optimisation's reconstructions of the same seeded sample of
+    attack_test, each scored by :func:`reconstruction_match` against the other people of attack_test."""
+    p, w = cache.protocol, settings.whitebox
+    gallery, ids = cache.get("attack_test", front_end), p.attack_test.identity
+    pick = np.sort(np.random.default_rng([settings.seed, 29]).permutation(len(gallery))[:w.max_inputs])
+    held = np.concatenate([cache.get(s, front_end) for s in _inversion_sets(p)])
+    feats = release("attack_train")
+    rebuilt = invert_whitebox(module, release("attack_test")[pick], held.mean(axis=0),
+                              feats.reshape(len(feats), -1).std(axis=0), settings=w, seed=settings.seed)
+    return {name: reconstruction_match(rec, gallery[pick], ids[pick], gallery, ids, others=w.others,
+                                       seed=settings.seed)
+            for name, rec in (("decoder", decoded[pick]), ("white-box", rebuilt.reconstructions))}
 
 
 def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, name: str,
@@ -205,8 +232,8 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
     probs = load_analyzer(bundle_dir).analyze_batch(wire("test"))
     primary = float((probs.argmax(axis=1) == p.test.primary).mean())
     step(f"{name}: identity attackers")
-    ident, eer, s, db, examples = _measure(name, release, cache, front_end, settings, step)
-    suite = bound = None
+    ident, eer, s, db, decoded = _measure(name, release, cache, front_end, settings, step)
+    suite = bound = match = None
     if settings.attacks == "all":
         step(f"{name}: stronger attacks")
 
@@ -222,6 +249,8 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
         dims = int(np.prod(manifest["feature"]["shape"]))
         bound = release_bound(manifest["feature"], noise_sigma(extractor.module, dims), settings.suite.lengths,
                               suite.n_classes, releases=release("attack_train"))
+        if decoded is not None:
+            match = _inversion_match(extractor.module, release, decoded, cache, front_end, settings)
     step(f"{name}: cost")
     cost = {}
     if settings.measure_cost:
@@ -235,7 +264,8 @@ def audit_bundle(bundle_dir: str, cache: InputCache, settings: AuditSettings, na
         name=name, protocol=p.name, modality=manifest["modality"], embedding=manifest["embedding"],
         cut=manifest["cut"], dims=dims, feature_bytes=dims * np.dtype(manifest["feature"]["dtype"]).itemsize,
         bundle=str(bundle_dir), model=manifest.get("model"), primary_accuracy=primary, identity=ident,
-        eer=eer, ssim=s, psnr=db, examples=examples, cost=cost, suite=suite, bound=bound)
+        eer=eer, ssim=s, psnr=db, examples=_examples(decoded, cache, front_end, settings), cost=cost, suite=suite,
+        bound=bound, inversion_match=match)
 
 
 def audit_raw(cache: InputCache, settings: AuditSettings, front_end: SpeechFrontEnd | None,
@@ -247,7 +277,7 @@ def audit_raw(cache: InputCache, settings: AuditSettings, front_end: SpeechFront
         x = cache.get(split, front_end)
         return x.reshape(len(x), -1)
 
-    ident, eer, s, db, examples = _measure(RAW, release, cache, front_end, settings, step)
+    ident, eer, s, db, decoded = _measure(RAW, release, cache, front_end, settings, step)
     suite = None
     if settings.attacks == "all":
         step(f"{RAW}: stronger attacks")
@@ -258,7 +288,7 @@ def audit_raw(cache: InputCache, settings: AuditSettings, front_end: SpeechFront
     return BundleAudit(
         name=RAW, protocol=cache.protocol.name, modality=modality, embedding="raw", cut=None, dims=dims,
         feature_bytes=4 * dims, bundle=None, model=None, primary_accuracy=None, identity=ident, eer=eer,
-        ssim=s, psnr=db, examples=examples, suite=suite)
+        ssim=s, psnr=db, examples=_examples(decoded, cache, front_end, settings), suite=suite)
 
 
 def unique_names(bundle_dirs: list[str]) -> list[str]:

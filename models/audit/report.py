@@ -47,11 +47,12 @@ def entry_metrics(e: BundleAudit) -> dict:
         "cost": e.cost,
         "attacks": None if e.suite is None else e.suite.to_dict(),
         "bound": None if e.bound is None else e.bound.to_dict(),
+        "inversion_match": e.inversion_match,
     }
     if e.modality == "speech":
         m["eer"] = e.eer
     return {k: ({a: {f: _finite(x) for f, x in d.items()} for a, d in v.items()} if k == "attackers"
-                else _finite_tree(v) if k in ("attacks", "bound") else _finite(v)) for k, v in m.items()}
+                else _finite_tree(v) if k in ("attacks", "bound", "inversion_match") else _finite(v)) for k, v in m.items()}
 
 
 def _finite_tree(v):
