@@ -24,7 +24,7 @@ from common.settings import Keys, SettingsError, check_type, env_names, keys_of,
 from models.faces import DETECTORS
 from models.runtimes import RUNTIMES
 from schemas.errors import BadName
-from schemas.names import HA_PREFIX, check_name, check_prefix
+from schemas.names import HA_PREFIX, MAX_SHARDS, check_name, check_prefix
 
 FACE_DETECTORS = (*DETECTORS, "none")
 REMOVED = {
@@ -109,6 +109,19 @@ class GatewaySettings:
     the backlog (gateway/upstream.py). Nothing is ever trimmed unread. 100,000 is the bound the stream used
     to be trimmed at: about 20 MB of Redis memory per home for features, 83 minutes of a busy room at
     20 inputs/s without any worker, and far above the acknowledged entries the workers keep for 30 s."""
+    shards: int = 1
+    """Shards of each task's features (1-100): the gateway spreads its inputs over as many streams per task,
+    ``{p}:features:{{task}:{NN}}:{id}`` (schemas.names), by a hash of each input. On a Redis Cluster each
+    shard is one hash slot, so more shards spread one task over more masters; every gateway of a deployment
+    should use the same number (the workers read whatever shards exist)."""
+    redis_wait_replicas: int = 0
+    """After each round trip of XADDs, WAIT until this many replicas have them (0: no WAIT). Redis
+    replicates asynchronously: a master that fails before its replica has an entry loses it at the
+    failover, although the gateway was told it was in. With WAIT the window shrinks to what the replica has
+    not received within ``redis_wait_timeout_ms`` (README, "Scaling"); each round trip waits that long at
+    most, and a shortfall is counted (``wait_short``), not retried."""
+    redis_wait_timeout_ms: int = 100
+    """Longest WAIT for the replicas of one round trip (milliseconds)."""
     results_batch: int = 256
     """Results read per XREAD."""
     results_block_ms: int = 500
@@ -239,7 +252,11 @@ def _validate(s: GatewaySettings) -> None:
     need(s.mqtt_protocol in ("5", "3.1.1"), f"mqtt_protocol must be '5' or '3.1.1', got {s.mqtt_protocol!r}")
     url = urlparse(s.broker)
     need(url.scheme == "mqtt" and bool(url.hostname), f"broker must be mqtt://HOST:PORT, got {s.broker!r}")
-    need(urlparse(s.redis).scheme in ("redis", "rediss"), f"redis must be redis://HOST:PORT, got {s.redis!r}")
+    need(urlparse(s.redis).scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"),
+         f"redis must be redis://HOST:PORT or redis+cluster://HOST:PORT[,HOST:PORT...], got {s.redis!r}")
+    need(1 <= s.shards <= MAX_SHARDS, f"shards must be 1-{MAX_SHARDS}, got {s.shards}")
+    need(s.redis_wait_replicas >= 0 and s.redis_wait_timeout_ms >= 1,
+         "redis_wait_replicas must be >= 0 and redis_wait_timeout_ms >= 1")
     for name in ("batch", "audio_max_chunks", "audio_max_bytes", "receive_maximum", "stream_max_backlog",
                  "results_batch", "results_block_ms", "dedupe_size", "audio_max_open", "torch_threads", "keepalive_s",
                  "spool_max_bytes", "spool_replay_batch", "max_faces", "min_face_px"):

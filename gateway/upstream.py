@@ -9,6 +9,16 @@ spool holds anything, new batches go behind it, and the spool is only empty once
 Without a spool, ``send`` blocks (with exponential back-off) until Redis takes the batch, and the caller
 keeps the batch's MQTT messages unacknowledged meanwhile, so the broker holds them for us.
 
+With ``redis_wait_replicas`` set, the round trip also holds a ``WAIT`` (per master written to, on a
+Redis Cluster: common.redis_slots) after the XADDs, so that a batch counts as in only once that many
+replicas have it or ``redis_wait_timeout_ms`` has passed; a shortfall is counted (``wait_short``) and the
+batch kept as sent: resending would not make the replica faster, and after a failover the promoted
+replica has no replica of its own for a while.
+
+On a Redis Cluster the pipeline's XADDs go to every master that holds one of the home's shards at once
+(redis-py splits the pipeline by node); a master that fails mid-batch fails the round trip, which is
+retried or spooled as a whole (duplicates carry their ids, which the results relay drops).
+
 The XADDs carry no MAXLEN: a stream is trimmed only by the workers, below what they have acknowledged
 (workers/streams.py), so an entry no worker has read is never lost to trimming. Instead the gateway
 watches its own backlog: every XADD round trip also asks XLEN and XINFO GROUPS of the streams it wrote
@@ -32,6 +42,7 @@ import redis
 
 from common.backoff import Backoff
 from common.redis_connection import RedisSettings
+from common.redis_slots import queue_wait
 from gateway.config import GatewaySettings
 from gateway.metrics import Metrics
 from gateway.spool import Spool, SpoolFull
@@ -162,8 +173,14 @@ class Upstream:
             for stream, message in entries:
                 pipe.xadd(stream, {FIELD: message})
             streams = sorted({stream for stream, _ in entries})
+            waits = 0
+            if self.s.redis_wait_replicas:
+                waits = queue_wait(pipe, self.redis, streams, self.s.redis_wait_replicas, self.s.redis_wait_timeout_ms)
             _ask_backlog(pipe, streams)
-            lengths = _backlogs(pipe.execute()[len(entries):])
+            replies = pipe.execute()
+            lengths = _backlogs(replies[len(entries) + waits:])
+            if any(int(n) < self.s.redis_wait_replicas for n in replies[len(entries):len(entries) + waits]):
+                self.metrics.inc("wait_short")
         except redis.RedisError as e:
             self.metrics.inc("upstream_retries")
             self._set_available(False)

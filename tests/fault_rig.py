@@ -189,8 +189,7 @@ class Rig:
     def features_streams(self) -> list[str]:
         """The features streams of the rig's task (whatever the key layout after the task name)."""
         admin = self.admin()
-        keys = {k.decode() for pattern in (f"privedge:features:{self.task}", f"privedge:features:{self.task}:*")
-                for k in admin.scan_iter(match=pattern, _type="stream")}
+        keys = {k.decode() for k in admin.scan_iter(match=Names().features_pattern(self.task), _type="stream")}
         return sorted(keys)
 
     def pending(self) -> int:

@@ -18,6 +18,8 @@ from typing import Any, Mapping
 from common.redis_connection import RedisSettings
 from common.settings import Keys, SettingsError, check_type, keys_of, merge
 from models.runtimes import RUNTIMES  # the one definition; imports no torch
+from schemas.errors import BadName
+from schemas.names import MAX_SHARDS, check_shard
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
 """The Redis URL when none is given."""
@@ -61,6 +63,12 @@ class WorkerSettings:
     retry_max_s: float = 5.0               # largest pause after failed steps, seconds
     health_port: int | None = None         # /healthz, /readyz and /metrics on this port (common.health); None: off
     health_host: str = "127.0.0.1"         # the address they bind to
+    shards: tuple[str, ...] = ()           # pin this worker to these shard numbers (e.g. "0,3"); () = every shard
+
+    @property
+    def pinned_shards(self) -> tuple[int, ...]:
+        """The shard numbers this worker reads (schemas.names), or () for every shard of its tasks."""
+        return tuple(int(s) for s in self.shards)
 
     def __post_init__(self) -> None:
         for name, want in _FIELDS.items():
@@ -83,6 +91,11 @@ class WorkerSettings:
             raise SettingsError(f"bad health_port {self.health_port}")
         if self.retry_initial_s < 0 or self.retry_max_s <= 0:
             raise SettingsError("retry_initial_s must be >= 0 and retry_max_s > 0")
+        try:
+            for shard in self.shards:
+                check_shard(int(shard))
+        except (ValueError, BadName) as e:
+            raise SettingsError(f"shards must be shard numbers 0-{MAX_SHARDS - 1}, got {self.shards!r}") from e
         object.__setattr__(self, "bundles", tuple(Path(b) for b in self.bundles))
 
 

@@ -1,9 +1,27 @@
 """``privedge worker``: one consumer in the ``analyzers`` group, features in, results out.
 
-Each loop: XREADGROUP COUNT B BLOCK T over every stream of the served tasks (one per gateway, found by
-workers.streams every few seconds), group the batch by ``model``, run the network once per group, then
-write every Result to its ``reply`` stream, every rejected entry to ``{p}:dead:{task}`` and all the XACKs
-in one MULTI/EXEC round trip, so a result and its ack go together.
+Each loop: XREADGROUP COUNT B BLOCK T over every stream of the served tasks (one per gateway and shard,
+found by workers.streams every few seconds), group the batch by ``model``, run the network once per group,
+then write every Result to its ``reply`` stream, every rejected entry to its shard's ``{p}:dead:{{task}:{NN}}``
+and the XACKs.
+
+On one Redis that is one XREADGROUP over every stream and one MULTI/EXEC for all the writes, so a result
+and its ack go together. On a Redis Cluster a command or a transaction may touch one hash slot only, and
+the keys are tagged for it (schemas.names): one shard's streams and its dead letters share a slot, a
+gateway's results stream has its own. So the worker
+
+- reads with one XREADGROUP per shard (:meth:`StreamSet.read_groups`), sent together in one pipeline
+  (redis-py sends each node its part at once) without BLOCK; only when that round brought nothing does a
+  second round block, each read for ``block_ms`` divided by the number of groups, so that one idle shard
+  holds the others up by at most ``block_ms`` in all;
+- writes the results first (one pipeline; each result to its gateway's slot), and only once every one of
+  them is in Redis, one MULTI/EXEC per shard with that shard's dead letters and XACKs.
+
+That order is what makes a crash harmless: killed between the two steps (or with a master failing between
+them), the entries stay pending, are reclaimed after ``claim_idle_ms`` and analysed again, and their second
+results carry the same ids, which the gateway's results relay drops (gateway/results.py keeps the relayed
+ids). An entry is never acknowledged before its result is written, so none is lost; the price is a
+duplicate result in Redis, never one on MQTT. Dead letters go with the XACKs of their own shard, atomically.
 
 Nothing one entry does may end the loop: decoding, the origin check, the model input, the network (per
 model group) and the Result's encoding (per result) each catch any Exception, dead-letter the entry with
@@ -29,6 +47,7 @@ from typing import Mapping
 import redis
 
 from common.health import HealthServer
+from common.redis_slots import by_slot, is_cluster
 from common.health import check as health_check
 from common.backoff import Backoff
 from common.top_k import top_k
@@ -69,7 +88,7 @@ class Worker:
         self.metrics = WorkerMetrics(self.redis, lambda: list(self.streams))  # Prometheus (workers/metrics.py)
         self.stream_set = StreamSet(self.redis, self.names, self.analysis.stream_kind,
                                     {s.task for s in self.served.values()}, settings.max_streams,
-                                    settings.trim_retention_s)
+                                    settings.trim_retention_s, settings.pinned_shards)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_claim = 0.0
@@ -79,7 +98,7 @@ class Worker:
     @property
     def streams(self) -> dict[str, str]:
         """The streams consumed now: key -> task."""
-        return {key: task for key, (task, _) in self.stream_set.streams.items()}
+        return {key: found.task for key, found in self.stream_set.streams.items()}
 
     def ensure_groups(self) -> None:
         """Discover the streams of the served tasks and create the group on each new one."""
@@ -147,19 +166,37 @@ class Worker:
         if now >= self._next_claim:
             self._next_claim = now + self.settings.claim_every_s
             entries += self._reclaim()
-        streams = self.streams
-        if not streams:
+        groups = self.stream_set.read_groups()
+        if not groups:
             self._stop.wait(self.settings.block_ms / 1000)
             return 0
-        reply = self.redis.xreadgroup(GROUP, self.name, {s: ">" for s in streams},
-                                      count=self.settings.batch, block=self.settings.block_ms)
-        for stream, items in reply or []:
-            stream = stream.decode() if isinstance(stream, bytes) else stream
-            entries += [(stream, eid, fields) for eid, fields in items]
+        entries += self._read(groups)
         self.stats.add(read_s=time.perf_counter() - t0)
         if entries:
             self.handle(entries)
         return len(entries)
+
+    def _read(self, groups: list[list[str]]) -> list:
+        """New entries of ``groups`` (each one XREADGROUP; module docstring): (stream, entry id, fields)."""
+        if len(groups) == 1:
+            replies = [self.redis.xreadgroup(GROUP, self.name, {s: ">" for s in groups[0]},
+                                             count=self.settings.batch, block=self.settings.block_ms)]
+        else:
+            replies = self._read_round(groups, None)
+            if not any(replies):
+                replies = self._read_round(groups, max(1, self.settings.block_ms // len(groups)))
+        entries = []
+        for reply in replies:
+            for stream, items in reply or []:
+                stream = stream.decode() if isinstance(stream, bytes) else stream
+                entries += [(stream, eid, fields) for eid, fields in items]
+        return entries
+
+    def _read_round(self, groups: list[list[str]], block: int | None) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        for streams in groups:
+            pipe.xreadgroup(GROUP, self.name, {s: ">" for s in streams}, count=self.settings.batch, block=block)
+        return pipe.execute()
 
     def _reclaim(self) -> list:
         """Entries idle longer than claim_idle_ms at a dead consumer; over max_deliveries -> dead."""
@@ -199,9 +236,10 @@ class Worker:
         served = self.served.get(msg.model)
         if served is None:
             raise Rejected("unknown model", msg.model)
-        task, gateway = self.stream_set.streams.get(stream, (None, None))
-        if gateway is None:
+        known = self.stream_set.streams.get(stream)
+        if known is None:
             raise Rejected("unknown stream", stream)
+        task, gateway = known.task, known.gateway
         if served.task != task:
             raise Rejected("task mismatch", f"model {msg.model} serves {served.task}, stream {stream}")
         check_origin(msg, gateway, self.names)
@@ -251,36 +289,58 @@ class Worker:
                       worker=self.name).encode()
 
     def _write(self, results: list, dead: list, acks: dict) -> None:
-        """One MULTI/EXEC: encoded results to their reply streams, dead letters, then the XACKs."""
+        """Encoded results to their reply streams, dead letters, then the XACKs: one MULTI/EXEC on one
+        Redis; on a Cluster the results first, then one MULTI/EXEC per shard (module docstring)."""
         t0 = time.perf_counter()
-        pipe = self.redis.pipeline(transaction=True)
-        for reply, encoded in results:
-            pipe.xadd(reply, {FIELD: encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
+        dead_by_stream = defaultdict(list)
         for stream, eid, fields, err in dead:
-            task = self._task_of(stream)
-            log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
-            report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
-                                 detail=err.detail[:200], ts=time.time())
-            pipe.xadd(self.names.dead(task), {"reason": err.reason, "entry": _id(eid), "error": report.encode(),
-                                              # bounded: a hostile entry is kept for inspection, not whole
-                                              FIELD: fields.get(FIELD.encode(), b"")[:DEAD_LETTER_BYTES]},
-                      maxlen=self.settings.dead_maxlen, approximate=True)
-        for stream, ids in acks.items():
-            if ids:
-                pipe.xack(stream, GROUP, *ids)
-        pipe.execute()
+            dead_by_stream[stream].append((eid, fields, err))
+        streams = [*acks, *(s for s in dead_by_stream if s not in acks)]
+        if not is_cluster(self.redis):
+            pipe = self.redis.pipeline(transaction=True)
+            self._queue_results(pipe, results)
+            self._queue_acks(pipe, streams, dead_by_stream, acks)
+            pipe.execute()
+        else:
+            if results:
+                pipe = self.redis.pipeline(transaction=False)
+                self._queue_results(pipe, results)
+                pipe.execute()  # raises unless every result is in: then nothing is acknowledged
+            for streams in by_slot(self.redis, streams).values():
+                pipe = self.redis.pipeline(transaction=True)
+                self._queue_acks(pipe, streams, dead_by_stream, acks)
+                pipe.execute()
         self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0)
         self.metrics.results.inc(len(results))
         for _, _, _, err in dead:
             self.metrics.dead.labels(err.reason).inc()
 
+    def _queue_results(self, pipe, results: list) -> None:
+        for reply, encoded in results:
+            pipe.xadd(reply, {FIELD: encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
 
-    def _task_of(self, stream: str) -> str:
-        """The task of a stream this worker read, whose dead letters go to ``{p}:dead:{task}``: from its
-        key (schemas.names), so that a stream forgotten since the read (NOGROUP recovery) still names its
-        own task and never another one's, or none."""
-        known = self.stream_set.streams.get(stream)
-        return known[0] if known is not None else self.names.split_stream(stream)[1]
+    def _queue_acks(self, pipe, streams: list[str], dead_by_stream: dict, acks: dict) -> None:
+        """The dead letters and the XACKs of ``streams`` (one slot on a Cluster), dead letters first."""
+        for stream in streams:
+            for eid, fields, err in dead_by_stream.get(stream, ()):
+                log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
+                report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
+                                     detail=err.detail[:200], ts=time.time())
+                pipe.xadd(self._dead_of(stream),
+                          {"reason": err.reason, "entry": _id(eid), "error": report.encode(),
+                           # bounded: a hostile entry is kept for inspection, not whole
+                           FIELD: fields.get(FIELD.encode(), b"")[:DEAD_LETTER_BYTES]},
+                          maxlen=self.settings.dead_maxlen, approximate=True)
+        for stream in streams:
+            if acks.get(stream):
+                pipe.xack(stream, GROUP, *acks[stream])
+
+    def _dead_of(self, stream: str) -> str:
+        """The dead-letter stream of a stream this worker read, ``{p}:dead:{{task}:{NN}}`` of its task and
+        shard (its slot): from its key (schemas.names), so that a stream forgotten since the read (NOGROUP
+        recovery) still names its own task and never another one's, or none."""
+        known = self.stream_set.streams.get(stream) or self.names.split_stream(stream)
+        return self.names.dead(known.task, known.shard)
 
 
 def _id(eid) -> str:
@@ -299,7 +359,8 @@ def build_parser(prog: str = "privedge worker", description: str | None = None) 
     p.add_argument("--config", help="YAML or TOML settings file (flat keys named like the settings; "
                                     "unknown keys are refused)")
     p.add_argument("--redis", help="redis://[USER:PASSWORD@]HOST:PORT[/DB] (default redis://127.0.0.1:6379, or "
-                                   "PRIVEDGE_REDIS; password also from PRIVEDGE_REDIS_PASSWORD)")
+                                   "PRIVEDGE_REDIS; password also from PRIVEDGE_REDIS_PASSWORD); a Redis Cluster: "
+                                   "redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]")
     p.add_argument("--redis-password-file", help="file holding the Redis password")
     p.add_argument("--bundle", dest="bundles", action="append",
                    help="bundle directory (repeatable; at least one, here or in the config file)")
@@ -321,6 +382,8 @@ def build_parser(prog: str = "privedge worker", description: str | None = None) 
     p.add_argument("--allow-unsigned", action="store_const", const=True,
                    help="load unsigned or wrongly signed bundles with a warning (development only; "
                         "PRIVEDGE_ALLOW_UNSIGNED)")
+    p.add_argument("--shards", help="read only these shards of each task, e.g. 0,3 (default: every shard; "
+                                    "schemas.names)")
     p.add_argument("--health-port", type=int, help="serve /healthz, /readyz and /metrics on this port")
     p.add_argument("--health-host", help="address of that endpoint (default 127.0.0.1)")
     p.add_argument("--check", action="store_true",
