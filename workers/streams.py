@@ -130,8 +130,10 @@ class StreamSet:
         keys = list(self.streams)
         if not keys:
             return 0
+        # The server's clock, asked on its own: a Cluster pipeline refuses keyless commands (its nodes'
+        # clocks agree to well under the retention).
+        sec, usec = self.redis.time()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         for key in keys:
             pipe.xinfo_groups(key)
             pipe.xpending(key, GROUP)
@@ -139,7 +141,6 @@ class StreamSet:
         refused = [e for e in replies if isinstance(e, redis.exceptions.NoPermissionError)]
         if refused:  # a settings problem, not a missing stream: let the loop log and count it
             raise refused[0]
-        (sec, usec), *replies = replies
         # Entries of the last retention_s are kept; the millisecond Redis is in counts as past (an entry
         # added in it is not younger than 0 s), so retention_s=0 keeps nothing by age.
         oldest_kept = (int(sec * 1000 + usec // 1000 - self.retention_s * 1000) + 1, 0)
