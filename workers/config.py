@@ -64,6 +64,8 @@ class WorkerSettings:
     health_port: int | None = None         # /healthz, /readyz and /metrics on this port (common.health); None: off
     health_host: str = "127.0.0.1"         # the address they bind to
     shards: tuple[str, ...] = ()           # pin this worker to these shard numbers (e.g. "0,3"); () = every shard
+    wait_replicas: int = 0                 # on a Cluster: WAIT for this many replicas of the results before the
+    wait_timeout_ms: int = 100             # XACKs (0: no WAIT), at most this long (workers/service.py)
 
     @property
     def pinned_shards(self) -> tuple[int, ...]:
@@ -83,6 +85,8 @@ class WorkerSettings:
         for name in ("batch", "threads", "max_deliveries", "reply_maxlen", "dead_maxlen", "max_streams"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.wait_replicas < 0 or self.wait_timeout_ms < 1:
+            raise SettingsError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
         if self.block_ms < 0 or self.claim_idle_ms < 0:
             raise SettingsError("block_ms and claim_idle_ms must be >= 0")
         if self.discover_every_s <= 0 or self.trim_every_s <= 0 or self.trim_retention_s < 0:

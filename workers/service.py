@@ -15,7 +15,10 @@ gateway's results stream has its own. So the worker
   second round block, each read for ``block_ms`` divided by the number of groups, so that one idle shard
   holds the others up by at most ``block_ms`` in all;
 - writes the results first (one pipeline; each result to its gateway's slot), and only once every one of
-  them is in Redis, one MULTI/EXEC per shard with that shard's dead letters and XACKs.
+  them is in Redis, one MULTI/EXEC per shard with that shard's dead letters and XACKs. With
+  ``wait_replicas`` the results' pipeline ends with a WAIT on each master it wrote to, so that a result
+  is on a replica (or ``wait_timeout_ms`` passed) before its input is acknowledged: a master failing
+  right after taking a result then loses it less often (README, "Scaling").
 
 That order is what makes a crash harmless: killed between the two steps (or with a master failing between
 them), the entries stay pending, are reclaimed after ``claim_idle_ms`` and analysed again, and their second
@@ -47,7 +50,7 @@ from typing import Mapping
 import redis
 
 from common.health import HealthServer
-from common.redis_slots import by_slot, is_cluster
+from common.redis_slots import by_slot, is_cluster, queue_wait
 from common.health import check as health_check
 from common.backoff import Backoff
 from common.top_k import top_k
@@ -305,7 +308,13 @@ class Worker:
             if results:
                 pipe = self.redis.pipeline(transaction=False)
                 self._queue_results(pipe, results)
-                pipe.execute()  # raises unless every result is in: then nothing is acknowledged
+                waits = 0
+                if self.settings.wait_replicas:
+                    waits = queue_wait(pipe, self.redis, {reply for reply, _ in results}, self.settings.wait_replicas,
+                                       self.settings.wait_timeout_ms)
+                replies = pipe.execute()  # raises unless every result is in: then nothing is acknowledged
+                if any(int(n) < self.settings.wait_replicas for n in replies[len(replies) - waits:]):
+                    self.stats.add(wait_short=1)
             for streams in by_slot(self.redis, streams).values():
                 pipe = self.redis.pipeline(transaction=True)
                 self._queue_acks(pipe, streams, dead_by_stream, acks)
@@ -384,6 +393,8 @@ def build_parser(prog: str = "privedge worker", description: str | None = None) 
                         "PRIVEDGE_ALLOW_UNSIGNED)")
     p.add_argument("--shards", help="read only these shards of each task, e.g. 0,3 (default: every shard; "
                                     "schemas.names)")
+    p.add_argument("--wait-replicas", type=int,
+                   help="on a Redis Cluster: WAIT for this many replicas of the results before the XACKs (default 0)")
     p.add_argument("--health-port", type=int, help="serve /healthz, /readyz and /metrics on this port")
     p.add_argument("--health-host", help="address of that endpoint (default 127.0.0.1)")
     p.add_argument("--check", action="store_true",
