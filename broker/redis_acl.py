@@ -11,7 +11,8 @@
   results and dead-letter streams only (it cannot add features).
 - ``default`` (the anonymous user) is switched off.
 - every user may also ask a Redis Cluster for its slot map and the commands' key positions
-  (:data:`CLUSTER_CLIENT`), and a gateway may WAIT for replicas (``redis_wait_replicas``).
+  (:data:`CLUSTER_CLIENT`), and WAIT for replicas (the gateway's ``redis_wait_replicas``, the workers'
+  ``wait_replicas``).
 
 On a Redis Cluster the same file is given to every node (``--aclfile`` on each: ACLs are per node); the
 keys keep their patterns, the hash tags (schemas.names) sit inside them.
@@ -83,8 +84,8 @@ def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> Ac
 def worker_user(password: str, prefix: str = "privedge", name: str = WORKER_USER) -> AclUser:
     """The ACL user of the workers: consumes features (or media), writes results and dead letters."""
     n = Names(prefix)
-    rules = (f"{CLUSTER_CLIENT} +scan +xreadgroup +xautoclaim +xpending +xack +xgroup|create +xinfo|groups +xtrim +exists "
-             f"+time +multi +exec +discard ~{n.all_features_pattern()} ~{n.all_media_pattern()} "
+    rules = (f"{CLUSTER_CLIENT} +wait +scan +xreadgroup +xautoclaim +xpending +xack +xgroup|create +xinfo|groups "
+             f"+xtrim +exists +time +multi +exec +discard ~{n.all_features_pattern()} ~{n.all_media_pattern()} "
              f"(+xadd ~{n.results_pattern()} ~{n.dead_pattern()})")
     return AclUser(check_name(name, "Redis user"), password, rules)
 

@@ -137,6 +137,7 @@ def test_the_acl_users_work_on_every_node_of_a_cluster(tmp_path):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 forbidden()
         w = RedisSettings.from_dsn(cluster.url_for(worker.name, "worker-pw")).client()
+        assert gw.execute_command("WAIT", 0, 10) == 0 and w.execute_command("WAIT", 0, 10) == 0  # WAIT settings
         assert len(list(w.scan_iter(match=n.features_pattern("glasses"), _type="stream"))) == SHARDS
         with pytest.raises(redis.exceptions.NoPermissionError):
             w.xadd(n.features("glasses", "home", 0), {"m": b"forged"})

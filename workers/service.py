@@ -6,25 +6,10 @@ then write every Result to its ``reply`` stream, every rejected entry to its sha
 and the XACKs.
 
 On one Redis that is one XREADGROUP over every stream and one MULTI/EXEC for all the writes, so a result
-and its ack go together. On a Redis Cluster a command or a transaction may touch one hash slot only, and
-the keys are tagged for it (schemas.names): one shard's streams and its dead letters share a slot, a
-gateway's results stream has its own. So the worker
-
-- reads with one XREADGROUP per shard (:meth:`StreamSet.read_groups`), sent together in one pipeline
-  (redis-py sends each node its part at once) without BLOCK; only when that round brought nothing does a
-  second round block, each read for ``block_ms`` divided by the number of groups, so that one idle shard
-  holds the others up by at most ``block_ms`` in all;
-- writes the results first (one pipeline; each result to its gateway's slot), and only once every one of
-  them is in Redis, one MULTI/EXEC per shard with that shard's dead letters and XACKs. With
-  ``wait_replicas`` the results' pipeline ends with a WAIT on each master it wrote to, so that a result
-  is on a replica (or ``wait_timeout_ms`` passed) before its input is acknowledged: a master failing
-  right after taking a result then loses it less often (README, "Scaling").
-
-That order is what makes a crash harmless: killed between the two steps (or with a master failing between
-them), the entries stay pending, are reclaimed after ``claim_idle_ms`` and analysed again, and their second
-results carry the same ids, which the gateway's results relay drops (gateway/results.py keeps the relayed
-ids). An entry is never acknowledged before its result is written, so none is lost; the price is a
-duplicate result in Redis, never one on MQTT. Dead letters go with the XACKs of their own shard, atomically.
+and its ack go together. On a Redis Cluster, where a command or a transaction may touch one hash slot only,
+the worker reads with one XREADGROUP per shard (:meth:`workers.streams.StreamSet.read`) and writes the
+results before one MULTI/EXEC of dead letters and XACKs per shard, an order in which a crash between the
+two only makes a redelivery that the gateway's deduplication absorbs (workers/batch_write.py).
 
 Nothing one entry does may end the loop: decoding, the origin check, the model input, the network (per
 model group) and the Result's encoding (per result) each catch any Exception, dead-letter the entry with
@@ -50,15 +35,15 @@ from typing import Mapping
 import redis
 
 from common.health import HealthServer
-from common.redis_slots import by_slot, is_cluster, queue_wait
 from common.health import check as health_check
 from common.backoff import Backoff
 from common.top_k import top_k
 from models.signing import SignatureError
 from schemas.limits import DEFAULT_LIMITS
 from schemas.names import FIELD, GROUP, Names
-from schemas.results import ErrorReport, Result
+from schemas.results import Result
 from workers.analysis import Analysis, FeatureAnalysis, Rejected, run_network
+from workers.batch_write import BatchWriter
 from workers.config import SettingsError, WorkerSettings, load_settings
 from workers.metrics import WorkerMetrics
 from workers.probes import worker_probes
@@ -66,10 +51,6 @@ from workers.stats import WorkerStats
 from workers.streams import StreamSet, check_origin
 
 log = logging.getLogger(__name__)
-
-DEAD_LETTER_BYTES = DEFAULT_LIMITS.max_feature_payload
-"""Most bytes of an entry's message copied into its dead letter (64 KiB: any valid feature message fits)."""
-
 
 def default_name() -> str:
     """A consumer name unique across machines and restarts: hostname-pid-random."""
@@ -92,6 +73,9 @@ class Worker:
         self.stream_set = StreamSet(self.redis, self.names, self.analysis.stream_kind,
                                     {s.task for s in self.served.values()}, settings.max_streams,
                                     settings.trim_retention_s, settings.pinned_shards)
+        self.writer = BatchWriter(self.redis, self.names, self.stream_set, self.name,
+                                  reply_maxlen=settings.reply_maxlen, dead_maxlen=settings.dead_maxlen,
+                                  wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_claim = 0.0
@@ -169,37 +153,14 @@ class Worker:
         if now >= self._next_claim:
             self._next_claim = now + self.settings.claim_every_s
             entries += self._reclaim()
-        groups = self.stream_set.read_groups()
-        if not groups:
+        if not self.stream_set.streams:
             self._stop.wait(self.settings.block_ms / 1000)
             return 0
-        entries += self._read(groups)
+        entries += self.stream_set.read(self.name, self.settings.batch, self.settings.block_ms)
         self.stats.add(read_s=time.perf_counter() - t0)
         if entries:
             self.handle(entries)
         return len(entries)
-
-    def _read(self, groups: list[list[str]]) -> list:
-        """New entries of ``groups`` (each one XREADGROUP; module docstring): (stream, entry id, fields)."""
-        if len(groups) == 1:
-            replies = [self.redis.xreadgroup(GROUP, self.name, {s: ">" for s in groups[0]},
-                                             count=self.settings.batch, block=self.settings.block_ms)]
-        else:
-            replies = self._read_round(groups, None)
-            if not any(replies):
-                replies = self._read_round(groups, max(1, self.settings.block_ms // len(groups)))
-        entries = []
-        for reply in replies:
-            for stream, items in reply or []:
-                stream = stream.decode() if isinstance(stream, bytes) else stream
-                entries += [(stream, eid, fields) for eid, fields in items]
-        return entries
-
-    def _read_round(self, groups: list[list[str]], block: int | None) -> list:
-        pipe = self.redis.pipeline(transaction=False)
-        for streams in groups:
-            pipe.xreadgroup(GROUP, self.name, {s: ">" for s in streams}, count=self.settings.batch, block=block)
-        return pipe.execute()
 
     def _reclaim(self) -> list:
         """Entries idle longer than claim_idle_ms at a dead consumer; over max_deliveries -> dead."""
@@ -292,64 +253,15 @@ class Worker:
                       worker=self.name).encode()
 
     def _write(self, results: list, dead: list, acks: dict) -> None:
-        """Encoded results to their reply streams, dead letters, then the XACKs: one MULTI/EXEC on one
-        Redis; on a Cluster the results first, then one MULTI/EXEC per shard (module docstring)."""
+        """Encoded results to their reply streams, dead letters, then the XACKs (workers/batch_write.py)."""
         t0 = time.perf_counter()
-        dead_by_stream = defaultdict(list)
-        for stream, eid, fields, err in dead:
-            dead_by_stream[stream].append((eid, fields, err))
-        streams = [*acks, *(s for s in dead_by_stream if s not in acks)]
-        if not is_cluster(self.redis):
-            pipe = self.redis.pipeline(transaction=True)
-            self._queue_results(pipe, results)
-            self._queue_acks(pipe, streams, dead_by_stream, acks)
-            pipe.execute()
-        else:
-            if results:
-                pipe = self.redis.pipeline(transaction=False)
-                self._queue_results(pipe, results)
-                waits = 0
-                if self.settings.wait_replicas:
-                    waits = queue_wait(pipe, self.redis, {reply for reply, _ in results}, self.settings.wait_replicas,
-                                       self.settings.wait_timeout_ms)
-                replies = pipe.execute()  # raises unless every result is in: then nothing is acknowledged
-                if any(int(n) < self.settings.wait_replicas for n in replies[len(replies) - waits:]):
-                    self.stats.add(wait_short=1)
-            for streams in by_slot(self.redis, streams).values():
-                pipe = self.redis.pipeline(transaction=True)
-                self._queue_acks(pipe, streams, dead_by_stream, acks)
-                pipe.execute()
-        self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0)
+        for stream, eid, _, err in dead:
+            log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
+        short = self.writer.write(results, dead, acks)
+        self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0, wait_short=short)
         self.metrics.results.inc(len(results))
         for _, _, _, err in dead:
             self.metrics.dead.labels(err.reason).inc()
-
-    def _queue_results(self, pipe, results: list) -> None:
-        for reply, encoded in results:
-            pipe.xadd(reply, {FIELD: encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
-
-    def _queue_acks(self, pipe, streams: list[str], dead_by_stream: dict, acks: dict) -> None:
-        """The dead letters and the XACKs of ``streams`` (one slot on a Cluster), dead letters first."""
-        for stream in streams:
-            for eid, fields, err in dead_by_stream.get(stream, ()):
-                log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
-                report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
-                                     detail=err.detail[:200], ts=time.time())
-                pipe.xadd(self._dead_of(stream),
-                          {"reason": err.reason, "entry": _id(eid), "error": report.encode(),
-                           # bounded: a hostile entry is kept for inspection, not whole
-                           FIELD: fields.get(FIELD.encode(), b"")[:DEAD_LETTER_BYTES]},
-                          maxlen=self.settings.dead_maxlen, approximate=True)
-        for stream in streams:
-            if acks.get(stream):
-                pipe.xack(stream, GROUP, *acks[stream])
-
-    def _dead_of(self, stream: str) -> str:
-        """The dead-letter stream of a stream this worker read, ``{p}:dead:{{task}:{NN}}`` of its task and
-        shard (its slot): from its key (schemas.names), so that a stream forgotten since the read (NOGROUP
-        recovery) still names its own task and never another one's, or none."""
-        known = self.stream_set.streams.get(stream) or self.names.split_stream(stream)
-        return self.names.dead(known.task, known.shard)
 
 
 def _id(eid) -> str:

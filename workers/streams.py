@@ -72,6 +72,34 @@ class StreamSet:
             self._groups = list(by_slot(self.redis, self.streams).values())
         return self._groups
 
+    def read(self, consumer: str, count: int, block_ms: int) -> list:
+        """New entries for ``consumer`` as (stream, entry id, fields): one XREADGROUP COUNT ``count`` per
+        read group. One group (one Redis, or one shard) blocks up to ``block_ms``. Several (a Cluster) go
+        in one pipeline without BLOCK (redis-py sends each master its part at once); only when that round
+        brings nothing does a second one block, each read for ``block_ms`` divided by the number of groups,
+        so that idle shards hold the others up by at most ``block_ms`` in all (a master runs one
+        connection's commands in turn)."""
+        groups = self.read_groups()
+        if len(groups) == 1:
+            replies = [self.redis.xreadgroup(GROUP, consumer, {s: ">" for s in groups[0]}, count=count,
+                                             block=block_ms)]
+        else:
+            replies = self._read_round(groups, consumer, count, None)
+            if not any(replies):
+                replies = self._read_round(groups, consumer, count, max(1, block_ms // len(groups)))
+        entries = []
+        for reply in replies:
+            for stream, items in reply or []:
+                stream = stream.decode() if isinstance(stream, bytes) else stream
+                entries += [(stream, eid, fields) for eid, fields in items]
+        return entries
+
+    def _read_round(self, groups: list[list[str]], consumer: str, count: int, block: int | None) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        for streams in groups:
+            pipe.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block)
+        return pipe.execute()
+
     def discover(self) -> list[str]:
         """SCAN for streams of our tasks (and shards); create the group on each new one; returns the new keys."""
         new = []
