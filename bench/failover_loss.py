@@ -31,7 +31,8 @@ PAYLOAD = b"\x00" * 96
 """About one int8 FeatureMessage."""
 
 
-def measure(workdir: Path, wait: int, *, batch: int, before_s: float, after_s: float, timeout_ms: int) -> dict:
+def measure(workdir: Path, wait: int, *, batch: int, before_s: float, after_s: float, timeout_ms: int,
+            fault: str = "kill") -> dict:
     with redis_cluster(workdir, masters=3, replicas=1) as cluster:
         client = cluster.client()
         acked: list[bytes] = []
@@ -64,7 +65,7 @@ def measure(workdir: Path, wait: int, *, batch: int, before_s: float, after_s: f
         time.sleep(before_s)
         before = len(acked)
         t0 = time.monotonic()
-        killed, promoted = cluster.kill_master_of(STREAM)
+        killed, promoted = (cluster.kill_master_of if fault == "kill" else cluster.pause_master_of)(STREAM)
         failover_s = time.monotonic() - t0
         time.sleep(after_s)
         stop.set()
@@ -79,7 +80,7 @@ def measure(workdir: Path, wait: int, *, batch: int, before_s: float, after_s: f
             last = "(" + chunk[-1][0].decode()
         lost = [eid for eid in acked if eid not in present]
         rate = before / before_s
-        return {"wait": wait, "acknowledged": len(acked), "acknowledged_before_kill": before,
+        return {"fault": fault, "wait": wait, "acknowledged": len(acked), "acknowledged_before_kill": before,
                 "lost": len(lost), "writes_per_s_before_kill": round(rate), "wait_timed_out_batches": short,
                 "failed_round_trips": errors, "failover_s": round(failover_s, 2),
                 "killed_port": killed.port, "promoted_port": promoted.port}
@@ -88,10 +89,10 @@ def measure(workdir: Path, wait: int, *, batch: int, before_s: float, after_s: f
 def markdown(r: dict) -> str:
     lines = header("Redis Cluster failover: acknowledged writes lost, with and without WAIT", r["machine"],
                    r["settings"])
-    lines += table_head("WAIT", "writes/s before the kill", "acknowledged", "lost", "WAIT timed out (batches)",
+    lines += table_head("fault", "WAIT", "writes/s before the kill", "acknowledged", "lost", "WAIT timed out (batches)",
                         "failed round trips", "failover s")
     for row in r["runs"]:
-        lines.append(f"| {'WAIT 1 ' + str(r['settings']['timeout_ms']) + ' ms' if row['wait'] else 'none'} | "
+        lines.append(f"| {row['fault']} | {'WAIT 1 ' + str(r['settings']['timeout_ms']) + ' ms' if row['wait'] else 'none'} | "
                      f"{row['writes_per_s_before_kill']} | {row['acknowledged']} | {row['lost']} | "
                      f"{row['wait_timed_out_batches']} | {row['failed_round_trips']} | {row['failover_s']} |")
     return "\n".join(lines) + "\n"
@@ -105,18 +106,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--after-s", type=float, default=2.0, help="seconds of writes after the promotion")
     p.add_argument("--timeout-ms", type=int, default=100, help="WAIT timeout (the gateway's default)")
     p.add_argument("--repeat", type=int, default=2, help="runs of each setting")
+    p.add_argument("--faults", default="kill,pause", help="kill (SIGKILL), pause (SIGSTOP until the promotion)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    settings = {"batch": a.batch, "before_s": a.before_s, "after_s": a.after_s, "timeout_ms": a.timeout_ms,
+    settings = {"faults": a.faults, "batch": a.batch, "before_s": a.before_s, "after_s": a.after_s, "timeout_ms": a.timeout_ms,
                 "repeat": a.repeat, "masters": 3, "replicas": 1, "entry_bytes": len(PAYLOAD)}
     info = machine()
     print(setup_lines(info, settings), flush=True)
     work = Path(tempfile.mkdtemp(prefix="privedge-failover-loss-"))
     runs = []
-    for i in range(a.repeat):
-        for wait in (0, 1):
-            runs.append(measure(work / f"{wait}-{i}", wait, batch=a.batch, before_s=a.before_s,
-                                after_s=a.after_s, timeout_ms=a.timeout_ms))
+    for fault in a.faults.split(","):
+        for i in range(a.repeat):
+            for wait in (0, 1):
+                runs.append(measure(work / f"{fault}-{wait}-{i}", wait, batch=a.batch, before_s=a.before_s,
+                                    after_s=a.after_s, timeout_ms=a.timeout_ms, fault=fault))
             print(json.dumps(runs[-1]), flush=True)
     result = {"machine": info, "settings": settings, "runs": runs}
     (a.out / "failover_loss.json").write_text(json.dumps(result, indent=2))

@@ -33,6 +33,7 @@ class LocalCluster:
     nodes: list[servers.LocalServer]
     masters: int
     admin: tuple[str, str] | None = field(default=None, repr=False)  # (user, password) of an ACL admin
+    paused: list = field(default_factory=list, repr=False)  # nodes stopped by pause_master_of
 
     @property
     def url(self) -> str:
@@ -61,7 +62,8 @@ class LocalCluster:
         return RedisSettings.from_dsn(url).client()
 
     def alive(self) -> list[servers.LocalServer]:
-        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+        """The nodes running and not paused."""
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None and n not in self.paused]
 
     def role(self, node: servers.LocalServer) -> str:
         """``master`` or ``slave`` (INFO replication)."""
@@ -81,13 +83,33 @@ class LocalCluster:
         old = self.master_of(key)
         old.kill()
         log.info("killed master 127.0.0.1:%d", old.port)
+        return old, self._promoted(key, old, timeout)
+
+    def pause_master_of(self, key: str, timeout: float = 30.0) -> tuple[servers.LocalServer, servers.LocalServer]:
+        """SIGSTOP the master of ``key`` (a hung process, a long pause of its machine), wait for its
+        replica's promotion, then SIGCONT it: it answers the commands its clients queued meanwhile as a
+        master for a moment, then learns of the failover and turns replica, dropping what it took."""
+        import signal
+
+        old = self.master_of(key)
+        old.proc.send_signal(signal.SIGSTOP)
+        self.paused.append(old)
+        log.info("paused master 127.0.0.1:%d", old.port)
+        try:
+            new = self._promoted(key, old, timeout)
+        finally:
+            old.proc.send_signal(signal.SIGCONT)
+            self.paused.remove(old)
+        return old, new
+
+    def _promoted(self, key: str, old: servers.LocalServer, timeout: float) -> servers.LocalServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
                 new = self.master_of(key)
                 if new is not old and self.ok():
                     log.info("127.0.0.1:%d promoted", new.port)
-                    return old, new
+                    return new
             except Exception:  # noqa: BLE001 - nodes answer CLUSTERDOWN or refuse while it settles
                 pass
             time.sleep(0.1)

@@ -117,9 +117,10 @@ class GatewaySettings:
     redis_wait_replicas: int = 0
     """After each round trip of XADDs, WAIT until this many replicas have them (0: no WAIT). Redis
     replicates asynchronously: a master that fails before its replica has an entry loses it at the
-    failover, although the gateway was told it was in. With WAIT the window shrinks to what the replica has
-    not received within ``redis_wait_timeout_ms`` (README, "Scaling"); each round trip waits that long at
-    most, and a shortfall is counted (``wait_short``), not retried."""
+    failover, although the gateway was told it was in. With WAIT a batch counts as in only once that many
+    replicas have it within ``redis_wait_timeout_ms``; a shortfall is counted (``wait_short``) and the batch
+    resent or spooled as when Redis is away, so the home's inputs wait while a master of its shards has no
+    replica (README, "Scaling")."""
     redis_wait_timeout_ms: int = 100
     """Longest WAIT for the replicas of one round trip (milliseconds)."""
     results_batch: int = 256

@@ -11,9 +11,13 @@ keeps the batch's MQTT messages unacknowledged meanwhile, so the broker holds th
 
 With ``redis_wait_replicas`` set, the round trip also holds a ``WAIT`` (per master written to, on a
 Redis Cluster: common.redis_slots) after the XADDs, so that a batch counts as in only once that many
-replicas have it or ``redis_wait_timeout_ms`` has passed; a shortfall is counted (``wait_short``) and the
-batch kept as sent: resending would not make the replica faster, and after a failover the promoted
-replica has no replica of its own for a while.
+replicas have it: a shortfall within ``redis_wait_timeout_ms`` is counted (``wait_short``) and handled as
+a round trip Redis did not take (resent or spooled; the copies carry their ids, which the results relay
+drops). That is what protects the batch from a master that took it and then lost it at a failover (a
+master paused past the node timeout answers its queued clients before it learns it was replaced). The
+price is availability: while a master holding one of the home's shards has no replica (after a
+failover, until the old master or a new replica joins it), the home's inputs wait in its spool or at the
+broker.
 
 On a Redis Cluster the pipeline's XADDs go to every master that holds one of the home's shards at once
 (redis-py splits the pipeline by node); a master that fails mid-batch fails the round trip, which is
@@ -180,7 +184,10 @@ class Upstream:
             replies = pipe.execute()
             lengths = _backlogs(replies[len(entries) + waits:])
             if any(int(n) < self.s.redis_wait_replicas for n in replies[len(entries):len(entries) + waits]):
+                # Not on a replica in time: as if Redis had not taken the batch (module docstring).
                 self.metrics.inc("wait_short")
+                raise redis.RedisError(f"fewer than {self.s.redis_wait_replicas} replicas took the batch "
+                                       f"within {self.s.redis_wait_timeout_ms} ms")
         except redis.RedisError as e:
             self.metrics.inc("upstream_retries")
             self._set_available(False)

@@ -2,16 +2,18 @@
 
 A deployment of real processes (tests/fault_rig.py) on a local Redis Cluster of 3 masters with a replica
 each (appendonly, the ACL users on every node): a gateway spreading its inputs over 3 shards, two workers.
-Once a third of the inputs have results, the master holding shard 00 of the home's features is SIGKILLed;
-its replica is promoted after the cluster's node timeout (1 s) and everything goes on against it.
+Once a third of the inputs have results, the master holding shard 00 of the home's features fails: it is
+SIGKILLed (and restarted after its replica's promotion, as a supervisor would: it rejoins as the new
+master's replica), or SIGSTOPped until its replica is promoted (a hung process, a paused machine), then
+resumed: for a moment it answers the commands its clients queued, as the master it no longer is, before
+it learns of the failover and drops what it took.
 
-Redis replicates asynchronously: what the killed master had acknowledged and not yet sent to its replica is
-gone (an entry the gateway was told was in, a worker's result or XACK). The drill runs twice, with the
-shipped default (no WAIT) and with ``redis_wait_replicas=1`` on the gateway and ``--wait-replicas 1`` on
-the workers (each round trip then waits for one replica, at most 100 ms), and prints inputs, results, lost
-and duplicated of each (``python -m bench.drills`` collects them). Either way no result reaches the home
-twice (the relay drops a redelivery's second result by its id), every input published after the
-promotion comes back, and with WAIT none is lost.
+Redis replicates asynchronously: what a failing master acknowledged and its replica never got is gone.
+Each fault runs with the shipped default (no WAIT) and with ``redis_wait_replicas=1`` on the gateway and
+``--wait-replicas 1`` on the workers, and prints inputs, results, lost and duplicated (``python -m
+bench.drills -k failover`` collects them). Either way no result reaches the home twice (the relay drops a
+redelivery's second result by its id) and every input published once the cluster serves every slot
+again comes back; with WAIT none is lost.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ def _report(name: str, counts: dict) -> None:
 
 
 @pytest.mark.parametrize("wait", [0, 1], ids=["no-wait", "wait"])
-def test_a_master_holding_features_fails_mid_run(tmp_path, full_bundles, wait):  # noqa: F811
+@pytest.mark.parametrize("fault", ["kill", "pause"])
+def test_a_master_holding_features_fails_mid_run(tmp_path, full_bundles, fault, wait):  # noqa: F811
     env = {"PRIVEDGE_REDIS_WAIT_REPLICAS": str(wait)} if wait else {}
     rig = Rig(tmp_path, full_bundles["image"], workers=2, cluster=True, shards=3, gateway_env=env,
               worker_args=("--wait-replicas", str(wait)) if wait else ())
@@ -50,7 +53,11 @@ def test_a_master_holding_features_fails_mid_run(tmp_path, full_bundles, wait): 
         pub = rig.publish(N, RATE)
         assert wait_until(lambda: rig.listener.unique() >= N // 3, 120, 0.05), rig.logs()
         t0 = time.monotonic()
-        killed, promoted = rig.redis.kill_master_of(key)
+        if fault == "kill":
+            killed, promoted = rig.redis.kill_master_of(key)
+            killed.start()  # a supervisor restarts it: it rejoins as the replica of the promoted one
+        else:
+            killed, promoted = rig.redis.pause_master_of(key)
         failover_s = time.monotonic() - t0
         after = rig.published  # every input from here on was published to a cluster that serves all slots
         pub.join(120)
@@ -60,12 +67,12 @@ def test_a_master_holding_features_fails_mid_run(tmp_path, full_bundles, wait): 
         time.sleep(1.5)  # late duplicates, if any, would arrive now
         ids, stats = rig.listener.ids, rig.stats()
         expected = frame_ids(N)
-        counts = {"wait": wait, "inputs": N, "results": sum(ids.values()), "lost": len(expected - set(ids)),
+        counts = {"fault": fault, "wait": wait, "inputs": N, "results": sum(ids.values()), "lost": len(expected - set(ids)),
                   "duplicated": sum(c - 1 for c in ids.values()), "unexpected": len(set(ids) - expected),
                   "failover_s": round(failover_s, 2), "killed_port": killed.port, "promoted_port": promoted.port,
                   "duplicates_dropped": stats.get("duplicates_dropped", 0), "wait_short": stats.get("wait_short", 0),
                   "upstream_retries": stats.get("upstream_retries", 0), "spooled": stats.get("spooled", 0)}
-        _report(f"failover-{'wait' if wait else 'no-wait'}", counts)
+        _report(f"failover-{fault}-{'wait' if wait else 'no-wait'}", counts)
         assert counts["duplicated"] == 0 and counts["unexpected"] == 0, counts
         assert {i for i in expected if int(i.rsplit("/", 1)[1]) >= after} <= set(ids), (counts, rig.logs())
         if wait:
