@@ -9,7 +9,8 @@ the six redis-servers share the cores, so the absolute rate says little; the rat
 the 1-shard one and the CPU per entry of each part are what carry over.
 
 From the Redis CPU per entry (all masters together: the gateways' XADD, measured while the streams are
-filled, then XREADGROUP, the results' XADD, XACK, trimming and replication, measured over the window) the report works out, on paper, how many homes one cluster of N masters serves: a master core
+filled, then XREADGROUP, the results' XADD, XACK, trimming and replication, measured over the window) the
+report works out, on paper, how many homes one cluster of N masters serves: a master core
 moves ``1 / cpu_per_entry`` entries a second, N masters N times that when the shards spread evenly over
 them (many more shards than masters), and a home sends ``rate`` inputs a second. The worker cores those
 homes need follow from the workers' CPU per entry.

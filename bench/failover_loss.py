@@ -3,8 +3,10 @@
 The fault drill (tests/test_failover.py) runs the whole pipeline at a home's pace, where the replica keeps
 up and a failover loses nothing either way. This measures the window itself: one writer adds
 feature-sized entries to one stream as fast as it can, in pipelined batches of ``--batch`` XADDs (the
-gateway's round trip), each batch followed by ``WAIT 1 timeout`` or not; the master holding the stream is
-SIGKILLed mid-run and its replica promoted. Afterwards every entry id the master had acknowledged is looked
+gateway's round trip), each batch followed by ``WAIT 1 timeout`` or not; the master holding the stream
+fails mid-run and its replica is promoted: SIGKILLed (``kill``), or SIGSTOPped until the promotion and
+then resumed (``pause``: a hung process or a paused machine, which answers its queued clients as a master
+for a moment before it learns it was replaced). Afterwards every entry id the master had acknowledged is looked
 for on the promoted replica: the ones missing are what the asynchronous replication lost. With WAIT, a
 batch counts as acknowledged only once WAIT says a replica has it (a batch whose WAIT timed out is counted
 apart, as the gateway's ``wait_short`` does).
@@ -89,10 +91,11 @@ def measure(workdir: Path, wait: int, *, batch: int, before_s: float, after_s: f
 def markdown(r: dict) -> str:
     lines = header("Redis Cluster failover: acknowledged writes lost, with and without WAIT", r["machine"],
                    r["settings"])
-    lines += table_head("fault", "WAIT", "writes/s before the kill", "acknowledged", "lost", "WAIT timed out (batches)",
-                        "failed round trips", "failover s")
+    lines += table_head("fault", "WAIT", "writes/s before the fault", "acknowledged", "lost",
+                        "WAIT timed out (batches)", "failed round trips", "failover s")
     for row in r["runs"]:
-        lines.append(f"| {row['fault']} | {'WAIT 1 ' + str(r['settings']['timeout_ms']) + ' ms' if row['wait'] else 'none'} | "
+        wait = f"WAIT 1 {r['settings']['timeout_ms']} ms" if row["wait"] else "none"
+        lines.append(f"| {row['fault']} | {wait} | "
                      f"{row['writes_per_s_before_kill']} | {row['acknowledged']} | {row['lost']} | "
                      f"{row['wait_timed_out_batches']} | {row['failed_round_trips']} | {row['failover_s']} |")
     return "\n".join(lines) + "\n"
@@ -109,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--faults", default="kill,pause", help="kill (SIGKILL), pause (SIGSTOP until the promotion)")
     a = p.parse_args(argv)
     a.out.mkdir(parents=True, exist_ok=True)
-    settings = {"faults": a.faults, "batch": a.batch, "before_s": a.before_s, "after_s": a.after_s, "timeout_ms": a.timeout_ms,
+    settings = {"faults": a.faults, "batch": a.batch, "before_s": a.before_s, "after_s": a.after_s,
+                "timeout_ms": a.timeout_ms,
                 "repeat": a.repeat, "masters": 3, "replicas": 1, "entry_bytes": len(PAYLOAD)}
     info = machine()
     print(setup_lines(info, settings), flush=True)

@@ -1,6 +1,6 @@
 """A whole privedge deployment as real processes, for the fault tests: mosquitto (persistence), redis-server
-(appendonly, ACL users; or a local Redis Cluster of them), a ``privedge gateway`` process (with an on-disk spool), ``privedge worker``
-processes, camera or microphone publishers and a results listener with a persistent session.
+(appendonly, ACL users; or a local Redis Cluster of them), a ``privedge gateway`` process (with an on-disk
+spool), ``privedge worker`` processes, camera or microphone publishers and a results listener with a persistent session.
 
 The gateway runs with its shipped defaults (the fault tests check what a home gets out of the box); the
 only setting changed is ``stats_interval_s`` (0.5 s instead of 5 s), which changes what the gateway
@@ -140,7 +140,8 @@ class Rig:
         self.gw_user, self.worker_user = gateway_user(GW, "gw-secret"), worker_user("worker-secret")
         self.mqtt = servers.mosquitto(root / "mosquitto")
         users = [self.gw_user, self.worker_user, ADMIN]
-        self.redis = (redis_cluster(root / "cluster", appendonly=True, acl_users=users, admin=(ADMIN.name, ADMIN.password))
+        self.redis = (redis_cluster(root / "cluster", appendonly=True, acl_users=users,
+                                    admin=(ADMIN.name, ADMIN.password))
                       if cluster else servers.redis(root / "redis", appendonly=True, acl_users=users))
         self.procs: list[subprocess.Popen] = []
         self.listener = ResultListener(self.mqtt.port)

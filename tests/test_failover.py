@@ -67,7 +67,8 @@ def test_a_master_holding_features_fails_mid_run(tmp_path, full_bundles, fault, 
         time.sleep(1.5)  # late duplicates, if any, would arrive now
         ids, stats = rig.listener.ids, rig.stats()
         expected = frame_ids(N)
-        counts = {"fault": fault, "wait": wait, "inputs": N, "results": sum(ids.values()), "lost": len(expected - set(ids)),
+        counts = {"fault": fault, "wait": wait, "inputs": N, "results": sum(ids.values()),
+                  "lost": len(expected - set(ids)),
                   "duplicated": sum(c - 1 for c in ids.values()), "unexpected": len(set(ids) - expected),
                   "failover_s": round(failover_s, 2), "killed_port": killed.port, "promoted_port": promoted.port,
                   "duplicates_dropped": stats.get("duplicates_dropped", 0), "wait_short": stats.get("wait_short", 0),
