@@ -22,7 +22,7 @@ from pathlib import Path
 from bench.report import header, machine, table_head
 
 REPO = Path(__file__).resolve().parents[1]
-DRILL_FILES = ("tests/test_faults.py", "tests/test_crash_drills.py", "tests/test_drills.py")
+DRILL_FILES = ("tests/test_faults.py", "tests/test_crash_drills.py", "tests/test_drills.py", "tests/test_failover.py")
 COLUMNS = ("inputs", "results", "unique_results", "missing", "duplicates")
 _LINE = re.compile(r"^\[(?P<name>[^\]]+)\] (?P<rest>.*)$")
 _PAIR = re.compile(r"(\w+)=(\{[^}]*\}|\[[^\]]*\]|\S+)")

@@ -104,7 +104,7 @@ def image_path(bundle: Path, batch: int, codec: str, images: list, seconds: floa
 
     def pack():
         return [FeatureMessage.from_array(z[i], gateway="gw", device="cam1", seq=i, ts=now, ts_sent=now,
-                                          task=ext.task, model=ext.model_id, reply="privedge:results:gw").encode()
+                                          task=ext.task, model=ext.model_id, reply="privedge:results:{gw}").encode()
                 for i in range(batch)]
 
     stages = {

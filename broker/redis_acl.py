@@ -10,6 +10,12 @@
   XACK, XGROUP CREATE, XINFO GROUPS, EXISTS and XTRIM on the features and media streams, TIME; XADD to
   results and dead-letter streams only (it cannot add features).
 - ``default`` (the anonymous user) is switched off.
+- every user may also ask a Redis Cluster for its slot map and the commands' key positions
+  (:data:`CLUSTER_CLIENT`), and WAIT for replicas (the gateway's ``redis_wait_replicas``, the workers'
+  ``wait_replicas``).
+
+On a Redis Cluster the same file is given to every node (``--aclfile`` on each: ACLs are per node); the
+keys keep their patterns, the hash tags (schemas.names) sit inside them.
 
 Redis 7 ACL selectors (the parenthesised groups) pair commands with keys: a command runs when the root
 rules or one selector allow both the command and every key it touches.
@@ -35,6 +41,10 @@ from schemas.names import Names, check_name
 
 WORKER_USER = "worker"
 _BASE = "reset on -@all +ping"  # redis-py's CLIENT SETINFO on connect may be refused: it ignores that
+CLUSTER_CLIENT = "+cluster|slots +cluster|shards +command +asking"
+"""What redis-py's RedisCluster asks of a Redis Cluster besides the data: the slot map (CLUSTER SLOTS or
+SHARDS), the commands' key positions (COMMAND), and ASKING while a slot moves. Metadata only; on one Redis
+they are refused or harmless, so every user gets them and the same ACL file serves both."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,7 @@ def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> Ac
     gw = check_name(gateway_id, "gateway id")
     results = names.results(gw)
     own = " ".join(f"~{pattern}" for pattern in names.gateway_stream_patterns(gw))
-    rules = (f"+xadd +xlen +xinfo|groups {own} "
+    rules = (f"{CLUSTER_CLIENT} +wait +xadd +xlen +xinfo|groups {own} "
              f"(+xread +xtrim +get +set ~{results} ~{names.results_cursor(gw)}) "
              # The results relay's dedup window (gateway/results.py), written with the cursor.
              f"(+zadd +zrange +zremrangebyrank ~{names.results_seen(gw)})")
@@ -74,8 +84,8 @@ def gateway_user(gateway_id: str, password: str, prefix: str = "privedge") -> Ac
 def worker_user(password: str, prefix: str = "privedge", name: str = WORKER_USER) -> AclUser:
     """The ACL user of the workers: consumes features (or media), writes results and dead letters."""
     n = Names(prefix)
-    rules = (f"+scan +xreadgroup +xautoclaim +xpending +xack +xgroup|create +xinfo|groups +xtrim +exists "
-             f"+time +multi +exec +discard ~{n.all_features_pattern()} ~{n.all_media_pattern()} "
+    rules = (f"{CLUSTER_CLIENT} +wait +scan +xreadgroup +xautoclaim +xpending +xack +xgroup|create +xinfo|groups "
+             f"+xtrim +exists +time +multi +exec +discard ~{n.all_features_pattern()} ~{n.all_media_pattern()} "
              f"(+xadd ~{n.results_pattern()} ~{n.dead_pattern()})")
     return AclUser(check_name(name, "Redis user"), password, rules)
 

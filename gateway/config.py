@@ -21,12 +21,13 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from common.redis_connection import RedisSettings
 from common.settings import Keys, SettingsError, check_type, env_names, keys_of, merge
 from common.tls import TlsFiles
 from models.faces import DETECTORS
 from models.runtimes import RUNTIMES
 from schemas.errors import BadName
-from schemas.names import HA_PREFIX, check_name, check_prefix
+from schemas.names import HA_PREFIX, MAX_SHARDS, check_name, check_prefix
 
 FACE_DETECTORS = (*DETECTORS, "none")
 REMOVED = {
@@ -124,6 +125,20 @@ class GatewaySettings:
     the backlog (gateway/upstream.py). Nothing is ever trimmed unread. 100,000 is the bound the stream used
     to be trimmed at: about 20 MB of Redis memory per home for features, 83 minutes of a busy room at
     20 inputs/s without any worker, and far above the acknowledged entries the workers keep for 30 s."""
+    shards: int = 1
+    """Shards of each task's features (1-100): the gateway spreads its inputs over as many streams per task,
+    ``{p}:features:{{task}:{NN}}:{id}`` (schemas.names), by a hash of each input. On a Redis Cluster each
+    shard is one hash slot, so more shards spread one task over more masters; every gateway of a deployment
+    should use the same number (the workers read whatever shards exist)."""
+    redis_wait_replicas: int = 0
+    """After each round trip of XADDs, WAIT until this many replicas have them (0: no WAIT). Redis
+    replicates asynchronously: a master that fails before its replica has an entry loses it at the
+    failover, although the gateway was told it was in. With WAIT a batch counts as in only once that many
+    replicas have it within ``redis_wait_timeout_ms``; a shortfall is counted (``wait_short``) and the batch
+    resent or spooled as when Redis is away, so the home's inputs wait while a master of its shards has no
+    replica (README, "Scaling")."""
+    redis_wait_timeout_ms: int = 100
+    """Longest WAIT for the replicas of one round trip (milliseconds)."""
     results_batch: int = 256
     """Results read per XREAD."""
     results_block_ms: int = 500
@@ -265,7 +280,11 @@ def _validate(s: GatewaySettings) -> None:
             raise ConfigError(str(e)) from e
     need(s.mqtt_protocol in ("5", "3.1.1"), f"mqtt_protocol must be '5' or '3.1.1', got {s.mqtt_protocol!r}")
     s.mqtt_tls.check(s.broker)  # the URL's scheme, and the TLS files (read) when it is mqtts://
-    s.redis_tls.check(s.redis)
+    RedisSettings.from_dsn(s.redis, ca_file=s.redis_ca_file, cert_file=s.redis_cert_file,
+                           key_file=s.redis_key_file)  # one Redis or a Cluster; its TLS files, read
+    need(1 <= s.shards <= MAX_SHARDS, f"shards must be 1-{MAX_SHARDS}, got {s.shards}")
+    need(s.redis_wait_replicas >= 0 and s.redis_wait_timeout_ms >= 1,
+         "redis_wait_replicas must be >= 0 and redis_wait_timeout_ms >= 1")
     for name in ("batch", "audio_max_chunks", "audio_max_bytes", "receive_maximum", "stream_max_backlog",
                  "results_batch", "results_block_ms", "dedupe_size", "audio_max_open", "torch_threads", "keepalive_s",
                  "spool_max_bytes", "spool_replay_batch", "max_faces", "min_face_px"):

@@ -1,17 +1,19 @@
 """What the gateway's extraction loops hand on: one message per input, added to this home's stream.
 
 :class:`StreamHandOn` is the part every upstream hand-on shares: encode one message per input (an
-input whose message cannot be made is rejected alone), add the batch to one stream through
+input whose message cannot be made is rejected alone), add the batch to this home's streams (one per shard
+of the task; each input to the shard of a hash of its device, boot and sequence number, the same at every
+retry: schemas.names.shard_of) through
 :class:`gateway.upstream.Upstream` (pipelined, retried, spooled), and acknowledge the inputs only once it
 is there; at shutdown past the drain deadline they are left unacknowledged for the broker to resend.
 :class:`FeaturesUpstream` is privedge's: the extractor's released features as FeatureMessages to
-``{p}:features:{task}:{gateway}``, in the compact envelope (wire version 2, schemas.compact) unless the
-gateway's ``wire_version`` is 1.
+``{p}:features:{{task}:{NN}}:{gateway}``, in the compact envelope (wire version 2, schemas.compact)
+unless the gateway's ``wire_version`` is 1.
 """
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -19,16 +21,26 @@ from gateway.extraction import ExtractionLoop, Ready, describe
 from gateway.pseudonyms import Pseudonyms
 from gateway.upstream import Upstream
 from schemas import FeatureMessage, compact
+from schemas.names import shard_of
 
 
 class StreamHandOn:
-    """Messages to ``stream`` through ``upstream``; :meth:`message` and :meth:`refusal` say which."""
+    """Messages to ``streams`` (one, or one per shard) through ``upstream``; :meth:`message` and
+    :meth:`refusal` say which."""
 
     network: Any | None = None
 
-    def __init__(self, upstream: Upstream, stream: str) -> None:
+    def __init__(self, upstream: Upstream, streams: str | Sequence[str]) -> None:
         self.upstream = upstream
-        self.stream = stream  # this home's own stream (schemas.names)
+        # this home's own streams of the task, shard 0 first (schemas.names)
+        self.streams = (streams,) if isinstance(streams, str) else tuple(streams)
+        self.stream = self.streams[0]
+
+    def stream_of(self, r: Ready) -> str:
+        """The stream (shard) of one input: the same for every retry of it."""
+        if len(self.streams) == 1:
+            return self.stream
+        return self.streams[shard_of(f"{r.device}/{r.media.boot}/{r.seq}/{r.face_index}", len(self.streams))]
 
     def run(self, inputs: list[np.ndarray]) -> np.ndarray:
         """The network on B preprocessed inputs (subclasses with a network say which)."""
@@ -48,13 +60,13 @@ class StreamHandOn:
         with loop.metrics.timed("encode", len(ready)):
             for r, out in zip(ready, outputs):
                 try:
-                    msgs.append(self.message(loop, r, out, now))
+                    msgs.append((self.stream_of(r), self.message(loop, r, out, now)))
                     kept.append(r)
                 except Exception as e:  # noqa: BLE001 (one input's message that does not encode: reject it)
                     loop.reject(r, *self.refusal(e))
         if not kept:
             return
-        if self.upstream.send([(self.stream, m) for m in msgs], give_up=loop.giving_up):
+        if self.upstream.send(msgs, give_up=loop.giving_up):
             loop.acknowledge(kept)
         else:
             loop.leave_for_redelivery(kept, "gave up handing on at shutdown")
@@ -63,9 +75,9 @@ class StreamHandOn:
 class FeaturesUpstream(StreamHandOn):
     """Split serving: the bundle's Extractor at home, its features to the home's features stream."""
 
-    def __init__(self, extractor: Any, upstream: Upstream, stream: str,
+    def __init__(self, extractor: Any, upstream: Upstream, streams: str | Sequence[str],
                  pseudonyms: Pseudonyms | None = None, wire_version: int = compact.VERSION) -> None:
-        super().__init__(upstream, stream)
+        super().__init__(upstream, streams)
         self.wire_version = wire_version
         self.network = extractor  # models.serving.Extractor (the home half only)
         self.pseudonyms = pseudonyms  # the names the cloud sees instead of the device's (gateway/pseudonyms.py)

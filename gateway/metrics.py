@@ -47,6 +47,7 @@ COUNTERS = {
     "spool_full": "batches the full spool could not take: their inputs were held at the broker until it had room",
     "cloud_behind_events": "times a stream's backlog went over stream_max_backlog (the gateway spooled or held)",
     "spool_write_errors": "spool appends that failed (full disk, I/O error): the batch was held instead",
+    "wait_short": "round trips of XADDs fewer replicas had within redis_wait_timeout_ms than redis_wait_replicas",
     "faces_found": "faces the face stage found in camera frames, before the size and count bounds",
     "faces_skipped_small": "faces found smaller than min_face_px: not sent",
     "faces_over_max": "faces past a frame's max_faces largest: not sent",

@@ -85,8 +85,9 @@ class SplitServing:
         return open_extractor(d, settings)
 
     def hand_on(self, gateway: "Gateway", kind: str, network: object | None, manifest: dict) -> HandOn:
-        return FeaturesUpstream(network, gateway.upstream, gateway.names.features(manifest["task"], gateway.s.id),
-                                pseudonyms=gateway.pseudonyms, wire_version=gateway.s.wire_version)
+        streams = [gateway.names.features(manifest["task"], gateway.s.id, n) for n in range(gateway.s.shards)]
+        return FeaturesUpstream(network, gateway.upstream, streams, pseudonyms=gateway.pseudonyms,
+                                wire_version=gateway.s.wire_version)
 
 
 def load_models(settings: GatewaySettings, serving: Serving) -> dict[str, tuple[object | None, dict]]:
@@ -314,7 +315,8 @@ def _device_label(device: object) -> str:
 def build_parser(prog: str = "privedge gateway", description: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description or __doc__.splitlines()[0])
     p.add_argument("--broker", help="MQTT broker, mqtt://HOST:PORT (mqtts:// for TLS)")
-    p.add_argument("--redis", help="Redis, redis://[USER:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS)")
+    p.add_argument("--redis", help="Redis, redis://[USER:PASSWORD@]HOST:PORT[/DB] (rediss:// for TLS); a Redis "
+                                   "Cluster: redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]")
     p.add_argument("--bundle", dest="bundles", action="append", help="bundle directory (repeat per modality)")
     p.add_argument("--id", help="gateway name (MQTT client id privedge-gateway-ID)")
     p.add_argument("--bundle-key", help="the provider's public key file; bundles must be signed with it")
@@ -340,6 +342,10 @@ def build_parser(prog: str = "privedge gateway", description: str | None = None)
     add_tls_flags(p, "mqtt", "MQTT broker")
     add_tls_flags(p, "redis", "Redis")
     p.add_argument("--spool-dir", help="on-disk spool for while Redis is unreachable (default: none, hold)")
+    p.add_argument("--shards", type=int, help="features streams (shards) per task, 1-100 (default 1)")
+    p.add_argument("--redis-wait-replicas", type=int,
+                   help="WAIT for this many replicas after each round trip of XADDs (default 0: no WAIT)")
+    p.add_argument("--redis-wait-timeout-ms", type=int, help="longest such WAIT, milliseconds (default 100)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING...")
     p.add_argument("--print-settings", action="store_true",
                    help="print the merged settings as JSON (secrets hidden) and exit")

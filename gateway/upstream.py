@@ -9,6 +9,20 @@ spool holds anything, new batches go behind it, and the spool is only empty once
 Without a spool, ``send`` blocks (with exponential back-off) until Redis takes the batch, and the caller
 keeps the batch's MQTT messages unacknowledged meanwhile, so the broker holds them for us.
 
+With ``redis_wait_replicas`` set, the round trip also holds a ``WAIT`` (per master written to, on a
+Redis Cluster: common.redis_slots) after the XADDs, so that a batch counts as in only once that many
+replicas have it: a shortfall within ``redis_wait_timeout_ms`` is counted (``wait_short``) and handled as
+a round trip Redis did not take (resent or spooled; the copies carry their ids, which the results relay
+drops). That is what protects the batch from a master that took it and then lost it at a failover (a
+master paused past the node timeout answers its queued clients before it learns it was replaced). The
+price is availability: while a master holding one of the home's shards has no replica (after a
+failover, until the old master or a new replica joins it), the home's inputs wait in its spool or at the
+broker.
+
+On a Redis Cluster the pipeline's XADDs go to every master that holds one of the home's shards at once
+(redis-py splits the pipeline by node); a master that fails mid-batch fails the round trip, which is
+retried or spooled as a whole (duplicates carry their ids, which the results relay drops).
+
 The XADDs carry no MAXLEN: a stream is trimmed only by the workers, below what they have acknowledged
 (workers/streams.py), so an entry no worker has read is never lost to trimming. Instead the gateway
 watches its own backlog: every XADD round trip also asks XLEN and XINFO GROUPS of the streams it wrote
@@ -32,6 +46,7 @@ import redis
 
 from common.backoff import Backoff
 from common.redis_connection import RedisSettings
+from common.redis_slots import queue_wait
 from common.tls import certificate_refused
 from gateway.config import GatewaySettings
 from gateway.metrics import Metrics
@@ -170,8 +185,17 @@ class Upstream:
             for stream, message in entries:
                 pipe.xadd(stream, {FIELD: message})
             streams = sorted({stream for stream, _ in entries})
+            waits = 0
+            if self.s.redis_wait_replicas:
+                waits = queue_wait(pipe, self.redis, streams, self.s.redis_wait_replicas, self.s.redis_wait_timeout_ms)
             _ask_backlog(pipe, streams)
-            lengths = _backlogs(pipe.execute()[len(entries):])
+            replies = pipe.execute()
+            lengths = _backlogs(replies[len(entries) + waits:])
+            if any(int(n) < self.s.redis_wait_replicas for n in replies[len(entries):len(entries) + waits]):
+                # Not on a replica in time: as if Redis had not taken the batch (module docstring).
+                self.metrics.inc("wait_short")
+                raise redis.RedisError(f"fewer than {self.s.redis_wait_replicas} replicas took the batch "
+                                       f"within {self.s.redis_wait_timeout_ms} ms")
         except redis.RedisError as e:
             self.metrics.inc("upstream_retries")
             self._set_available(False)

@@ -32,6 +32,7 @@ from collections import Counter
 from pathlib import Path
 
 from broker import servers
+from broker.redis_cluster import redis_cluster
 from privedge import demo_scenes
 from privedge.children import Child
 from privedge.demo_bundles import (MODALITIES, BundleCacheError, DemoBundle, TrainingInterrupted, default_cache_dir,
@@ -80,6 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "removed at the end unless something failed)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds to wait for the results of the last inputs (default %(default)s)")
+    p.add_argument("--redis-cluster", type=int, default=0, metavar="N",
+                   help="run a local Redis Cluster of N masters (at least 3), a replica each, instead of one "
+                        "redis-server; the gateway spreads each task over N shards (default: one redis-server)")
     p.add_argument("--plain", action="store_true", help="plain lines, no status bar")
     return p
 
@@ -101,7 +105,7 @@ class Demo:
         self.names = Names()
         self.tally = Tally()
         self.bundles: list[DemoBundle] = []
-        self.servers: list[servers.LocalServer] = []
+        self.servers: list = []  # broker.servers.LocalServer, broker.redis_cluster.LocalCluster
         self.sensors: list[Child] = []
         self.services: list[Child] = []  # gateway first, then the workers
         self.monitor: Monitor | None = None
@@ -115,17 +119,24 @@ class Demo:
         self.bundles = self._bundles()
         broker = servers.mosquitto(self.workdir / "mosquitto", persistence=False)
         self.servers.append(broker)
-        redis = servers.redis(self.workdir / "redis")
-        self.servers.append(redis)
-        self.view.line(f"broker {broker.url} (pid {broker.proc.pid}), redis {redis.url} (pid {redis.proc.pid})")
+        shards = max(1, self.args.redis_cluster)
+        if self.args.redis_cluster:
+            redis = redis_cluster(self.workdir / "cluster", masters=self.args.redis_cluster, replicas=1)
+            self.servers.append(redis)
+            self.view.line(f"broker {broker.url} (pid {broker.proc.pid}), Redis Cluster of {redis.masters} masters "
+                           f"and {len(redis.nodes) - redis.masters} replicas {redis.url}")
+        else:
+            redis = servers.redis(self.workdir / "redis")
+            self.servers.append(redis)
+            self.view.line(f"broker {broker.url} (pid {broker.proc.pid}), redis {redis.url} (pid {redis.proc.pid})")
         self.monitor = Monitor(broker.port, self.names, GATEWAY_ID, self.tally)
         tasks = sorted({b.manifest["task"] for b in self.bundles})
-        self.tap = RedisTap(redis.url, [self.names.features(t, GATEWAY_ID) for t in tasks],
-                            [self.names.dead(t) for t in tasks], self.tally).start()
+        self.tap = RedisTap(redis.url, [self.names.features(t, GATEWAY_ID, n) for t in tasks for n in range(shards)],
+                            [self.names.dead(t, n) for t in tasks for n in range(shards)], self.tally).start()
         bundle_args = [*(a for b in self.bundles for a in ("--bundle", str(b.path))), *key_args(self.bundles)]
         self.services.append(Child("gateway", python_cmd(
             "gateway", "--broker", broker.url, "--redis", redis.url, *bundle_args, "--id", GATEWAY_ID,
-            "--stats-interval-s", "1"), self.workdir).start())
+            "--stats-interval-s", "1", "--shards", str(shards)), self.workdir).start())
         for i in range(1, self.args.workers + 1):
             self.services.append(Child(f"worker-{i}", python_cmd(
                 "worker", "--redis", redis.url, *bundle_args, "--name", f"demo-worker-{i}"), self.workdir).start())
@@ -275,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1 or args.scenes < 1 or args.duration < 0 or args.drain_timeout < 0:
         parser.error("--workers and --scenes must be at least 1, --duration and --drain-timeout not negative")
+    if args.redis_cluster and not 3 <= args.redis_cluster <= 100:
+        parser.error("--redis-cluster takes 3 to 100 masters (Redis Cluster needs at least 3)")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     stop = threading.Event()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="privedge-demo-"))

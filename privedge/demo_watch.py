@@ -88,9 +88,9 @@ class RedisTap:
 
     def __init__(self, url: str, features: list[str], dead: list[str], tally: Tally, *,
                  every_s: float = 0.5) -> None:
-        import redis
+        from common.redis_connection import RedisSettings
 
-        self.client = redis.Redis.from_url(url)
+        self.client = RedisSettings.from_dsn(url).client()  # one Redis or a Cluster
         self.features = features
         self.dead = dead
         self.tally = tally

@@ -96,8 +96,8 @@ class Origin(NamedTuple):
     @classmethod
     def of_stream(cls, names: Names, stream: str | bytes) -> "Origin":
         """The origin of the entries of features stream ``stream`` (BadName if it is not one)."""
-        _, task, gateway = names.split_stream(stream)
-        return cls(gateway, task, names.results(gateway))
+        key = names.split_stream(stream)
+        return cls(key.gateway, key.task, names.results(key.gateway))
 
 
 class Model(NamedTuple):

@@ -10,19 +10,33 @@ MQTT topics use ``/`` and Redis keys ``:`` after the same prefix (default ``priv
 ``{p}/gateway/{gateway}/status``            ``online`` / ``offline`` (last will), QoS 1, retained
 ``{p}/gateway/{gateway}/errors``            ErrorReport JSON per rejected input, QoS 0
 ``{p}/gateway/{gateway}/stats``             the gateway's counters as JSON, QoS 0
-``{p}:features:{task}:{gateway}``           stream of FeatureMessage (field ``m``) from one gateway
-``{p}:results:{gateway}``                   stream of Result (field ``m``)
-``{p}:results:{gateway}:cursor``            string: id of the last results entry the gateway relayed
-``{p}:results:{gateway}:seen``              sorted set: the relayed result ids (the dedup window)
-``{p}:dead:{task}``                         dead-letter stream, with the reason (written by workers only)
-``{p}:media:{task}:{gateway}``              stream of MediaMessage (cloud_only mode: raw media upstream)
+``{p}:features:{{task}:{NN}}:{gateway}``    stream of FeatureMessage (field ``m``) from one gateway, shard NN
+``{p}:results:{{gateway}}``                 stream of Result (field ``m``)
+``{p}:results:{{gateway}}:cursor``          string: id of the last results entry the gateway relayed
+``{p}:results:{{gateway}}:seen``            sorted set: the relayed result ids (the dedup window)
+``{p}:dead:{{task}:{NN}}``                  dead-letter stream of shard NN, with the reason (workers only)
+``{p}:media:{{task}:{NN}}:{gateway}``       stream of MediaMessage (cloud_only mode: raw media upstream)
 ==========================================  ==========================================================
+
+The doubled braces are literal: a Redis key ``privedge:features:{glasses:07}:home`` carries the *hash tag*
+``glasses:07``, and Redis Cluster puts every key with the same tag in the same hash slot. So one layout
+serves one Redis and a Cluster alike:
+
+- a *shard* is one task's slot: the features streams of every gateway for ``{task:NN}`` and that shard's
+  dead letters share it, so a worker reads all the streams of one shard in one XREADGROUP and writes its
+  dead letters and XACKs of that shard in one MULTI/EXEC;
+- a gateway's results stream, its cursor and its dedup window share the tag ``{gateway}``, so the results
+  relay's pipeline stays in one slot;
+- a gateway spreads its inputs over ``shards`` shards per task (:func:`shard_of`, a hash of the input, the
+  same on every retry); one shard (``00``, the default) is one slot per task.
+
+On a single Redis the braces are only characters. Shards are numbered ``00``..``99`` (:data:`MAX_SHARDS`).
 
 Read, not written: a Frigate NVR's snapshot topics ``{f}/{camera}/{object}/snapshot`` (``{f}`` is Frigate's
 own prefix, default ``frigate``; JPEG payloads), which ``privedge sensor frigate`` republishes as ImageFrames
 of device ``{camera}`` (:func:`frigate_snapshot_wildcard`, :func:`parse_frigate_snapshot`).
 
-Each gateway writes streams of its own (``...:{task}:{gateway}``) rather than one stream per task shared
+Each gateway writes streams of its own (``...:{{task}:{NN}}:{gateway}``) rather than one stream per task shared
 by every home: a Redis ACL can then let a gateway add only to its own streams, so that no home can trim,
 delete or crowd out another home's unread entries. Workers find the streams of their tasks with
 :meth:`Names.features_pattern` (SCAN MATCH) and check each key with :meth:`Names.split_stream`; the
@@ -31,7 +45,9 @@ streams are trimmed by the workers only, below what the consumer group has ackno
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from schemas.errors import BadName
 
@@ -50,6 +66,9 @@ SENSOR_KINDS = ("image", "audio")
 RESERVED_DEVICES = frozenset({"gateway"})
 """Device ids that would collide with other topics (``{p}/gateway/...``)."""
 
+MAX_SHARDS = 100
+"""Shards per task at most (numbered ``00``..``99`` in the keys)."""
+
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,%d}" % MAX_NAME)
 _PREFIX = re.compile(r"[A-Za-z0-9_-]{1,64}(/[A-Za-z0-9_-]{1,64}){0,3}")
 
@@ -67,6 +86,35 @@ def check_name(value: object, what: str = "device id") -> str:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise BadName(f"bad {what} {value!r}: use 1-{MAX_NAME} characters from [A-Za-z0-9_-]")
     return value
+
+
+def check_shard(value: object) -> int:
+    """Return ``value`` if it is a shard number (0..MAX_SHARDS-1), else raise BadName."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SHARDS:
+        raise BadName(f"bad shard {value!r}: use 0-{MAX_SHARDS - 1}")
+    return value
+
+
+def check_shards(value: object) -> int:
+    """Return ``value`` if it is a number of shards (1..MAX_SHARDS), else raise BadName."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SHARDS:
+        raise BadName(f"bad number of shards {value!r}: use 1-{MAX_SHARDS}")
+    return value
+
+
+def shard_of(key: str, shards: int) -> int:
+    """The shard (0..shards-1) of an input named ``key``: CRC-32 of its UTF-8, so every process and every
+    retry of that input picks the same one (Python's ``hash`` differs per process)."""
+    return zlib.crc32(key.encode()) % check_shards(shards)
+
+
+class StreamKey(NamedTuple):
+    """A features or media stream's key, taken apart (:meth:`Names.split_stream`)."""
+
+    kind: str
+    task: str
+    gateway: str
+    shard: int
 
 
 def check_device(value: object) -> str:
@@ -191,24 +239,34 @@ class Names:
         return head == "" and len(parts) == 2 and parts[1] == "result" and bool(_NAME.fullmatch(parts[0]))
 
     # Redis -----------------------------------------------------------------------------------
-    def features(self, task: str, gateway: str) -> str:
-        """Stream of one gateway's FeatureMessages for one task (field ``m``)."""
-        return f"{self._key}:features:{check_name(task, 'task')}:{check_name(gateway, 'gateway id')}"
+    @staticmethod
+    def shard_tag(task: str, shard: int = 0) -> str:
+        """The hash tag of one task's shard, braces included: ``{glasses:07}``."""
+        return "{%s:%02d}" % (check_name(task, "task"), check_shard(shard))
 
-    def features_pattern(self, task: str) -> str:
-        """SCAN MATCH pattern of every gateway's features stream of ``task``."""
-        return f"{self._key}:features:{check_name(task, 'task')}:*"
+    def features(self, task: str, gateway: str, shard: int = 0) -> str:
+        """Stream of one gateway's FeatureMessages for one shard of one task (field ``m``)."""
+        return f"{self._key}:features:{self.shard_tag(task, shard)}:{check_name(gateway, 'gateway id')}"
+
+    def features_pattern(self, task: str, shard: int | None = None) -> str:
+        """SCAN MATCH pattern of every gateway's features stream of ``task`` (of one ``shard``, or all)."""
+        return self._stream_pattern("features", task, shard)
+
+    def _stream_pattern(self, kind: str, task: str, shard: int | None) -> str:
+        # Braces are plain characters to SCAN MATCH (its specials are * ? [ and backslash).
+        tag = self.shard_tag(task, shard) if shard is not None else "{%s:*}" % check_name(task, "task")
+        return f"{self._key}:{kind}:{tag}:*"
 
     def results(self, gateway: str) -> str:
-        """Stream of Results addressed to one gateway (field ``m``)."""
-        return f"{self._key}:results:{check_name(gateway, 'gateway id')}"
+        """Stream of Results addressed to one gateway (field ``m``), tagged with the gateway."""
+        return f"{self._key}:results:{{{check_name(gateway, 'gateway id')}}}"
 
     def results_cursor(self, gateway: str) -> str:
-        """String holding the id of the last results-stream entry the gateway relayed."""
+        """String holding the id of the last results-stream entry the gateway relayed (its slot)."""
         return self.results(gateway) + ":cursor"
 
     def results_seen(self, gateway: str) -> str:
-        """Sorted set of the result ids the gateway relayed lately (its dedup window)."""
+        """Sorted set of the result ids the gateway relayed lately (its dedup window; its slot)."""
         return self.results(gateway) + ":seen"
 
     def results_pattern(self) -> str:
@@ -227,34 +285,39 @@ class Names:
         """ACL key pattern of every media stream (the cloud_only baseline's workers consume them)."""
         return f"{self._key}:media:*"
 
-    def media(self, task: str, gateway: str) -> str:
-        """Stream of one gateway's MediaMessages for one task (field ``m``), used only by the cloud_only
-        comparison mode."""
-        return f"{self._key}:media:{check_name(task, 'task')}:{check_name(gateway, 'gateway id')}"
+    def media(self, task: str, gateway: str, shard: int = 0) -> str:
+        """Stream of one gateway's MediaMessages for one shard of one task (field ``m``), used only by the
+        cloud_only comparison mode."""
+        return f"{self._key}:media:{self.shard_tag(task, shard)}:{check_name(gateway, 'gateway id')}"
 
-    def media_pattern(self, task: str) -> str:
-        """SCAN MATCH pattern of every gateway's media stream of ``task``."""
-        return f"{self._key}:media:{check_name(task, 'task')}:*"
+    def media_pattern(self, task: str, shard: int | None = None) -> str:
+        """SCAN MATCH pattern of every gateway's media stream of ``task`` (of one ``shard``, or all)."""
+        return self._stream_pattern("media", task, shard)
 
     def gateway_stream_patterns(self, gateway: str) -> tuple[str, str]:
         """ACL key patterns of the features and media streams gateway ``gateway`` may write."""
         gw = check_name(gateway, "gateway id")
         return f"{self._key}:features:*:{gw}", f"{self._key}:media:*:{gw}"
 
-    def split_stream(self, key: str | bytes) -> tuple[str, str, str]:
-        """``{p}:features|media:{task}:{gateway}`` -> ``(kind, task, gateway)``; anything else raises
-        BadName (a key that merely matches the SCAN pattern, e.g. with a ``:`` in its gateway part)."""
+    _STREAM = re.compile(r"(features|media):\{([A-Za-z0-9_-]{1,64}):([0-9]{2})\}:([A-Za-z0-9_-]{1,64})")
+
+    def split_stream(self, key: str | bytes) -> StreamKey:
+        """``{p}:features|media:{{task}:{NN}}:{gateway}`` -> ``StreamKey(kind, task, gateway, shard)``;
+        anything else raises BadName (a key that merely matches the SCAN pattern, e.g. with a ``:`` in its
+        gateway part)."""
         if isinstance(key, bytes):
             key = key.decode("utf-8", "replace")
         head = self._key + ":"
-        parts = key[len(head):].split(":") if isinstance(key, str) and key.startswith(head) else []
-        if len(parts) != 3 or parts[0] not in ("features", "media"):
-            raise BadName(f"key {key!r} is not {self._key}:features|media:TASK:GATEWAY")
-        return parts[0], check_name(parts[1], "task"), check_name(parts[2], "gateway id")
+        m = self._STREAM.fullmatch(key[len(head):]) if isinstance(key, str) and key.startswith(head) else None
+        if m is None or int(m.group(3)) >= MAX_SHARDS:
+            raise BadName(f"key {key!r} is not {self._key}:features|media:{{TASK:NN}}:GATEWAY")
+        return StreamKey(m.group(1), check_name(m.group(2), "task"), check_name(m.group(4), "gateway id"),
+                         int(m.group(3)))
 
-    def dead(self, task: str) -> str:
-        """Dead-letter stream of one task: messages that failed or were redelivered too often."""
-        return f"{self._key}:dead:{check_name(task, 'task')}"
+    def dead(self, task: str, shard: int = 0) -> str:
+        """Dead-letter stream of one shard of one task (the slot of its features streams): messages that
+        failed or were redelivered too often."""
+        return f"{self._key}:dead:{self.shard_tag(task, shard)}"
 
 
 HA_PREFIX = "homeassistant"

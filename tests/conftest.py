@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from models import signing
+from broker import redis_cluster as cluster_servers
 from broker import servers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,15 @@ def redis_server(tmp_path):
     server = servers.redis(tmp_path / "redis")
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory):
+    """A real local Redis Cluster for one test module: 3 masters and a replica each, joined by
+    ``redis-cli --cluster create``; yields the LocalCluster (``.url``, ``.client()``, ``.kill_master_of()``)."""
+    cluster = cluster_servers.redis_cluster(tmp_path_factory.mktemp("cluster"))
+    yield cluster
+    cluster.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """A whole privedge deployment as real processes, for the fault tests: mosquitto (persistence), redis-server
-(appendonly, ACL users), a ``privedge gateway`` process (with an on-disk spool), ``privedge worker``
-processes, camera or microphone publishers and a results listener with a persistent session.
+(appendonly, ACL users; or a local Redis Cluster of them), a ``privedge gateway`` process (with an on-disk
+spool), ``privedge worker`` processes, camera or microphone publishers and a results listener with a persistent session.
 
 The gateway runs with its shipped defaults (the fault tests check what a home gets out of the box); the
 only setting changed is ``stats_interval_s`` (0.5 s instead of 5 s), which changes what the gateway
@@ -28,6 +28,8 @@ import paho.mqtt.client as mqtt
 import redis
 
 from broker import servers
+from broker.redis_cluster import LocalCluster, redis_cluster
+from common.redis_connection import RedisSettings
 from broker.redis_acl import AclUser, gateway_user, worker_user
 from schemas import Names
 from schemas.names import GROUP
@@ -126,21 +128,27 @@ class Rig:
     """The deployment under test; ``close()`` stops whatever still runs."""
 
     def __init__(self, root: Path, bundle: Path, *, workers: int = 1, gateway_env: dict | None = None,
-                 worker_args: tuple[str, ...] = ()) -> None:
+                 worker_args: tuple[str, ...] = (), cluster: bool = False, shards: int = 1) -> None:
+        """``cluster``: a local Redis Cluster (3 masters, a replica each, the same ACL users on every node)
+        instead of one redis-server; ``shards``: the gateway's shards per task."""
         self.root, self.bundle = root, bundle
         self.task = json.loads((bundle / "manifest.json").read_text())["task"]
         # Shipped defaults, but stats every 0.5 s: the tests read the gateway's counters from them.
-        self.gateway_env = {"PRIVEDGE_STATS_INTERVAL_S": "0.5", **(gateway_env or {})}
+        self.gateway_env = {"PRIVEDGE_STATS_INTERVAL_S": "0.5", "PRIVEDGE_SHARDS": str(shards), **(gateway_env or {})}
         self.worker_args = worker_args
+        self.shards = shards
         self.gw_user, self.worker_user = gateway_user(GW, "gw-secret"), worker_user("worker-secret")
         self.mqtt = servers.mosquitto(root / "mosquitto")
-        self.redis = servers.redis(root / "redis", appendonly=True,
-                                   acl_users=[self.gw_user, self.worker_user, ADMIN])
+        users = [self.gw_user, self.worker_user, ADMIN]
+        self.redis = (redis_cluster(root / "cluster", appendonly=True, acl_users=users,
+                                    admin=(ADMIN.name, ADMIN.password))
+                      if cluster else servers.redis(root / "redis", appendonly=True, acl_users=users))
         self.procs: list[subprocess.Popen] = []
         self.listener = ResultListener(self.mqtt.port)
-        # The home's features stream and the workers' group exist before its first input, as for a
-        # provisioned home, so the workers are reading it when the first input comes.
-        self.admin().xgroup_create(Names().features(self.task, GW), GROUP, id="0", mkstream=True)
+        # The home's features streams and the workers' group exist before its first input, as for a
+        # provisioned home, so the workers are reading them when the first input comes.
+        for shard in range(shards):
+            self.admin().xgroup_create(Names().features(self.task, GW, shard), GROUP, id="0", mkstream=True)
         self.gateway = self.start_gateway()
         self.workers = [self.start_worker() for _ in range(workers)]
         self.wait_ready()
@@ -158,9 +166,8 @@ class Rig:
                       **env: str) -> subprocess.Popen:
         """A gateway process with the rig's settings, changed by ``env`` (``PRIVEDGE_*`` variables); it
         reaches Redis at ``redis_port`` (a proxy in a partition drill) and serves ``bundle`` when given."""
-        port = redis_port or self.redis.port
         return self._spawn("gateway", [
-            "gateway", "--broker", self.mqtt.url, "--redis", self.gw_user.url("127.0.0.1", port),
+            "gateway", "--broker", self.mqtt.url, "--redis", self.url(self.gw_user, redis_port),
             "--bundle", str(bundle or self.bundle), "--id", GW, "--spool-dir", str(self.root / "spool")],
             {**self.gateway_env, **env})
 
@@ -169,11 +176,17 @@ class Rig:
         """A worker process serving the rig's bundle, or ``bundles``, reaching Redis at ``redis_port``."""
         served = [a for b in (bundles or (self.bundle,)) for a in ("--bundle", str(b))]
         return self._spawn("worker", [
-            "worker", "--redis", self.worker_user.url("127.0.0.1", redis_port or self.redis.port), *served,
+            "worker", "--redis", self.url(self.worker_user, redis_port), *served,
             "--block-ms", "50", "--claim-idle-ms", "1000", *self.worker_args])
 
+    def url(self, user: AclUser, port: int | None = None) -> str:
+        """The Redis URL of ``user``: the cluster's, or the redis-server's (at ``port``: a proxy)."""
+        if isinstance(self.redis, LocalCluster):
+            return self.redis.url_for(user.name, user.password)
+        return user.url("127.0.0.1", port or self.redis.port)
+
     def admin(self) -> redis.Redis:
-        return redis.Redis.from_url(ADMIN.url("127.0.0.1", self.redis.port))
+        return RedisSettings.from_dsn(self.url(ADMIN)).client()
 
     def stats(self) -> dict:
         """The gateway's latest stats (published every 0.5 s)."""
@@ -189,8 +202,7 @@ class Rig:
     def features_streams(self) -> list[str]:
         """The features streams of the rig's task (whatever the key layout after the task name)."""
         admin = self.admin()
-        keys = {k.decode() for pattern in (f"privedge:features:{self.task}", f"privedge:features:{self.task}:*")
-                for k in admin.scan_iter(match=pattern, _type="stream")}
+        keys = {k.decode() for k in admin.scan_iter(match=Names().features_pattern(self.task), _type="stream")}
         return sorted(keys)
 
     def pending(self) -> int:

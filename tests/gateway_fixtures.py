@@ -105,11 +105,11 @@ def feature_entry(stream, data: bytes, manifests=None):
     return compact.decode(data, compact.Origin.of_stream(Names(), stream), catalog)
 
 
-def features_in(r, task: str, gateway: str = "gw1", manifests=None) -> list:
-    """The FeatureMessages in a gateway's features stream of ``task``, in order."""
+def features_in(r, task: str, gateway: str = "gw1", manifests=None, shard: int = 0) -> list:
+    """The FeatureMessages in a gateway's features stream of ``task`` (of one ``shard``), in order."""
     from schemas import Names
 
-    stream = Names().features(task, gateway)
+    stream = Names().features(task, gateway, shard)
     return [feature_entry(stream, f[b"m"], manifests) for _, f in r.xrange(stream)]
 
 

@@ -22,7 +22,7 @@ from workers.service import Worker
 from workers.streams import StreamSet
 
 pytestmark = pytest.mark.integration
-STREAM = "privedge:features:glasses:gw"  # gateway gw's features stream (schemas.names)
+STREAM = "privedge:features:{glasses:00}:gw"  # gateway gw's features stream of shard 0 (schemas.names)
 OLD_MAXLEN = 100_000  # the MAXLEN ~ the gateway's XADD used to carry
 
 

@@ -51,11 +51,12 @@ def test_cloud_only_uploads_the_original_media(make_gateway, mosquitto, redis_se
     for c in utterance("mic1", 20, "u-2", chunks=2):
         lis.publish("privedge/mic1/audio", c.encode())
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:media:glasses:gw1") == 1 and r.xlen("privedge:media:digit:gw1") == 1)
-    (_, f), = r.xrange("privedge:media:glasses:gw1")
+    assert wait_until(lambda: r.xlen("privedge:media:{glasses:00}:gw1") == 1
+                      and r.xlen("privedge:media:{digit:00}:gw1") == 1)
+    (_, f), = r.xrange("privedge:media:{glasses:00}:gw1")
     msg = MediaMessage.decode(f[b"m"])
     assert msg.id == "gw1/cam1/4" and msg.kind == "image" and msg.media() == frame
-    (_, f), = r.xrange("privedge:media:digit:gw1")
+    (_, f), = r.xrange("privedge:media:{digit:00}:gw1")
     audio = MediaMessage.decode(f[b"m"]).media()
     assert audio.seq == 20 and audio.final and len(audio.data) == 2 * int(8000 * 0.6)
     lis.close()

@@ -18,7 +18,7 @@ from sensors.publisher import PublisherSettings, SensorPublisher
 from tests.gateway_fixtures import Listener, feature_entry, gateway_bundles, make_gateway, wait_until  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.integration
-RESULTS = "privedge:results:gw1"
+RESULTS = "privedge:results:{gw1}"
 
 
 def _result(i: int) -> Result:

@@ -178,6 +178,24 @@ def test_sigint_mid_run_stops_everything_and_still_summarises(untrained, tmp_pat
     assert s["inputs"] > 0 and s["answered"] == s["inputs"], s
 
 
+def test_demo_on_a_local_redis_cluster(untrained, tmp_path):
+    """``--redis-cluster 3``: three masters and their replicas, the gateway's inputs over three shards; every
+    input comes back, every feature message is counted, and no node is left running."""
+    summary_file = tmp_path / "summary.json"
+    demo = DemoProcess("--duration", str(DURATION), "--redis-cluster", "3", "--summary-json", str(summary_file),
+                       *untrained)
+    line = demo.wait_line(r"Redis Cluster of 3 masters and 3 replicas redis\+cluster://(\S+)", 180)
+    ports = [int(node.rsplit(":", 1)[1]) for node in line[1].split(",")]
+    running = demo.wait_line(r"^running: .*\(pids ([\d, ]+)\)", 180)
+    pids = [int(p) for p in running[1].split(", ")]
+    assert len(ports) == 6 and all(port_open(p) for p in ports)
+    assert demo.finish(DURATION + 120) == 0, demo.output
+    assert_nothing_left(ports, pids)
+    s = json.loads(summary_file.read_text())
+    assert s["inputs"] > 0 and s["results"] == s["inputs"] and s["messages_cloud"] == s["inputs"], s
+    assert s["dead_lettered"] == 0, s
+
+
 def test_missing_bundle_is_trained_once_then_found_in_the_cache(trained_image, tmp_path):
     cache, argv, first = trained_image
     assert [b.modality for b in first] == ["image"] and first[0].train_s is not None

@@ -187,7 +187,7 @@ def test_a_gateway_upgraded_before_its_workers_dead_letters_what_they_cannot_ser
     old_id, new_id, new = _second_bundle(rig)
     n, first = (200 if FAST else 600), 400_000
     admin = rig.admin()
-    dead = f"privedge:dead:{rig.task}"
+    dead = f"privedge:dead:{{{rig.task}:00}}"
     dead0 = admin.xlen(dead) if admin.exists(dead) else 0
 
     def gateway_first(r: Rig) -> None:

@@ -1,6 +1,9 @@
 """End to end with real mosquitto, redis-server and ``privedge worker`` processes: every input the sensor
 clients publish comes back once, labelled from its task's labels, with the load shared by the workers;
-nothing the cloud holds is raw media; the gateway never opens analyzer weights."""
+nothing the cloud holds is raw media; the gateway never opens analyzer weights.
+
+The runs go on one Redis and on a real local Redis Cluster (3 masters, a replica each; no mock), where the
+gateway spreads each task over 3 shards."""
 from __future__ import annotations
 
 import contextlib
@@ -12,12 +15,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 import pytest
-import redis
 
 from gateway.config import GatewaySettings
 from gateway.service import Gateway
 from models.bundle import make_untrained_bundle, read_manifest
-from broker import servers
+from broker import redis_cluster, servers
+from common.redis_connection import RedisSettings as Connection
 from schemas import Limits, Names
 from schemas.features import split_id
 from schemas.names import GROUP
@@ -33,6 +36,8 @@ pytestmark = pytest.mark.integration
 
 IMAGES, UTTERANCES = (6, 4) if FAST else (40, 24)
 GATEWAY = "gw1"
+SHARDS = {"redis": 1, "cluster": 3}
+"""Shards per task the gateway writes, on one Redis and on the Cluster."""
 
 
 def publish_from_folders(broker_url: str, data_dir, devices: tuple[str, str], n_images: int,
@@ -54,33 +59,40 @@ class Cloud:
     """Broker, Redis, an in-process gateway and three ``privedge worker`` processes, shared by the runs."""
 
     broker: servers.LocalServer
-    store: servers.LocalServer
+    store: servers.LocalServer | redis_cluster.LocalCluster
     workers: WorkerProcesses
+    shards: int
 
 
-@pytest.fixture(scope="module")
-def cloud(tmp_path_factory, gateway_bundles, full_bundles):  # noqa: F811
+@pytest.fixture(scope="module", params=["redis", "cluster"])
+def cloud(request, tmp_path_factory, gateway_bundles, full_bundles):  # noqa: F811
     tmp = tmp_path_factory.mktemp("e2e")
+    shards = SHARDS[request.param]
     with contextlib.ExitStack() as stack:
         broker = servers.mosquitto(tmp / "mosquitto")
         stack.callback(broker.stop)
-        store = servers.redis(tmp / "redis")
+        if request.param == "cluster":
+            store = redis_cluster.redis_cluster(tmp / "cluster")
+        else:
+            store = servers.redis(tmp / "redis")
         stack.callback(store.stop)
         # The home's streams exist before its first input (as for a provisioned home), so every worker
         # blocks on them before the burst; a home that appears later is found by each worker's SCAN within
         # a few seconds, and its first burst goes to whichever worker finds it first.
+        admin = Connection.from_dsn(store.url).client()
         for bundle in (full_bundles["image"], full_bundles["speech"]):
-            redis.Redis.from_url(store.url).xgroup_create(
-                Names().features(read_manifest(bundle)["task"], GATEWAY), GROUP, id="0", mkstream=True)
+            for shard in range(shards):
+                admin.xgroup_create(Names().features(read_manifest(bundle)["task"], GATEWAY, shard), GROUP, id="0",
+                                    mkstream=True)
         workers = WorkerProcesses(store.url, (full_bundles["image"], full_bundles["speech"]), 3, tmp)
         stack.callback(workers.stop)
         # The gateway gets bundles without analyzer.pt (it must not need them); a burst of inputs waits at
         # the broker (backpressure, the default) instead of being dropped.
-        settings = GatewaySettings(broker=broker.url, redis=store.url, id=GATEWAY, wait_ms=2.0,
+        settings = GatewaySettings(broker=broker.url, redis=store.url, id=GATEWAY, wait_ms=2.0, shards=shards,
                                    bundles=(str(gateway_bundles["image"]), str(gateway_bundles["speech"])))
         stack.callback(Gateway(settings).start().stop)
         workers.wait_ready()
-        yield Cloud(broker, store, workers)
+        yield Cloud(broker, store, workers, shards)
 
 
 @dataclass
@@ -93,6 +105,7 @@ class Run:
     results: list[tuple[str, dict]]
     redis_url: str
     manifests: dict  # modality -> manifest
+    shards: int
 
 
 @pytest.fixture(scope="module", params=[3, 2, 1], ids=lambda n: f"{n}-workers")
@@ -114,7 +127,7 @@ def run(request, cloud, full_bundles, data_dir):  # noqa: F811
     assert arrived, f"{len(results_of(lis))} results of {IMAGES + UTTERANCES}; log:\n{cloud.workers.log(0)[-2000:]}"
     return Run(workers=cloud.workers.names[:n], devices=devices, published=Published.from_listener(lis, GATEWAY),
                results=results_of(lis), redis_url=cloud.store.url,
-               manifests={m: read_manifest(full_bundles[m]) for m in full_bundles})
+               manifests={m: read_manifest(full_bundles[m]) for m in full_bundles}, shards=cloud.shards)
 
 
 def test_every_input_comes_back_once_with_a_label_of_its_task(run):
@@ -143,10 +156,15 @@ def test_the_workers_share_the_load(run, cloud):
 
 def test_redis_holds_no_raw_media_and_no_entry_over_the_feature_bound(run, gateway_bundles):  # noqa: F811
     assert not [m for m, d in gateway_bundles.items() if (d / "analyzer.pt").exists()]  # the gateway ran without
-    r = redis.Redis.from_url(run.redis_url)
+    r = Connection.from_dsn(run.redis_url).client()
     # The gateway sent one FeatureMessage per input, and the scan below sees them.
-    sent = [msg for m in run.manifests.values() for msg in features_in(r, m["task"], GATEWAY, run.manifests.values())]
+    sent = [msg for m in run.manifests.values() for shard in range(run.shards)
+            for msg in features_in(r, m["task"], GATEWAY, run.manifests.values(), shard=shard)]
     assert sorted(f.id for f in sent if f.device in run.devices) == sorted(run.published.ids())
+    if run.shards > 1:  # the gateway spread the inputs over the shards (and so over the masters)
+        used = {shard for m in run.manifests.values() for shard in range(run.shards)
+                if r.xlen(Names().features(m["task"], GATEWAY, shard))}
+        assert len(used) >= 2, used
     entries = redis_entries(r)
     assert sum(" entry " in where for where, _ in entries) >= len(sent)
     assert not [where for where, _ in entries if where.startswith("key privedge:media")]

@@ -41,8 +41,8 @@ def test_image_and_audio_inputs_become_feature_messages(make_gateway, mosquitto,
     for c in utterance("mic1", 10, "u-1", chunks=3):
         lis.publish("privedge/mic1/audio", c.encode())
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") == 3
-                      and r.xlen("privedge:features:digit:gw1") == 1)
+    assert wait_until(lambda: r.xlen("privedge:features:{glasses:00}:gw1") == 3
+                      and r.xlen("privedge:features:{digit:00}:gw1") == 1)
 
     manifests = {m: json.loads((gateway_bundles[m] / "manifest.json").read_text()) for m in gateway_bundles}
     images = _features(r, "glasses")
@@ -54,7 +54,7 @@ def test_image_and_audio_inputs_become_feature_messages(make_gateway, mosquitto,
         for f in feats:
             assert f.model == m["model"] and f.task == m["task"]
             assert f.shape == tuple(m["feature"]["shape"]) and f.dtype == m["feature"]["dtype"]
-            assert f.reply == "privedge:results:gw1"
+            assert f.reply == "privedge:results:{gw1}"
             assert np.isfinite(f.array()).all()
     # No raw media upstream: every entry is small and carries no image or audio signature.
     for key in r.keys("*"):
@@ -96,7 +96,7 @@ def test_results_are_relayed_once_even_when_written_twice(make_gateway, mosquitt
                       scores={"glasses": 0.75, "no_glasses": 0.25}, ts=now - 0.2, ts_done=now, worker="w1")
                for i in range(3)]
     for res in results + results[:2]:  # two redone by a worker
-        r.xadd("privedge:results:gw1", {"m": res.encode()})
+        r.xadd("privedge:results:{gw1}", {"m": res.encode()})
     assert lis.wait_for(lambda l: all(l.messages[f"privedge/cam{i}/result"] for i in range(3)))
     assert wait_until(lambda: gw.metrics.count("duplicates_dropped") == 2)
     time.sleep(0.3)
@@ -107,9 +107,9 @@ def test_results_are_relayed_once_even_when_written_twice(make_gateway, mosquitt
         assert 200 <= body["latency_ms"] < 60_000
     assert gw.metrics.count("results_relayed") == 3
     # Relayed entries are trimmed and the cursor is stored, so a restart goes on from there.
-    assert wait_until(lambda: r.xlen("privedge:results:gw1") <= 1)
-    last = r.xrevrange("privedge:results:gw1", count=1)[0][0]
-    assert r.get("privedge:results:gw1:cursor") == last
+    assert wait_until(lambda: r.xlen("privedge:results:{gw1}") <= 1)
+    last = r.xrevrange("privedge:results:{gw1}", count=1)[0][0]
+    assert r.get("privedge:results:{gw1}:cursor") == last
     # The same counters as JSON on the stats topic and as Prometheus metrics.
     assert lis.wait_for(lambda l: any(json.loads(p)["results_relayed"] == 3
                                       for p in l.messages["privedge/gateway/gw1/stats"]))
@@ -224,7 +224,7 @@ def test_redis_down_inputs_are_held_then_handed_on(make_gateway, mosquitto, redi
     assert gw.metrics.count("dropped") == 0 and gw.failed() is None
     redis_server.start()
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") == 5, timeout=30)
+    assert wait_until(lambda: r.xlen("privedge:features:{glasses:00}:gw1") == 5, timeout=30)
     assert gw.metrics.count("rejected") == 0
     lis.close()
 
@@ -235,7 +235,7 @@ def test_broker_restart_gateway_reconnects_and_serves_again(make_gateway, mosqui
     for seq in range(3):
         lis.publish("privedge/cam1/image", image_frame("cam1", seq).encode())
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") >= 3)
+    assert wait_until(lambda: r.xlen("privedge:features:{glasses:00}:gw1") >= 3)
     lis.close()
     mosquitto.stop()
     assert wait_until(lambda: not gw.intake.connected.is_set())

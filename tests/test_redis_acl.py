@@ -22,7 +22,8 @@ pytestmark = pytest.mark.integration
 
 HOME, OTHER, WORKER = gateway_user("home", "home-pw"), gateway_user("other", "other-pw"), worker_user("worker-pw")
 ADMIN = AclUser("admin", "admin-pw", "+@all ~*")  # the test's own inspection user
-FEATURES, RESULTS, DEAD = "privedge:features:glasses:home", "privedge:results:home", "privedge:dead:glasses"
+FEATURES, RESULTS, DEAD = ("privedge:features:{glasses:00}:home", "privedge:results:{home}",
+                          "privedge:dead:{glasses:00}")
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_each_user_does_its_part_and_nothing_else(acl_redis):
     gw, other, wk = (_client(u, acl_redis) for u in (HOME, OTHER, WORKER))
     # The gateway's part: add features, read and trim its own results, keep its cursor.
     gw.xadd(FEATURES, {"m": b"f"})
-    gw.xadd("privedge:media:glasses:home", {"m": b"raw"})
+    gw.xadd("privedge:media:{glasses:00}:home", {"m": b"raw"})
     # The worker's part: the consumer group, read, reclaim, results + dead letter + ack in one MULTI/EXEC.
     wk.xgroup_create(FEATURES, "analyzers", id="0", mkstream=True)
     ((_, [(eid, _)]),) = wk.xreadgroup("analyzers", "w1", {FEATURES: ">"}, count=10)

@@ -251,7 +251,7 @@ def test_names_from_prefix():
     assert n.gateway_errors("gw") == "home7/gateway/gw/errors"
     assert n.sensor_wildcards() == ["home7/+/image", "home7/+/audio"]
     assert (n.features("digit", "gw"), n.results("gw"), n.dead("digit")) == (
-        "home7:features:digit:gw", "home7:results:gw", "home7:dead:digit")
+        "home7:features:{digit:00}:gw", "home7:results:{gw}", "home7:dead:{digit:00}")
     assert n.GROUP == "analyzers" and make_id("gw", "cam1", 3) == "gw/cam1/3"
     assert parse_sensor_topic("privedge/cam_1-a/audio") == ("cam_1-a", "audio")
     assert n.parse_sensor_topic("home7/cam1/image") == ("cam1", "image")

@@ -26,8 +26,9 @@ pytestmark = pytest.mark.integration
 HOME_A, HOME_B, WORKER = gateway_user("a", "a-pw"), gateway_user("b", "b-pw"), worker_user("worker-pw")
 ADMIN = AclUser("admin", "admin-pw", "+@all ~*")
 # Written out in full: the key layout is the contract the ACL patterns rely on.
-A_FEATURES, B_FEATURES = "privedge:features:glasses:a", "privedge:features:glasses:b"
-A_RESULTS, B_RESULTS = "privedge:results:a", "privedge:results:b"
+A_FEATURES, B_FEATURES = "privedge:features:{glasses:00}:a", "privedge:features:{glasses:00}:b"
+A_RESULTS, B_RESULTS = "privedge:results:{a}", "privedge:results:{b}"
+DEAD = "privedge:dead:{glasses:00}"
 
 
 @pytest.fixture
@@ -44,10 +45,13 @@ def _client(user, server) -> redis.Redis:
 def test_names_build_per_gateway_streams():
     n = Names()
     assert (n.features("glasses", "a"), n.results("a")) == (A_FEATURES, A_RESULTS)
-    assert n.media("digit", "b") == "privedge:media:digit:b"
-    assert n.split_stream(B_FEATURES) == ("features", "glasses", "b")
-    for bad in ("privedge:features:glasses", "privedge:features:glasses:a:b", "privedge:results:a",
-                "other:features:glasses:a"):
+    assert n.media("digit", "b") == "privedge:media:{digit:00}:b"
+    assert n.features("glasses", "a", 7) == "privedge:features:{glasses:07}:a"
+    assert n.split_stream(B_FEATURES) == ("features", "glasses", "b", 0)
+    assert n.split_stream("privedge:media:{digit:42}:b") == ("media", "digit", "b", 42)
+    for bad in ("privedge:features:glasses", "privedge:features:{glasses:00}:a:b", "privedge:results:{a}",
+                "other:features:{glasses:00}:a", "privedge:features:glasses:a", "privedge:features:{glasses:7}:a",
+                "privedge:features:{glasses:00}:{a}"):
         with pytest.raises(ValueError):
             n.split_stream(bad)
 
@@ -56,11 +60,11 @@ def test_a_gateway_writes_only_its_own_streams_and_trims_nothing_else(acl_redis)
     a, b, admin = _client(HOME_A, acl_redis), _client(HOME_B, acl_redis), _client(ADMIN, acl_redis)
     a.xadd(A_FEATURES, {"m": b"a0"})
     b.xadd(B_FEATURES, {"m": b"b0"})
-    a.xadd("privedge:media:digit:a", {"m": b"raw"})
+    a.xadd("privedge:media:{digit:00}:a", {"m": b"raw"})
     assert a.xlen(A_FEATURES) == 1  # its own backlog (gateway/upstream.py)
     forbidden = {
         "add to another home's stream": lambda: a.xadd(B_FEATURES, {"m": b"forged"}),
-        "add to another home's media": lambda: a.xadd("privedge:media:digit:b", {"m": b"forged"}),
+        "add to another home's media": lambda: a.xadd("privedge:media:{digit:00}:b", {"m": b"forged"}),
         "add to the old shared stream": lambda: a.xadd("privedge:features:glasses", {"m": b"forged"}),
         "MAXLEN 0 on another home's stream": lambda: a.xadd(B_FEATURES, {"m": b"x"}, maxlen=0),
         "trim another home's stream": lambda: a.xtrim(B_FEATURES, maxlen=0),
@@ -69,7 +73,7 @@ def test_a_gateway_writes_only_its_own_streams_and_trims_nothing_else(acl_redis)
         "delete a stream": lambda: a.delete(B_FEATURES),
         "delete its own stream": lambda: a.delete(A_FEATURES),
         "measure another home's backlog": lambda: a.xlen(B_FEATURES),
-        "write dead letters": lambda: a.xadd("privedge:dead:glasses", {"m": b"forged"}),
+        "write dead letters": lambda: a.xadd(DEAD, {"m": b"forged"}),
     }
     for what, call in forbidden.items():
         with pytest.raises(redis.exceptions.NoPermissionError):
@@ -111,9 +115,9 @@ def test_an_entry_naming_another_home_is_dead_lettered(tmp_path, acl_redis):
                                    trim_retention_s=0)).start()
     try:
         deadline = time.monotonic() + 30
-        while admin.xlen("privedge:dead:glasses") < len(forged) or admin.xlen(A_RESULTS) < 1 \
+        while admin.xlen(DEAD) < len(forged) or admin.xlen(A_RESULTS) < 1 \
                 or admin.xlen(B_RESULTS) < 1:
-            assert time.monotonic() < deadline, (admin.xlen("privedge:dead:glasses"), admin.xlen(A_RESULTS))
+            assert time.monotonic() < deadline, (admin.xlen(DEAD), admin.xlen(A_RESULTS))
             time.sleep(0.05)
         time.sleep(0.3)  # a stray result would follow closely
         # The worker's user may trim what it has acknowledged (a stream's gateway may not).
@@ -123,7 +127,7 @@ def test_an_entry_naming_another_home_is_dead_lettered(tmp_path, acl_redis):
     assert set(worker.streams) == {A_FEATURES, B_FEATURES}  # both homes' streams, found by SCAN
     assert [Result.decode(f[b"m"]).id for _, f in admin.xrange(A_RESULTS)] == ["a/cam/9"]
     assert [Result.decode(f[b"m"]).id for _, f in admin.xrange(B_RESULTS)] == ["b/cam/5"]
-    dead = admin.xrange("privedge:dead:glasses")
+    dead = admin.xrange(DEAD)
     assert [f[b"reason"] for _, f in dead] == [b"gateway mismatch"] * len(forged)
     assert admin.xpending(A_FEATURES, GROUP)["pending"] == 0
     assert worker.stats.as_dict()["loop_errors"] == 0

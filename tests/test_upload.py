@@ -12,7 +12,7 @@ from schemas.upload import MediaMessage
 def _image_msg() -> MediaMessage:
     frame = ImageFrame.from_array(np.arange(64, dtype=np.uint8).reshape(8, 8), device="cam1", seq=3, ts=1.5)
     return MediaMessage.wrap(frame, gateway="home", ts_sent=2.0, task="glasses", model="glasses-abc",
-                             reply="privedge:results:home")
+                             reply="privedge:results:{home}")
 
 
 def test_image_round_trip_keeps_the_original_frame():

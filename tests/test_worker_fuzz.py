@@ -16,7 +16,8 @@ from schemas.names import GROUP
 from schemas.results import Result
 from tests.conftest import FAST
 from workers.config import RedisSettings, WorkerSettings
-from workers.service import DEAD_LETTER_BYTES, Worker
+from workers.batch_write import DEAD_LETTER_BYTES
+from workers.service import Worker
 
 pytestmark = pytest.mark.integration
 NAMES = Names()

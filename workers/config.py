@@ -19,6 +19,8 @@ from typing import Any, Mapping
 from common.redis_connection import RedisSettings
 from common.settings import Keys, SettingsError, check_type, keys_of, merge
 from models.runtimes import RUNTIMES  # the one definition; imports no torch
+from schemas.errors import BadName
+from schemas.names import MAX_SHARDS, check_shard
 
 DEFAULT_REDIS = "redis://127.0.0.1:6379"
 """The Redis URL when none is given."""
@@ -62,6 +64,14 @@ class WorkerSettings:
     retry_max_s: float = 5.0               # largest pause after failed steps, seconds
     health_port: int | None = None         # /healthz, /readyz and /metrics on this port (common.health); None: off
     health_host: str = "127.0.0.1"         # the address they bind to
+    shards: tuple[str, ...] = ()           # pin this worker to these shard numbers (e.g. "0,3"); () = every shard
+    wait_replicas: int = 0                 # on a Cluster: WAIT for this many replicas of the results before the
+    wait_timeout_ms: int = 100             # XACKs (0: no WAIT), at most this long (workers/service.py)
+
+    @property
+    def pinned_shards(self) -> tuple[int, ...]:
+        """The shard numbers this worker reads (schemas.names), or () for every shard of its tasks."""
+        return tuple(int(s) for s in self.shards)
 
     def __post_init__(self) -> None:
         for name, want in _FIELDS.items():
@@ -76,6 +86,8 @@ class WorkerSettings:
         for name in ("batch", "threads", "max_deliveries", "reply_maxlen", "dead_maxlen", "max_streams"):
             if getattr(self, name) < 1:
                 raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.wait_replicas < 0 or self.wait_timeout_ms < 1:
+            raise SettingsError("wait_replicas must be >= 0 and wait_timeout_ms >= 1")
         if self.block_ms < 0 or self.claim_idle_ms < 0:
             raise SettingsError("block_ms and claim_idle_ms must be >= 0")
         if self.discover_every_s <= 0 or self.trim_every_s <= 0 or self.trim_retention_s < 0:
@@ -84,6 +96,11 @@ class WorkerSettings:
             raise SettingsError(f"bad health_port {self.health_port}")
         if self.retry_initial_s < 0 or self.retry_max_s <= 0:
             raise SettingsError("retry_initial_s must be >= 0 and retry_max_s > 0")
+        try:
+            for shard in self.shards:
+                check_shard(int(shard))
+        except (ValueError, BadName) as e:
+            raise SettingsError(f"shards must be shard numbers 0-{MAX_SHARDS - 1}, got {self.shards!r}") from e
         object.__setattr__(self, "bundles", tuple(Path(b) for b in self.bundles))
 
 

@@ -1,9 +1,15 @@
 """``privedge worker``: one consumer in the ``analyzers`` group, features in, results out.
 
-Each loop: XREADGROUP COUNT B BLOCK T over every stream of the served tasks (one per gateway, found by
-workers.streams every few seconds), group the batch by ``model``, run the network once per group, then
-write every Result to its ``reply`` stream, every rejected entry to ``{p}:dead:{task}`` and all the XACKs
-in one MULTI/EXEC round trip, so a result and its ack go together.
+Each loop: XREADGROUP COUNT B BLOCK T over every stream of the served tasks (one per gateway and shard,
+found by workers.streams every few seconds), group the batch by ``model``, run the network once per group,
+then write every Result to its ``reply`` stream, every rejected entry to its shard's ``{p}:dead:{{task}:{NN}}``
+and the XACKs.
+
+On one Redis that is one XREADGROUP over every stream and one MULTI/EXEC for all the writes, so a result
+and its ack go together. On a Redis Cluster, where a command or a transaction may touch one hash slot only,
+the worker reads with one XREADGROUP per shard (:meth:`workers.streams.StreamSet.read`) and writes the
+results before one MULTI/EXEC of dead letters and XACKs per shard, an order in which a crash between the
+two only makes a redelivery that the gateway's deduplication absorbs (workers/batch_write.py).
 
 Nothing one entry does may end the loop: decoding, the origin check, the model input, the network (per
 model group) and the Result's encoding (per result) each catch any Exception, dead-letter the entry with
@@ -37,8 +43,9 @@ from models.signing import SignatureError
 from schemas.compact import Origin
 from schemas.limits import DEFAULT_LIMITS
 from schemas.names import FIELD, GROUP, Names
-from schemas.results import ErrorReport, Result
+from schemas.results import Result
 from workers.analysis import Analysis, FeatureAnalysis, Rejected, run_network
+from workers.batch_write import BatchWriter
 from workers.config import SettingsError, WorkerSettings, load_settings
 from workers.metrics import WorkerMetrics
 from workers.probes import worker_probes
@@ -46,10 +53,6 @@ from workers.stats import WorkerStats
 from workers.streams import StreamSet, check_origin
 
 log = logging.getLogger(__name__)
-
-DEAD_LETTER_BYTES = DEFAULT_LIMITS.max_feature_payload
-"""Most bytes of an entry's message copied into its dead letter (64 KiB: any valid feature message fits)."""
-
 
 def default_name() -> str:
     """A consumer name unique across machines and restarts: hostname-pid-random."""
@@ -71,7 +74,10 @@ class Worker:
         self.metrics = WorkerMetrics(self.redis, lambda: list(self.streams))  # Prometheus (workers/metrics.py)
         self.stream_set = StreamSet(self.redis, self.names, self.analysis.stream_kind,
                                     {s.task for s in self.served.values()}, settings.max_streams,
-                                    settings.trim_retention_s)
+                                    settings.trim_retention_s, settings.pinned_shards)
+        self.writer = BatchWriter(self.redis, self.names, self.stream_set, self.name,
+                                  reply_maxlen=settings.reply_maxlen, dead_maxlen=settings.dead_maxlen,
+                                  wait_replicas=settings.wait_replicas, wait_timeout_ms=settings.wait_timeout_ms)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._next_claim = 0.0
@@ -81,7 +87,7 @@ class Worker:
     @property
     def streams(self) -> dict[str, str]:
         """The streams consumed now: key -> task."""
-        return {key: task for key, (task, _) in self.stream_set.streams.items()}
+        return {key: found.task for key, found in self.stream_set.streams.items()}
 
     def ensure_groups(self) -> None:
         """Discover the streams of the served tasks and create the group on each new one."""
@@ -149,15 +155,10 @@ class Worker:
         if now >= self._next_claim:
             self._next_claim = now + self.settings.claim_every_s
             entries += self._reclaim()
-        streams = self.streams
-        if not streams:
+        if not self.stream_set.streams:
             self._stop.wait(self.settings.block_ms / 1000)
             return 0
-        reply = self.redis.xreadgroup(GROUP, self.name, {s: ">" for s in streams},
-                                      count=self.settings.batch, block=self.settings.block_ms)
-        for stream, items in reply or []:
-            stream = stream.decode() if isinstance(stream, bytes) else stream
-            entries += [(stream, eid, fields) for eid, fields in items]
+        entries += self.stream_set.read(self.name, self.settings.batch, self.settings.block_ms)
         self.stats.add(read_s=time.perf_counter() - t0)
         if entries:
             self.handle(entries)
@@ -197,9 +198,10 @@ class Worker:
         raw = fields.get(FIELD.encode())
         if raw is None:
             raise Rejected("undecodable: missing field", f"stream entry has no field {FIELD}")
-        task, gateway = self.stream_set.streams.get(stream, (None, None))
-        if gateway is None:
+        known = self.stream_set.streams.get(stream)
+        if known is None:
             raise Rejected("unknown stream", stream)
+        task, gateway = known.task, known.gateway
         msg = self.analysis.decode(raw, DEFAULT_LIMITS, Origin(gateway, task, self.names.results(gateway)))
         served = self.served.get(msg.model)
         if served is None:
@@ -253,36 +255,15 @@ class Worker:
                       worker=self.name).encode()
 
     def _write(self, results: list, dead: list, acks: dict) -> None:
-        """One MULTI/EXEC: encoded results to their reply streams, dead letters, then the XACKs."""
+        """Encoded results to their reply streams, dead letters, then the XACKs (workers/batch_write.py)."""
         t0 = time.perf_counter()
-        pipe = self.redis.pipeline(transaction=True)
-        for reply, encoded in results:
-            pipe.xadd(reply, {FIELD: encoded}, maxlen=self.settings.reply_maxlen, approximate=True)
-        for stream, eid, fields, err in dead:
-            task = self._task_of(stream)
+        for stream, eid, _, err in dead:
             log.warning("dead-letter %s %s: %s", stream, _id(eid), err)
-            report = ErrorReport(source=self.name, device="", topic=stream[:512], reason=err.reason[:256],
-                                 detail=err.detail[:200], ts=time.time())
-            pipe.xadd(self.names.dead(task), {"reason": err.reason, "entry": _id(eid), "error": report.encode(),
-                                              # bounded: a hostile entry is kept for inspection, not whole
-                                              FIELD: fields.get(FIELD.encode(), b"")[:DEAD_LETTER_BYTES]},
-                      maxlen=self.settings.dead_maxlen, approximate=True)
-        for stream, ids in acks.items():
-            if ids:
-                pipe.xack(stream, GROUP, *ids)
-        pipe.execute()
-        self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0)
+        short = self.writer.write(results, dead, acks)
+        self.stats.add(results=len(results), dead=len(dead), write_s=time.perf_counter() - t0, wait_short=short)
         self.metrics.results.inc(len(results))
         for _, _, _, err in dead:
             self.metrics.dead.labels(err.reason).inc()
-
-
-    def _task_of(self, stream: str) -> str:
-        """The task of a stream this worker read, whose dead letters go to ``{p}:dead:{task}``: from its
-        key (schemas.names), so that a stream forgotten since the read (NOGROUP recovery) still names its
-        own task and never another one's, or none."""
-        known = self.stream_set.streams.get(stream)
-        return known[0] if known is not None else self.names.split_stream(stream)[1]
 
 
 def _id(eid) -> str:
@@ -301,7 +282,8 @@ def build_parser(prog: str = "privedge worker", description: str | None = None) 
     p.add_argument("--config", help="YAML or TOML settings file (flat keys named like the settings; "
                                     "unknown keys are refused)")
     p.add_argument("--redis", help="redis://[USER:PASSWORD@]HOST:PORT[/DB] (default redis://127.0.0.1:6379, or "
-                                   "PRIVEDGE_REDIS; password also from PRIVEDGE_REDIS_PASSWORD)")
+                                   "PRIVEDGE_REDIS; password also from PRIVEDGE_REDIS_PASSWORD); a Redis Cluster: "
+                                   "redis+cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]")
     p.add_argument("--redis-password-file", help="file holding the Redis password")
     add_tls_flags(p, "redis", "Redis")
     p.add_argument("--bundle", dest="bundles", action="append",
@@ -324,6 +306,10 @@ def build_parser(prog: str = "privedge worker", description: str | None = None) 
     p.add_argument("--allow-unsigned", action="store_const", const=True,
                    help="load unsigned or wrongly signed bundles with a warning (development only; "
                         "PRIVEDGE_ALLOW_UNSIGNED)")
+    p.add_argument("--shards", help="read only these shards of each task, e.g. 0,3 (default: every shard; "
+                                    "schemas.names)")
+    p.add_argument("--wait-replicas", type=int,
+                   help="on a Redis Cluster: WAIT for this many replicas of the results before the XACKs (default 0)")
     p.add_argument("--health-port", type=int, help="serve /healthz, /readyz and /metrics on this port")
     p.add_argument("--health-host", help="address of that endpoint (default 127.0.0.1)")
     p.add_argument("--check", action="store_true",

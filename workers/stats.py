@@ -18,6 +18,7 @@ class WorkerStats:
     redis_errors: int = 0   # failed round trips (the loop retries)
     loop_errors: int = 0    # steps that failed on something unexpected (logged; the loop retries)
     trimmed: int = 0        # acknowledged entries trimmed from the streams (XTRIM MINID)
+    wait_short: int = 0     # result writes fewer replicas had within wait_timeout_ms than wait_replicas (Cluster)
     read_s: float = 0.0     # XREADGROUP / XAUTOCLAIM, including the BLOCK wait when idle
     analyze_s: float = 0.0  # decode + network
     write_s: float = 0.0    # the XADD + XACK transaction

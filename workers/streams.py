@@ -1,11 +1,14 @@
 """The streams a worker consumes: found by SCAN, each with the ``analyzers`` group, trimmed below the acks.
 
-Every gateway writes streams of its own, ``{p}:features:{task}:{gateway}`` (schemas.names; the benchmark's
-cloud-only baseline reads ``{p}:media:...`` streams through the same class), so the set of streams grows as homes join. :meth:`StreamSet.discover` runs
-``SCAN MATCH {p}:features:{task}:* TYPE stream`` every few seconds (not per batch), keeps only keys that
-:meth:`Names.split_stream` accepts, stops at ``max_streams``, and creates the group (from id 0, so a new
-home's first entries are read too) on each stream it has not seen. The worker then reads all of them in
-one XREADGROUP.
+Every gateway writes streams of its own, ``{p}:features:{{task}:{NN}}:{gateway}`` (schemas.names; the
+benchmark's cloud-only baseline reads ``{p}:media:...`` streams through the same class), one per shard NN
+of each task, so the set of streams grows as homes join. :meth:`StreamSet.discover` runs
+``SCAN MATCH {p}:features:{{task}:*}:* TYPE stream`` every few seconds (not per batch; on a Cluster
+redis-py scans every master), keeps only keys that :meth:`Names.split_stream` accepts (and, for a worker
+pinned to some shards, only theirs), stops at ``max_streams``, and creates the group (from id 0, so a new
+home's first entries are read too) on each stream it has not seen. The worker then reads them in one
+XREADGROUP per group of :meth:`StreamSet.read_groups`: all of them on one Redis, one shard's (one hash
+slot's) on a Cluster.
 
 Trimming (:func:`trim_point`) is the workers' job, never the gateway's: a gateway's XADD carries no
 MAXLEN, so nothing is trimmed that no worker has read. Every entry at or below a group's
@@ -31,7 +34,8 @@ import redis
 
 from schemas.errors import BadName
 from schemas.features import split_id
-from schemas.names import GROUP, Names
+from common.redis_slots import by_slot
+from schemas.names import GROUP, Names, StreamKey
 from workers.analysis import Rejected
 
 log = logging.getLogger(__name__)
@@ -42,10 +46,10 @@ SCAN_COUNT = 1000
 
 class StreamSet:
     """The streams of one ``kind`` (``features``, or ``media`` for the benchmark's cloud-only baseline) of
-    ``tasks``: ``streams`` maps each key to ``(task, gateway)``."""
+    ``tasks`` (of the ``shards`` given, or of every shard): ``streams`` maps each key to its StreamKey."""
 
     def __init__(self, client: redis.Redis, names: Names, kind: str, tasks: set[str], max_streams: int,
-                 retention_s: float = 0.0) -> None:
+                 retention_s: float = 0.0, shards: tuple[int, ...] = ()) -> None:
         self.redis = client
         self.names = names
         patterns = {"features": names.features_pattern, "media": names.media_pattern}
@@ -56,23 +60,62 @@ class StreamSet:
         self.tasks = set(tasks)
         self.max_streams = max_streams
         self.retention_s = retention_s
-        self.streams: dict[str, tuple[str, str]] = {}
+        self.shards = tuple(sorted(set(shards)))
+        self.streams: dict[str, StreamKey] = {}
         self._warned_full = False
+        self._groups: list[list[str]] | None = None
+
+    def read_groups(self) -> list[list[str]]:
+        """The streams split into groups that one XREADGROUP may read: one group on one Redis, one per hash
+        slot (task shard) on a Cluster (common.redis_slots)."""
+        if self._groups is None:
+            self._groups = list(by_slot(self.redis, self.streams).values())
+        return self._groups
+
+    def read(self, consumer: str, count: int, block_ms: int) -> list:
+        """New entries for ``consumer`` as (stream, entry id, fields): one XREADGROUP COUNT ``count`` per
+        read group. One group (one Redis, or one shard) blocks up to ``block_ms``. Several (a Cluster) go
+        in one pipeline without BLOCK (redis-py sends each master its part at once); only when that round
+        brings nothing does a second one block, each read for ``block_ms`` divided by the number of groups,
+        so that idle shards hold the others up by at most ``block_ms`` in all (a master runs one
+        connection's commands in turn)."""
+        groups = self.read_groups()
+        if len(groups) == 1:
+            replies = [self.redis.xreadgroup(GROUP, consumer, {s: ">" for s in groups[0]}, count=count,
+                                             block=block_ms)]
+        else:
+            replies = self._read_round(groups, consumer, count, None)
+            if not any(replies):
+                replies = self._read_round(groups, consumer, count, max(1, block_ms // len(groups)))
+        entries = []
+        for reply in replies:
+            for stream, items in reply or []:
+                stream = stream.decode() if isinstance(stream, bytes) else stream
+                entries += [(stream, eid, fields) for eid, fields in items]
+        return entries
+
+    def _read_round(self, groups: list[list[str]], consumer: str, count: int, block: int | None) -> list:
+        pipe = self.redis.pipeline(transaction=False)
+        for streams in groups:
+            pipe.xreadgroup(GROUP, consumer, {s: ">" for s in streams}, count=count, block=block)
+        return pipe.execute()
 
     def discover(self) -> list[str]:
-        """SCAN for streams of our tasks; create the group on each new one; returns the new keys."""
+        """SCAN for streams of our tasks (and shards); create the group on each new one; returns the new keys."""
         new = []
-        for task in sorted(self.tasks):
-            for key in self.redis.scan_iter(match=self.pattern_of(task), count=SCAN_COUNT, _type="stream"):
+        patterns = [(task, self.pattern_of(task, shard)) for task in sorted(self.tasks)
+                    for shard in (self.shards or (None,))]
+        for task, pattern in patterns:
+            for key in self.redis.scan_iter(match=pattern, count=SCAN_COUNT, _type="stream"):
                 key = key.decode() if isinstance(key, bytes) else key
                 if key in self.streams:
                     continue
                 try:
-                    kind, k_task, gateway = self.names.split_stream(key)
+                    found = self.names.split_stream(key)
                 except BadName:
-                    log.warning("ignoring stream %s: not %s", key, self.pattern_of(task))
+                    log.warning("ignoring stream %s: not %s", key, pattern)
                     continue
-                if kind != self.kind or k_task != task:
+                if found.kind != self.kind or found.task != task or (self.shards and found.shard not in self.shards):
                     continue
                 if len(self.streams) >= self.max_streams:
                     if not self._warned_full:
@@ -81,7 +124,8 @@ class StreamSet:
                         self._warned_full = True
                     return new
                 if self._create_group(key):
-                    self.streams[key] = (task, gateway)
+                    self.streams[key] = found
+                    self._groups = None
                     new.append(key)
         if new:
             log.info("consuming %d new streams (%d in all): %s", len(new), len(self.streams), ", ".join(new[:8]))
@@ -107,14 +151,17 @@ class StreamSet:
         for key, there in zip(keys, pipe.execute()):
             if not there:
                 self.streams.pop(key, None)
+                self._groups = None
 
     def trim(self) -> int:
         """XTRIM MINID each stream below what every group has acknowledged; returns entries removed."""
         keys = list(self.streams)
         if not keys:
             return 0
+        # The server's clock, asked on its own: a Cluster pipeline refuses keyless commands (its nodes'
+        # clocks agree to well under the retention).
+        sec, usec = self.redis.time()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.time()
         for key in keys:
             pipe.xinfo_groups(key)
             pipe.xpending(key, GROUP)
@@ -122,7 +169,6 @@ class StreamSet:
         refused = [e for e in replies if isinstance(e, redis.exceptions.NoPermissionError)]
         if refused:  # a settings problem, not a missing stream: let the loop log and count it
             raise refused[0]
-        (sec, usec), *replies = replies
         # Entries of the last retention_s are kept; the millisecond Redis is in counts as past (an entry
         # added in it is not younger than 0 s), so retention_s=0 keeps nothing by age.
         oldest_kept = (int(sec * 1000 + usec // 1000 - self.retention_s * 1000) + 1, 0)

@@ -59,7 +59,8 @@ class CloudOnlyServing:
         return None, read_manifest(d)
 
     def hand_on(self, gateway: Gateway, kind: str, network: None, manifest: dict) -> MediaUpstream:
-        return MediaUpstream(gateway.upstream, gateway.names.media(manifest["task"], gateway.s.id))
+        return MediaUpstream(gateway.upstream,
+                             [gateway.names.media(manifest["task"], gateway.s.id, n) for n in range(gateway.s.shards)])
 
 
 def main(argv: list[str] | None = None) -> int:
