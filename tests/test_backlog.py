@@ -138,6 +138,6 @@ def test_over_the_backlog_bound_the_gateway_holds_or_spools_then_resumes(tmp_pat
         sender.join(5)
         assert sent == [True] * len(batches)
         assert availability[0] is False and availability[-1] is True
-        assert r.xlen("privedge:dead:glasses") == 0
+        assert r.xlen(Names().dead("glasses")) == 0
     finally:
         up.close()

@@ -79,8 +79,9 @@ def test_wire_version_1_for_older_workers(make_gateway, mosquitto, redis_server,
     lis = Listener(mosquitto.port)
     lis.publish("privedge/cam1/image", image_frame("cam1", 5).encode())
     r = redis.Redis.from_url(redis_server.url)
-    assert wait_until(lambda: r.xlen("privedge:features:glasses:gw1") == 1)
-    (_, fields), = r.xrange("privedge:features:glasses:gw1")
+    stream = Names().features("glasses", "gw1")
+    assert wait_until(lambda: r.xlen(stream) == 1)
+    (_, fields), = r.xrange(stream)
     assert isinstance(msgpack.unpackb(fields[b"m"]), dict)
     assert FeatureMessage.decode(fields[b"m"]) == _features(r, "glasses")[0]
     assert _features(r, "glasses")[0].id == "gw1/cam1/5"
