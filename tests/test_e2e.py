@@ -148,9 +148,16 @@ def test_every_input_comes_back_once_with_a_label_of_its_task(run):
 
 def test_the_workers_share_the_load(run, cloud):
     by_worker = Counter(body["worker"] for _, body in run.results)
-    # All workers block on the group before the first input arrives, so each is served some.
-    assert set(by_worker) == set(run.workers), by_worker
     assert sum(by_worker.values()) == IMAGES + UTTERANCES
+    if cloud.shards == 1:
+        # All workers block on the one XREADGROUP before the first input arrives, and Redis serves blocked
+        # readers in turn, so each is served some.
+        assert set(by_worker) == set(run.workers), by_worker
+    else:
+        # On a Cluster a worker reads each slot's streams in turn (workers/streams.py), without the turn
+        # Redis gives readers blocked on one server, so a burst this small may all go to one worker: only
+        # running workers answered, and every input once (above).
+        assert set(by_worker) <= set(run.workers), by_worker
     assert not [name for i, name in enumerate(cloud.workers.names) if "Traceback" in cloud.workers.log(i)]
 
 
