@@ -105,6 +105,21 @@ def feature_entry(stream, data: bytes, manifests=None):
     return compact.decode(data, compact.Origin.of_stream(Names(), stream), catalog)
 
 
+def mutated(items: list, position: int, value, action: str) -> bytes:
+    """A version 2 entry (msgpack array ``items``) with the item at ``position`` replaced by ``value``,
+    dropped, or ``value`` inserted there (past the end: appended), packed for the wire."""
+    import msgpack
+
+    items = list(items)
+    if action == "replace" and position < len(items):
+        items[position] = value
+    elif action == "drop" and position < len(items):
+        del items[position]
+    else:
+        items.insert(position, value)
+    return msgpack.packb(items, use_bin_type=True)
+
+
 def features_in(r, task: str, gateway: str = "gw1", manifests=None, shard: int = 0) -> list:
     """The FeatureMessages in a gateway's features stream of ``task`` (of one ``shard``), in order."""
     from schemas import Names

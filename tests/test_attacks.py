@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from models.audit import cli
 from models.audit.aggregation import ReleasePool, aggregation_attacks, draw_sets, rounds_needed, set_label_floor
@@ -19,16 +18,10 @@ from models.audit.metric import metric_attack
 from models.audit.posthoc import capacity_sweep
 from models.audit.report import METRICS, REPORT
 from models.bundle import load_extractor, make_untrained_bundle
+from tests.training_data import one_thread  # noqa: F401 (autouse: torch on one thread)
 
 SHORT = TrainSettings(max_epochs=40, patience=6, refit=False)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _pool(people: int, per_person: int, rounds: int, dims: int, spread: float, noise: float, seed: int,

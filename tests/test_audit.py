@@ -9,7 +9,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from models.audit import cli
 from models.audit.attackers import TrainSettings, validation_split
@@ -18,17 +17,11 @@ from models.audit.measures import (PSNR_CAP_DB, equal_error_rate, expected_log_r
                                    label_floor, label_floors, normalised_log_rank, psnr, ssim, topk_accuracy, verification_eer)
 from models.audit.report import GRID_PNG, METRICS, REPORT, TRADEOFF_PNG
 from models.bundle import make_untrained_bundle
+from tests.training_data import one_thread  # noqa: F401 (autouse: torch on one thread)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FAST_ATTACKER = TrainSettings(max_epochs=60, patience=8)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _labels(n_classes: int, per_class: int) -> np.ndarray:

@@ -15,6 +15,7 @@ from gateway.pseudonyms import Pseudonyms
 from schemas import FeatureMessage, Malformed, Names, SchemaError, UnknownVersion, WrongType, compact
 from schemas.compact import Catalog, Model, Origin, UnknownModel, entry_bytes, model_ref
 from schemas.names import FIELD
+from tests.gateway_fixtures import mutated
 
 NAMES = Names()
 GATEWAY = "home-1"
@@ -140,14 +141,7 @@ def test_random_bytes_raise_only_schema_errors(data):
 @PROPERTY
 @given(position=st.integers(0, 9), value=hostile, action=st.sampled_from(["replace", "drop", "insert"]))
 def test_wrong_items_raise_only_schema_errors(position, value, action):
-    items = msgpack.unpackb(compact.encode(_message("digit", face=None)))
-    if action == "replace" and position < len(items):
-        items[position] = value
-    elif action == "drop" and position < len(items):
-        del items[position]
-    else:
-        items.insert(position, value)
-    payload = msgpack.packb(items, use_bin_type=True)
+    payload = mutated(msgpack.unpackb(compact.encode(_message("digit", face=None))), position, value, action)
     try:
         msg = compact.decode(payload, ORIGIN, CATALOG)
     except SchemaError:

@@ -15,6 +15,7 @@ from schemas import FeatureMessage, Limits, Names, SchemaError, compact
 from schemas.names import GROUP
 from schemas.results import Result
 from tests.conftest import FAST
+from tests.gateway_fixtures import mutated
 from workers.config import RedisSettings, WorkerSettings
 from workers.batch_write import DEAD_LETTER_BYTES
 from workers.service import Worker
@@ -159,14 +160,7 @@ def test_structurally_wrong_version_2_arrays(served, position, value, action):
     """Version 2 entries with an item replaced by anything, dropped or added: what does not decode is
     dead-lettered as undecodable (or as an unknown model), what does gets its result."""
     worker, manifest = served
-    items = _good_items(manifest)
-    if action == "replace" and position < len(items):
-        items[position] = value
-    elif action == "drop" and position < len(items):
-        del items[position]
-    else:
-        items.insert(position, value)
-    payload = msgpack.packb(items, use_bin_type=True)
+    payload = mutated(_good_items(manifest), position, value, action)
     valid = _decodes(payload, manifest, worker)
     reason = _handle_one(worker, payload, "wrong v2 arrays")
     if not valid:

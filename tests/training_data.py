@@ -9,6 +9,15 @@ import torch
 from models.data.samples import Protocol, Samples
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """torch on one thread for the test (autouse in the modules that import it)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def isolated_training(tmp_path, monkeypatch):
     """Training caches under tmp_path and one torch thread, so runs neither share state nor fight over cores."""
