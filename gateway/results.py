@@ -44,6 +44,8 @@ from schemas.names import FIELD
 
 log = logging.getLogger(__name__)
 
+PUBACK_WAIT_S = 0.05
+"""Longest single wait for a PUBACK before the relay looks at its stop event again (seconds)."""
 STOP_GRACE_S = 5.0
 """On stop, how long the relay still waits for the broker's PUBACKs of a batch it has published (seconds)."""
 
@@ -190,7 +192,9 @@ class ResultsRelay:
         give_up_at = None
         while not all(i.is_published() for i in infos):
             if not self.stop_event.is_set():
-                self.stop_event.wait(0.005)
+                # Woken by the PUBACK itself (paho notifies the info's condition), not by polling: a batch's
+                # results are recorded, and the next batch read, as soon as the broker has them.
+                next(i for i in infos if not i.is_published()).wait_for_publish(PUBACK_WAIT_S)
                 continue
             # Stopping: the broker still answers, so wait a little for the PUBACKs of what was sent
             # (returning at once left published results unrecorded: the next gateway sent them again).
