@@ -75,10 +75,14 @@ class GatewaySettings:
     """Gateway name: MQTT client id ``privedge-gateway-{id}``, results stream, status/errors topics."""
     prefix: str = "privedge"
     """Prefix of every MQTT topic and Redis key."""
-    batch: int = 32
-    """Largest micro-batch per extraction loop (inputs)."""
-    wait_ms: float = 5.0
-    """Longest wait for a micro-batch to fill once its first input is there (milliseconds)."""
+    batch: int = 8
+    """Largest micro-batch per extraction loop (inputs). ONNX Runtime's per-input cost is the same from 8 to
+    64 (``privedge bench``'s runtime ceiling), while its arena keeps the largest batch's intermediate tensors
+    for good: 32 held about 20 MiB more than 8 (``python -m bench.footprint``)."""
+    wait_ms: float = 1.0
+    """Longest wait for a micro-batch to fill once its first input is there (milliseconds). Under load the
+    batch fills by itself while the previous one is served; at light load every input waits this long, so
+    it is kept short (5 ms added 5 ms to the median at half capacity)."""
     receive_maximum: int = 1000
     """MQTT 5 Receive Maximum: unacknowledged messages the broker may have in flight to us, and so the
     bound of what the gateway holds (queued, being assembled, waiting for Redis); the broker keeps the

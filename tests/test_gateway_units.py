@@ -241,7 +241,7 @@ def test_the_example_config_file_is_valid():
 
     example = Path(__file__).resolve().parents[1] / "gateway" / "example.yaml"
     s = load_settings({}, config_file=example, env={})
-    assert s.bundles == ("bundles/glasses", "bundles/digit") and s.mqtt_protocol == "5" and s.wait_ms == 5.0
+    assert s.bundles == ("bundles/glasses", "bundles/digit") and s.mqtt_protocol == "5" and s.wait_ms == 1.0
 
 
 def test_a_duplicate_chunk_is_acknowledged_only_after_its_utterance_is_handed_on():
