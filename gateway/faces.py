@@ -6,8 +6,8 @@ and preprocessing it for the extractor, the stage (settings ``face_detector``, `
 
 - takes a frame no larger than ``face_crop_max_px`` on both sides whole: it is a face crop already, one
   input under the frame's own id, as before the stage;
-- otherwise runs the detector (:mod:`models.faces`; short-range BlazeFace on LiteRT by default, never
-  torch) and keeps the faces at least ``min_face_px`` on each side, at most ``max_faces`` of them, largest
+- otherwise runs the detector (:mod:`models.faces`; by default short-range BlazeFace on ONNX Runtime, the
+  copy the image bundle carries, never torch) and keeps the faces at least ``min_face_px`` on each side, at most ``max_faces`` of them, largest
   first (counted: ``faces_found``, ``faces_skipped_small``, ``faces_over_max``);
 - cuts each with :func:`models.faces.crop_square`, the framing the networks were trained on (the loop's
   ``preprocess`` then makes it the 64x64 input, as :func:`models.faces.crop_face` does for training and
@@ -143,19 +143,26 @@ class FaceStage:
 
     @classmethod
     def from_settings(cls, settings, manifest: dict, *, metrics: Metrics, ledger: FaceLedger, intake,
-                      names, on_result: Callable[[Result], Any] | None = None) -> "FaceStage | None":
+                      names, on_result: Callable[[Result], Any] | None = None,
+                      detector_path=None) -> "FaceStage | None":
         """The stage the settings ask for (None for ``face_detector: none``), its detector made and run
-        once on a blank frame, so that a missing package or weight file stops the start, not a frame."""
+        once on a blank frame, so that a missing package or weight file stops the start, not a frame.
+        ``detector_path``: the bundle's BlazeFace on ONNX (models/face_onnx.py), served on ONNX Runtime;
+        without it BlazeFace needs LiteRT (the ``train`` extra)."""
         if settings.face_detector == "none":
             return None
         t0 = time.perf_counter()
+        params = {}
+        if settings.face_detector == "blazeface" and detector_path is not None:
+            params["onnx"] = str(detector_path)
         try:
-            detector = make_detector(settings.face_detector)
+            detector = make_detector(settings.face_detector, **params)
             detector.detect(np.zeros((240, 320, 3), np.uint8))
         except (ImportError, OSError, ValueError, RuntimeError) as e:
             raise FaceStageError(f"face detector {settings.face_detector!r} cannot run: {e}") from e
-        log.info("face stage: %s detector ready in %.2f s (at most %d faces of %d px and more per frame; "
-                 "frames up to %d px taken whole)", settings.face_detector, time.perf_counter() - t0,
+        log.info("face stage: %s detector on %s ready in %.2f s (at most %d faces of %d px and more per frame; "
+                 "frames up to %d px taken whole)", settings.face_detector,
+                 getattr(detector, "runtime", "its own library"), time.perf_counter() - t0,
                  settings.max_faces, settings.min_face_px, settings.face_crop_max_px)
         return cls(detector, gateway=settings.id, task=manifest["task"], model=manifest["model"],
                    max_faces=settings.max_faces, min_face_px=settings.min_face_px,

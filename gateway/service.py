@@ -148,7 +148,7 @@ class Gateway:
         self.home, self.discovery = home_results(self.s, self.names, self.intake,
                                                  {manifest["task"]: kind for kind, (_, manifest) in models.items()},
                                                  self.metrics)
-        faces = {kind: self._face_stage(kind, manifest) for kind, (_, manifest) in models.items()}
+        faces = {kind: self._face_stage(kind, model, manifest) for kind, (model, manifest) in models.items()}
         if self.serving.uses_cloud:
             self.redis = connect_redis(self.s)
             self.upstream = Upstream(self.s, self.redis, self.metrics, spool=open_spool(self.s),
@@ -243,14 +243,15 @@ class Gateway:
         return None
 
     # helpers ---------------------------------------------------------------------------------------
-    def _face_stage(self, kind: str, manifest: dict) -> FaceStage | None:
-        """The image loop's face stage (gateway/faces.py), when the settings ask for one; split mode only
-        (the comparison baselines serve frames whole)."""
+    def _face_stage(self, kind: str, model, manifest: dict) -> FaceStage | None:
+        """The image loop's face stage (gateway/faces.py), when the settings ask for one, on the detector
+        the bundle carries; split mode only (the comparison baselines serve frames whole)."""
         if kind != "image" or self.serving.mode != "split":
             return None
         try:
             return FaceStage.from_settings(self.s, manifest, metrics=self.metrics, ledger=self.face_ledger,
-                                           intake=self.intake, names=self.names, on_result=self.home.publish)
+                                           intake=self.intake, names=self.names, on_result=self.home.publish,
+                                           detector_path=getattr(model, "face_detector", None))
         except FaceStageError as e:
             raise GatewayError(str(e)) from e
 

