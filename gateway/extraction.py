@@ -186,10 +186,18 @@ class ExtractionLoop:
 
     def _process(self, items: list[Inbound]) -> None:
         t0 = time.perf_counter()
-        ready = [r for item in items for r in self._decode(item)]
-        self.metrics.observe("decode", time.perf_counter() - t0, len(items))
-        if self.faces is not None and self.model is not None:  # one input per face (gateway/faces.py)
-            ready = self.faces.split(ready, self.reject, self.intake.ack)
+        ready: list[Ready] = []
+        searching = 0.0
+        for item in items:
+            got = self._decode(item)
+            if got and self.faces is not None and self.model is not None:
+                # One input per face (gateway/faces.py), frame by frame: a scene's pixels are let go for
+                # its crops before the next frame is decoded, so a batch holds one decoded scene at most.
+                t1 = time.perf_counter()
+                got = self.faces.split(got, self.reject, self.intake.ack)
+                searching += time.perf_counter() - t1
+            ready += got
+        self.metrics.observe("decode", time.perf_counter() - t0 - searching, len(items))
         if not ready:
             return
         outputs: Any = [None] * len(ready)
