@@ -1,13 +1,15 @@
 """The home side's footprint: gateway peak memory under load, start-up time, and the home install's size.
 
-    python -m bench.footprint [--seconds 10] [--starts 5] [--runtime onnx --runtime torch] [--out DIR]
+    python -m bench.footprint [--seconds 10] [--starts 5] [--runtime onnx --runtime torch]
+                              [--images crops --images scenes] [--out DIR]
 
 For each runtime, a ``privedge gateway`` process serves both default bundles (image and speech) against a
 local mosquitto and Redis with one worker; the load is the pipeline benchmark's saturation load on both
 modalities at once (each load generator keeps ``window`` inferences outstanding) for ``seconds``, from the
 real ORL and FSDD inputs when they are beside the repository. Readings:
 
-- *peak RSS*: the gateway's VmHWM after the load (``/proc/PID/status``), MiB;
+- *peak RSS*: the gateway's VmHWM after the load (``/proc/PID/status``), MiB, once with face crops as the
+  image load and once with 640x480 scenes of one face (``--images``), which the face stage searches;
 - *start to online*: from starting the process to the retained ``online`` on its status topic
   (``schemas.names.Names.gateway_status``), bundles on disk, median and worst of ``starts`` fresh starts;
 - *training stack loaded*: whether torch, librosa or numba is mapped into the gateway (``/proc/PID/maps``).
@@ -167,11 +169,14 @@ def time_starts(stack, bundles: dict[str, Path], runtime: str, starts: int, logs
     return took
 
 
-def under_load(stack, bundles: dict[str, Path], runtime: str, seconds: float, window: int, logs: Path) -> dict:
-    """Peak RSS of a gateway serving both modalities at saturation for ``seconds``."""
-    gw, prefix = f"load{runtime}", f"fpload{runtime}"
+def under_load(stack, bundles: dict[str, Path], runtime: str, seconds: float, window: int, logs: Path,
+               images: str = "crops") -> dict:
+    """Peak RSS of a gateway serving both modalities at saturation for ``seconds``; ``images``: the image
+    load is face crops (``crops``), or 640x480 camera frames of one face each (``scenes``), which the face
+    stage searches."""
+    gw, prefix = f"load{runtime}{images}", f"fpload{runtime}{images}"
     data = default_data_dir()
-    inputs = {m: load_inputs(m, 32, data) for m in bundles}
+    inputs = {m: load_inputs("scenes" if m == "image" and images == "scenes" else m, 32, data) for m in bundles}
     listener = ResultListener(stack.mqtt.port, prefix, f"fp-load-{runtime}")
     gateway = Service("gateway", gateway_args(stack, bundles, gw, runtime, prefix), logs / f"{gw}.log")
     worker = Service("worker", ["--redis", stack.redis.url, "--prefix", prefix, "--runtime", "onnx", "--block-ms",
@@ -194,7 +199,7 @@ def under_load(stack, bundles: dict[str, Path], runtime: str, seconds: float, wi
             t.start()
         for t in threads:
             t.join()
-        return {"peak_rss_mb": round(gateway.peak_rss_mb(), 1),
+        return {"peak_rss_mb": round(gateway.peak_rss_mb(), 1), "images": images,
                 "throughput_per_s": {m: round(r["throughput_per_s"], 1) for m, r in runs.items()},
                 "training_libraries_mapped": _mapped_training_libraries(gateway.pid),
                 "inputs": {m: Path(inputs[m].source).name for m in inputs}}  # orl, fsdd or procedural
@@ -208,14 +213,15 @@ def under_load(stack, bundles: dict[str, Path], runtime: str, seconds: float, wi
 
 def markdown(result: dict) -> str:
     lines = header("privedge home footprint", result["machine"], result["settings"])
-    lines += table_head("runtime", "peak RSS MiB (both bundles, under load)", "start to online s (median / worst)",
-                        "results/s image / speech", "training stack mapped")
+    lines += table_head("runtime", "image load", "peak RSS MiB (both bundles, under load)",
+                        "start to online s (median / worst)", "results/s image / speech", "training stack mapped")
     for runtime, r in result["runtimes"].items():
         starts = r["start_to_online_s"]
-        tp = r["load"]["throughput_per_s"]
-        lines.append(f"| {runtime} | {r['load']['peak_rss_mb']:.1f} | {statistics.median(starts):.2f} / "
-                     f"{max(starts):.2f} | {tp.get('image', 0):.1f} / {tp.get('speech', 0):.1f} | "
-                     f"{', '.join(r['load']['training_libraries_mapped']) or 'none'} |")
+        for load in r["loads"]:
+            tp = load["throughput_per_s"]
+            lines.append(f"| {runtime} | {load['images']} | {load['peak_rss_mb']:.1f} | "
+                         f"{statistics.median(starts):.2f} / {max(starts):.2f} | {tp.get('image', 0):.1f} / "
+                         f"{tp.get('speech', 0):.1f} | {', '.join(load['training_libraries_mapped']) or 'none'} |")
     s = result["install"]
     lines += ["", *table_head("install", "size on disk MB", "distributions"),
               f"| home (`pip install .`) | {s['home_mb']:.1f} | {s['home_distributions']} |",
@@ -240,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="gateway runtimes to measure (default: onnx, then torch for comparison)")
     p.add_argument("--seconds", type=float, default=10.0, help="saturation load per runtime (default 10)")
     p.add_argument("--window", type=int, default=128, help="inferences outstanding per modality (default 128)")
+    p.add_argument("--images", action="append", choices=("crops", "scenes"),
+                   help="image loads to measure: face crops, or 640x480 scenes the face stage searches (default both)")
     p.add_argument("--starts", type=int, default=5, help="fresh starts timed per runtime (default 5)")
     p.add_argument("--venv", action="store_true",
                    help="also pip-install the home side into a throwaway venv and report its size (needs the index)")
@@ -264,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         with Stack.running(work / "logs") as stack:
             for runtime in runtimes:
                 starts = time_starts(stack, bundles, runtime, args.starts, work / "logs")
-                load = under_load(stack, bundles, runtime, args.seconds, args.window, work / "logs")
-                result["runtimes"][runtime] = {"start_to_online_s": [round(t, 3) for t in starts], "load": load}
+                loads = [under_load(stack, bundles, runtime, args.seconds, args.window, work / "logs", images)
+                         for images in (args.images or ["crops", "scenes"]) if images == "crops" or "image" in bundles]
+                result["runtimes"][runtime] = {"start_to_online_s": [round(t, 3) for t in starts], "loads": loads}
                 log.info("%s: %s", runtime, result["runtimes"][runtime])
     (out / "footprint.json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
