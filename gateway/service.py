@@ -21,6 +21,7 @@ from typing import Protocol
 
 from common.health import HealthServer, check as health_check
 from common.tls import add_flags as add_tls_flags
+from common.warm_up import freeze_start_up
 from gateway.config import SECRET_FIELDS, ConfigError, GatewaySettings, load_settings
 from gateway.extraction import ExtractionLoop, HandOn
 from gateway.faces import FaceLedger, FaceStage, FaceStageError
@@ -398,6 +399,7 @@ def main(argv: list[str] | None = None, serving: Serving | None = None,
     except GatewayError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
+    log.info("froze %d start-up objects out of the garbage collector's full collections", freeze_start_up())
     while not stop_requested.wait(0.5) and not gateway.wait(0) and gateway.failed() is None:
         pass
     if gateway.failed() is not None:  # a loop thread died (a bug): stop and say so in the exit status

@@ -39,6 +39,7 @@ from common.health import check as health_check
 from common.backoff import Backoff
 from common.tls import add_flags as add_tls_flags, certificate_refused
 from common.top_k import top_k
+from common.warm_up import freeze_start_up
 from models.signing import SignatureError
 from schemas.compact import Origin
 from schemas.limits import DEFAULT_LIMITS
@@ -367,6 +368,7 @@ def main(argv: list[str] | None = None, analysis: Analysis | None = None,
     except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as e:
         log.error("Redis refused worker %s: %s", worker.name, e)
         return 1
+    log.info("froze %d start-up objects out of the garbage collector's full collections", freeze_start_up())
     health = None
     if settings.health_port is not None:
         health = HealthServer(worker_probes(worker), worker.metrics.registry, host=settings.health_host,
