@@ -27,8 +27,13 @@ Trust model.
   writable by whoever the key protects against), key revocation or rotation (replace the pinned key
   file), and the confidentiality of the weights.
 
-Ed25519 comes from the ``cryptography`` package (a maintained binding to OpenSSL), never hand-written
-maths. Keys are PEM files: PKCS#8 for the private key, SubjectPublicKeyInfo for the public one.
+Ed25519 is never hand-written maths. The provider's side (key generation, signing) uses the
+``cryptography`` package (a maintained binding to OpenSSL, in the ``train`` extra); the services only
+verify, with PyNaCl (the binding to libsodium that pyca also maintains): 1 MiB of a home gateway's
+memory where ``cryptography`` took 9, of a budget of 150 MB. Keys are PEM files: PKCS#8 for the private
+key, SubjectPublicKeyInfo for the public one. Reading a public key is the one piece written here: an
+Ed25519 SubjectPublicKeyInfo is, by RFC 8410, a fixed 12-byte DER prefix and the 32 key bytes, so
+:func:`load_public_key` checks the prefix instead of parsing ASN.1.
 The module imports neither torch nor ONNX Runtime, so a home verifies before it loads either.
 """
 from __future__ import annotations
@@ -44,11 +49,12 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from models.manifest import sha256_file
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,9 @@ ENV_SIGNING_KEY = "PRIVEDGE_SIGNING_KEY"
 ENV_BUNDLE_KEY = "PRIVEDGE_BUNDLE_KEY"
 """Environment variable naming the provider's public key file that services pin (``bundle_key``)."""
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+"""DER of an Ed25519 SubjectPublicKeyInfo before its 32 key bytes (RFC 8410, section 4)."""
+_PEM = re.compile(rb"-----BEGIN ([A-Z ]+)-----\s*([A-Za-z0-9+/=\s]+?)\s*-----END \1-----")
 
 
 class SignatureError(Exception):
@@ -98,10 +107,38 @@ class Verified:
 
 
 # keys ---------------------------------------------------------------------------------------------------
-def fingerprint(public_key: Ed25519PublicKey) -> str:
+@dataclass(frozen=True)
+class PublicKey:
+    """A provider's Ed25519 public key: its 32 raw bytes."""
+
+    raw: bytes
+
+    def verify(self, signature: bytes, payload: bytes) -> None:
+        """Raise ValueError unless ``signature`` is this key's over ``payload``."""
+        from nacl.exceptions import BadSignatureError
+        from nacl.signing import VerifyKey
+
+        try:
+            VerifyKey(self.raw).verify(payload, signature)
+        except BadSignatureError as e:
+            raise ValueError(str(e)) from e
+
+
+def fingerprint(public_key: PublicKey) -> str:
     """sha256 (hex) of the raw 32-byte public key: how messages and ``signature.json`` name a key."""
-    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return hashlib.sha256(raw).hexdigest()
+    return hashlib.sha256(public_key.raw).hexdigest()
+
+
+def _public_of(key: "Ed25519PrivateKey") -> PublicKey:
+    from cryptography.hazmat.primitives import serialization
+
+    return PublicKey(key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw))
+
+
+def _public_pem(key: "Ed25519PrivateKey") -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def public_path(private_path: str | os.PathLike) -> Path:
@@ -116,6 +153,9 @@ def generate_key(path: str | os.PathLike) -> tuple[Path, Path]:
     for p in (path, pub):
         if p.exists():
             raise KeyFileError(f"{p} exists; refusing to overwrite a key (remove it first)")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
@@ -124,16 +164,18 @@ def generate_key(path: str | os.PathLike) -> tuple[Path, Path]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-        pub.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                      serialization.PublicFormat.SubjectPublicKeyInfo))
+        pub.write_bytes(_public_pem(key))
     except OSError as e:
         raise KeyFileError(f"cannot write key {path}: {e}") from e
-    log.info("new provider key %s (public %s, fingerprint %s)", path, pub, fingerprint(key.public_key())[:16])
+    log.info("new provider key %s (public %s, fingerprint %s)", path, pub, fingerprint(_public_of(key))[:16])
     return path, pub
 
 
-def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
+def load_private_key(path: str | os.PathLike) -> "Ed25519PrivateKey":
     """The Ed25519 private key in PEM file ``path``; KeyFileError otherwise. Warns when others can read it."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -151,7 +193,7 @@ def load_private_key(path: str | os.PathLike) -> Ed25519PrivateKey:
     return key
 
 
-def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:
+def load_public_key(path: str | os.PathLike) -> PublicKey:
     """The Ed25519 public key in PEM file ``path``; KeyFileError otherwise (a private key is refused: a
     service should never hold one)."""
     path = Path(path)
@@ -159,13 +201,18 @@ def load_public_key(path: str | os.PathLike) -> Ed25519PublicKey:
         data = path.read_bytes()
     except OSError as e:
         raise KeyFileError(f"cannot read bundle key {path}: {e}") from e
+    found = _PEM.search(data)
+    if found is None or found.group(1) != b"PUBLIC KEY":
+        what = found.group(1).decode().lower() if found else "no PEM block"
+        raise KeyFileError(f"{path} is not a PEM public key (give the .pub file, not the private key): it holds "
+                           f"{what}")
     try:
-        key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError) as e:
-        raise KeyFileError(f"{path} is not a PEM public key (give the .pub file, not the private key): {e}") from e
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyFileError(f"{path} holds a {type(key).__name__}, not an Ed25519 public key")
-    return key
+        der = base64.b64decode(b"".join(found.group(2).split()), validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise KeyFileError(f"{path} is not a PEM public key: {e}") from e
+    if len(der) != len(SPKI_PREFIX) + 32 or not der.startswith(SPKI_PREFIX):
+        raise KeyFileError(f"{path} holds a public key that is not an Ed25519 one")
+    return PublicKey(der[len(SPKI_PREFIX):])
 
 
 def signing_key_from_env() -> Path | None:
@@ -189,8 +236,7 @@ def local_provider(dir: str | os.PathLike) -> tuple[Path, Path]:
     if not pub.exists():  # a key given by the environment without its public half beside it
         pub = Path(dir) / "provider.key.pub"
         pub.parent.mkdir(parents=True, exist_ok=True)
-        pub.write_bytes(load_private_key(key).public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+        pub.write_bytes(_public_pem(load_private_key(key)))
     os.environ[ENV_SIGNING_KEY] = str(key)
     os.environ.setdefault(ENV_BUNDLE_KEY, str(pub))
     return key, pub
@@ -230,14 +276,14 @@ def _model_of(dir: Path) -> str:
     return model
 
 
-def sign_bundle(dir: str | os.PathLike, key: str | os.PathLike | Ed25519PrivateKey) -> dict:
+def sign_bundle(dir: str | os.PathLike, key: "str | os.PathLike | Ed25519PrivateKey") -> dict:
     """Sign every file now in bundle ``dir`` with the provider's private ``key`` (a key or its PEM file):
     writes ``signature.json`` (atomically) and returns its content."""
     dir = Path(dir)
-    if not isinstance(key, Ed25519PrivateKey):
+    if isinstance(key, (str, os.PathLike)):
         key = load_private_key(key)
     files = {name: sha256_file(dir / name) for name in sorted(_file_names(dir))}
-    doc = {"format": FORMAT, "algorithm": ALGORITHM, "key": fingerprint(key.public_key()),
+    doc = {"format": FORMAT, "algorithm": ALGORITHM, "key": fingerprint(_public_of(key)),
            "model": _model_of(dir), "files": files}
     doc["signature"] = base64.b64encode(key.sign(_payload(doc))).decode()
     tmp = dir / f".{SIGNATURE}.tmp"
@@ -286,7 +332,7 @@ def _read_signature(dir: Path) -> dict:
     return doc
 
 
-def verify_bundle(dir: str | os.PathLike, public_key: str | os.PathLike | Ed25519PublicKey,
+def verify_bundle(dir: str | os.PathLike, public_key: str | os.PathLike | PublicKey,
                   part: str = "full") -> Verified:
     """Check that bundle ``dir`` is what the holder of ``public_key`` (a key or its PEM file) signed.
 
@@ -297,13 +343,13 @@ def verify_bundle(dir: str | os.PathLike, public_key: str | os.PathLike | Ed2551
     if part not in PARTS:
         raise ValueError(f"part must be one of {PARTS}, got {part!r}")
     dir = Path(dir)
-    if not isinstance(public_key, Ed25519PublicKey):
+    if not isinstance(public_key, PublicKey):
         public_key = load_public_key(public_key)
     doc = _read_signature(dir)
     pinned = fingerprint(public_key)
     try:
         public_key.verify(base64.b64decode(doc["signature"], validate=True), _payload(doc))
-    except (InvalidSignature, binascii.Error, ValueError) as e:
+    except (binascii.Error, ValueError) as e:
         if doc["key"] != pinned:
             raise SignatureError(f"{dir}: signed by key {doc['key'][:16]}..., not by the pinned provider key "
                                  f"{pinned[:16]}...; refusing a bundle from another provider") from e

