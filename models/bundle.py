@@ -165,8 +165,10 @@ def _add_face_detector(dir: Path) -> None:
     """Put the face detector into an image bundle (models/face_onnx.py) so that its home serves it on ONNX
     Runtime; without the converter or the .tflite (not the ``train`` extra) the bundle goes without, and
     its gateway needs LiteRT for scenes."""
+    from models.faces import BLAZEFACE_MODELS, tflite_path
+
     try:
-        entry = face_onnx.export_detector(dir)
+        entry = face_onnx.export_detector(dir, tflite_path(BLAZEFACE_MODELS["short"][0]), "short")
     except (ImportError, FileNotFoundError) as e:
         log.warning("%s: saved without a face detector (%s); its gateway will need LiteRT for scenes", dir, e)
         return

