@@ -3,8 +3,9 @@
 #                                                          only, no torch (pip install ., the home install)
 #   docker build -t privedge .                             everything: workers, training, the audit
 # The gateway image's size is estimated, not measured (no Docker engine was at hand): the base image plus
-# the home install, 276 MB of packages, 303 MB as a fresh venv (bench/footprint.py --venv,
-# docs/results/footprint/), plus BlazeFace's model package; the full image adds torch's CPU wheels.
+# the home install, 201 MB of packages, 229 MB as a fresh venv (bench/footprint.py --venv,
+# docs/results/footprint/); the face detector comes with the image bundle. The full image adds torch's
+# CPU wheels.
 # Both run as the unprivileged user privedge (uid 10001), which can read the read-only bundles and the
 # compose secrets (docker-compose.yml) and write only /spool and /bundles (the named volumes'
 # mount points, which a fresh volume takes its owner from).
