@@ -7,8 +7,9 @@ and preprocessing it for the extractor, the stage (settings ``face_detector``, `
 - takes a frame no larger than ``face_crop_max_px`` on both sides whole: it is a face crop already, one
   input under the frame's own id, as before the stage;
 - otherwise runs the detector (:mod:`models.faces`; by default short-range BlazeFace on ONNX Runtime, the
-  copy the image bundle carries, never torch) and keeps the faces at least ``min_face_px`` on each side, at most ``max_faces`` of them, largest
-  first (counted: ``faces_found``, ``faces_skipped_small``, ``faces_over_max``);
+  copy the image bundle carries, never torch) and keeps the faces at least ``min_face_px`` on each side,
+  at most ``max_faces`` of them, largest first (counted: ``faces_found``, ``faces_skipped_small``,
+  ``faces_over_max``);
 - cuts each with :func:`models.faces.crop_square`, the framing the networks were trained on (the loop's
   ``preprocess`` then makes it the 64x64 input, as :func:`models.faces.crop_face` does for training and
   the audit), into one input per face whose id is the frame's followed by ``#{index}``
