@@ -14,6 +14,10 @@ agree. An ONNX file is bound to the id instead by its hash and by agreeing, on a
 torch half's outputs that its export recorded (:mod:`models.onnx_export`). The loaders take ``runtime``:
 ``torch`` (the reference, the default here), ``onnx``, or ``auto`` (ONNX when the bundle has it).
 
+An image bundle also carries its face detector, ``face_detector.onnx`` (:mod:`models.face_onnx`), under the
+manifest's ``face_detector`` key, likewise left out of the id; :func:`load_extractor` checks its hash and
+gives its path to the gateway's face stage.
+
 A half served on ONNX Runtime is loaded without torch: the weight file's hash is still checked, but it is
 not unpickled until something asks for the torch module (``.module``). So a gateway on ONNX Runtime never
 imports torch, and a home install (``pip install privedge``, without the ``train`` extra) has none.
