@@ -27,13 +27,11 @@ Trust model.
   writable by whoever the key protects against), key revocation or rotation (replace the pinned key
   file), and the confidentiality of the weights.
 
-Ed25519 is never hand-written maths. The provider's side (key generation, signing) uses the
-``cryptography`` package (a maintained binding to OpenSSL, in the ``train`` extra); the services only
-verify, with PyNaCl (the binding to libsodium that pyca also maintains): 1 MiB of a home gateway's
-memory where ``cryptography`` took 9, of a budget of 150 MB. Keys are PEM files: PKCS#8 for the private
-key, SubjectPublicKeyInfo for the public one. Reading a public key is the one piece written here: an
-Ed25519 SubjectPublicKeyInfo is, by RFC 8410, a fixed 12-byte DER prefix and the 32 key bytes, so
-:func:`load_public_key` checks the prefix instead of parsing ASN.1.
+Ed25519 is never hand-written maths: the provider (keygen, signing) uses ``cryptography`` (the ``train``
+extra), the services verify with PyNaCl (libsodium, also pyca's): 1 MiB of a home gateway's memory where
+``cryptography`` took 9. Keys are PEM files: PKCS#8 private, SubjectPublicKeyInfo public. The one piece
+written here: by RFC 8410 an Ed25519 SubjectPublicKeyInfo is a fixed 12-byte DER prefix and the 32 key
+bytes, so :func:`load_public_key` checks the prefix instead of parsing ASN.1.
 The module imports neither torch nor ONNX Runtime, so a home verifies before it loads either.
 """
 from __future__ import annotations
