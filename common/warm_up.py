@@ -5,9 +5,10 @@ librosa/numba kernels compile on the first utterance (seconds). The gateway warm
 benchmark's cloud-only worker its whole networks; both through :func:`warm_up`.
 
 Then :func:`freeze_start_up`: the modules, bundles and clients loaded at start live as long as the process,
-yet every full collection of Python's cyclic garbage collector walks them all. In a gateway with both
-bundles that is about 200,000 objects and 65-75 ms per full collection, time in which every thread of the
-process waits: a stall in the latency tail. ``gc.freeze()`` moves them to the permanent generation, which
+yet every full collection of Python's cyclic garbage collector walks them all. A process holding what a
+gateway on ONNX Runtime holds with both bundles has about 50,000 of them, 9-26 ms per full collection
+(200,000 and 65-75 ms with the training stack loaded), time in which every thread of the process waits: a
+stall in the latency tail. ``gc.freeze()`` moves them to the permanent generation, which
 collections skip (a full collection then takes microseconds); the gateway and the worker call it once
 they are started.
 """
