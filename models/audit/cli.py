@@ -1,6 +1,6 @@
 """``privedge audit``: measure what an attacker learns from bundles' released features.
 
-    privedge audit --bundle DIR [--bundle DIR ...] [--raw] --data fsdd-path|orl-path|synthetic|PATH
+    privedge audit --bundle DIR [--bundle DIR ...] [--raw] [--face-recognition] --data fsdd-path|orl-path|synthetic|PATH
                    [--crop-faces [DETECTOR]] [--size full|small] [--seed S] [--quick] [--no-cost]
                    [--threads N] [--attacks basic|all] [--no-inversion] --out DIR
 
@@ -19,6 +19,7 @@ from dataclasses import replace
 import torch
 from tqdm import tqdm
 
+from models.audit.face_recognition import FaceRecognitionUnavailable
 from models.audit.pipeline import ATTACKS, STAGES_PER_BUNDLE, AuditSettings, run_audit
 from models.audit.report import write_report
 from models.bundle import BundleError
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", action="append", default=[], metavar="DIR",
                    help="bundle directory to audit (repeat for a sweep)")
     p.add_argument("--raw", action="store_true", help="also audit the raw (preprocessed) input")
+    p.add_argument("--face-recognition", action="store_true",
+                   help="images read from files (LFW): also audit each whole photograph through a trained face "
+                        "recognition network (dlib's ResNet descriptor), the raw-input attacker at full strength")
     p.add_argument("--modality", choices=("image", "speech"),
                    help="needed only when auditing --raw without any --bundle")
     p.add_argument("--data", required=True,
@@ -59,9 +63,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.bundle and not args.raw:
-        print("privedge audit: give at least one --bundle, or --raw", file=sys.stderr)
+    if not args.bundle and not args.raw and not args.face_recognition:
+        print("privedge audit: give at least one --bundle, or --raw / --face-recognition", file=sys.stderr)
         return 2
+    if args.face_recognition and args.modality not in (None, "image"):
+        print("privedge audit: --face-recognition is for images", file=sys.stderr)
+        return 2
+    if args.face_recognition and not args.bundle:
+        args.modality = "image"
     if not args.bundle and not args.modality:
         print("privedge audit: --raw without a --bundle needs --modality", file=sys.stderr)
         return 2
@@ -73,15 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     settings = replace(settings, seed=args.seed, size=args.size, measure_cost=not args.no_cost,
                        inversion=not args.no_inversion, attacks=args.attacks)
     extra = 1 if args.attacks == "all" else 0     # the stronger attacks: one stage per audited source
-    total = (STAGES_PER_BUNDLE + extra) * len(args.bundle) + ((2 + extra) if args.raw else 0)
+    total = ((STAGES_PER_BUNDLE + extra) * len(args.bundle) + ((2 + extra) if args.raw else 0)
+             + ((3 + extra) if args.face_recognition else 0))
     with tqdm(total=total, desc="audit", unit="stage", file=sys.stderr) as bar:
         def step(what: str) -> None:   # called as each stage starts
             bar.set_postfix_str(what)
             bar.update(1)
         try:
             run = run_audit(args.bundle, args.data, raw=args.raw, modality=args.modality,
-                            settings=settings, detector=args.crop_faces, step=step)
-        except (BundleError, FileNotFoundError, ValueError) as e:
+                            settings=settings, detector=args.crop_faces, face_recognition=args.face_recognition,
+                            step=step)
+        except (BundleError, FileNotFoundError, ValueError, FaceRecognitionUnavailable) as e:
             bar.close()
             print(f"privedge audit: {e}", file=sys.stderr)
             return 1

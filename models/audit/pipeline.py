@@ -20,6 +20,9 @@ import torch
 from models.audit.attackers import TrainSettings
 from models.audit.capacity import ReleaseBound, noise_sigma, release_bound
 from models.audit.cost import CostError, measure_cost
+from models.audit.face_recognition import DIMS as FACE_DIMS
+from models.audit.face_recognition import NAME as FACE_RECOGNITION
+from models.audit.face_recognition import face_descriptors
 from models.audit.inversion import DecoderSettings, train_inversion
 from models.audit.measures import (IdentityMeasures, LabelFloor, identity_measures, label_floors, psnr, ssim,
                                    verification_eer)
@@ -291,6 +294,34 @@ def audit_raw(cache: InputCache, settings: AuditSettings, front_end: SpeechFront
         ssim=s, psnr=db, examples=_examples(decoded, cache, front_end, settings), suite=suite)
 
 
+def audit_face_recognition(cache: InputCache, settings: AuditSettings,
+                           step: Callable[[str], None] = lambda _: None) -> BundleAudit:
+    """The raw-input attacker with a trained face recognition network (:mod:`models.audit.face_recognition`)
+    on each attack photograph, whole: the same attackers and stronger attacks on its descriptors."""
+    p = cache.protocol
+    if p.test.modality != "image" or p.attack_train.sources is None or p.attack_test.sources is None:
+        raise ValueError(f"the face recognition baseline reads each photograph whole, and protocol {p.name} "
+                         "does not name its files (LFW, a CSV file and a labelled folder do)")
+    step(f"{FACE_RECOGNITION}: descriptors")
+    found = {s: face_descriptors(getattr(p, s).sources) for s in ("attack_train", "attack_test")}
+    fallbacks = sum(d.fallbacks for d in found.values())
+    step(f"{FACE_RECOGNITION}: identity attackers")
+    ident, eer, s, db, _ = _measure(FACE_RECOGNITION, lambda split: found[split].values, cache, None,
+                                    replace(settings, inversion=False), step)
+    suite = None
+    if settings.attacks == "all":
+        step(f"{FACE_RECOGNITION}: stronger attacks")
+        suite = run_suite(lambda split, r: found[split].values[None], p, False, settings.suite, seed=settings.seed)
+    photographs = len(p.attack_train) + len(p.attack_test)
+    return BundleAudit(
+        name=FACE_RECOGNITION, protocol=p.name, modality="image", embedding="face recognition", cut=None,
+        dims=FACE_DIMS, feature_bytes=4 * FACE_DIMS, bundle=None,
+        model=f"dlib_face_recognition_resnet_model_v1 ({fallbacks} of {photographs} photographs with no HOG "
+              "face: central half described)",
+        primary_accuracy=None, identity=ident, eer=eer, ssim=s, psnr=db,
+        examples=_examples(None, cache, None, settings), suite=suite)
+
+
 def unique_names(bundle_dirs: list[str]) -> list[str]:
     """Row names: each bundle directory's name, with ``-2``, ``-3``... where two are alike."""
     names, seen = [], {}
@@ -303,8 +334,9 @@ def unique_names(bundle_dirs: list[str]) -> list[str]:
 
 def run_audit(bundle_dirs: list[str], data: str, *, raw: bool = False, modality: str | None = None,
               settings: AuditSettings = AuditSettings(), detector: str | None = None,
-              step: Callable[[str], None] = lambda _: None) -> AuditRun:
-    """Audit ``bundle_dirs`` (all of one modality and task) and, with ``raw``, the raw input.
+              face_recognition: bool = False, step: Callable[[str], None] = lambda _: None) -> AuditRun:
+    """Audit ``bundle_dirs`` (all of one modality and task) and, with ``raw``, the raw input; with
+    ``face_recognition`` also the raw photographs through a trained face recognition network.
 
     ``modality`` is needed only when no bundle is given. With ``detector`` the images are whole frames
     cut by that face detector, as the gateway cuts them (``load_protocol``'s ``detector``).
@@ -324,6 +356,8 @@ def run_audit(bundle_dirs: list[str], data: str, *, raw: bool = False, modality:
     entries = []
     if raw:
         entries.append(audit_raw(cache, settings, front_end, step))
+    if face_recognition:
+        entries.append(audit_face_recognition(cache, settings, step))
     for d, name in zip(bundle_dirs, unique_names(bundle_dirs)):
         entries.append(audit_bundle(d, cache, settings, name, step))
     originals = cache.get("attack_test", front_end)[:settings.examples]

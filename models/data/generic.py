@@ -126,6 +126,7 @@ def load_entries(entries: list[tuple[Path, str, str]], modality: str,
         primary=np.array([p_index[e[1]] for e in entries], dtype=np.int64),
         identity=np.array([i_index[e[2]] for e in entries], dtype=np.int64),
         primary_names=primary_names, identity_names=identity_names,
+        sources=[str(p) for p, _, _ in entries] if modality == "image" else None,
     ), report
 
 

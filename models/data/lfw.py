@@ -86,7 +86,8 @@ def lfw_protocol(root: str | Path, *, seed: int = 0, size: str = "full", detecto
     samples = Samples(modality="image", x=x,
                       primary=np.array([GENDER_LABELS.index(g) for _, g, _ in entries], dtype=np.int64),
                       identity=np.array([index[p] for _, _, p in entries], dtype=np.int64),
-                      primary_names=list(GENDER_LABELS), identity_names=people, rate=None)
+                      primary_names=list(GENDER_LABELS), identity_names=people, rate=None,
+                      sources=[str(p) for p, _, _ in entries])
     model_people, attack_people = split_people(samples.identity, seed)
     attack_train_idx, _ = split_per_person(samples.identity, attack_people, seed)
     mask = np.zeros(len(samples), dtype=bool)

@@ -22,6 +22,8 @@ class Samples:
         primary_names: label names of the primary task.
         identity_names: names of the people; shared by all the splits of one protocol.
         rate: speech sample rate in Hz; None for images.
+        sources: the file each sample was read from, where the adapter knows it (LFW's photographs: the
+            face recognition baseline of the audit reads the whole photograph); None otherwise.
     """
 
     modality: str
@@ -31,6 +33,7 @@ class Samples:
     primary_names: list[str]
     identity_names: list[str]
     rate: int | None
+    sources: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -46,6 +49,8 @@ class Samples:
                 raise ValueError("image samples have no rate")
         elif self.rate is None or self.rate <= 0:
             raise ValueError(f"speech samples need a positive rate, got {self.rate}")
+        if self.sources is not None and len(self.sources) != n:
+            raise ValueError(f"sources must name {n} files, got {len(self.sources)}")
 
     def __len__(self) -> int:
         return len(self.x)
@@ -57,8 +62,9 @@ class Samples:
             idx = np.flatnonzero(idx)
         idx = idx.astype(np.int64)
         x = self.x[idx] if isinstance(self.x, np.ndarray) else [self.x[i] for i in idx]
+        sources = None if self.sources is None else [self.sources[i] for i in idx]
         return Samples(self.modality, x, self.primary[idx], self.identity[idx],
-                       self.primary_names, self.identity_names, self.rate)
+                       self.primary_names, self.identity_names, self.rate, sources)
 
 
 @dataclass(frozen=True)
