@@ -202,12 +202,16 @@ def test_metric_attacker_recognises_unseen_people_only_when_features_carry_ident
 
 # --- end to end ---------------------------------------------------------------------------------------
 
-def test_audit_with_all_attacks_writes_the_tables_intervals_and_bound(tmp_path):
+def test_audit_with_all_attacks_writes_the_tables_intervals_and_bound(tmp_path, capsys):
     bundle = tmp_path / "noisy"
     make_untrained_bundle(bundle, "image", seed=0, dims=4, noise_std=0.5)
     out = tmp_path / "audit"
     assert cli.main(["--bundle", str(bundle), "--data", "synthetic", "--size", "small", "--quick", "--no-cost",
                      "--no-inversion", "--attacks", "all", "--out", str(out)]) == 0
+    bar = capsys.readouterr().err            # the progress bar names each of the stronger attacks' steps ...
+    for part in ("noisy: stronger attacks: aggregation L=10", "linkage L=1", "metric attacker", "capacity sweep"):
+        assert part in bar, part
+    assert "INFO" not in bar                 # ... without their log lines
     m = json.loads((out / METRICS).read_text())["noisy"]
     assert m["ssim"] is None and m["psnr_db"] is None          # no inversion decoder was trained
     attacks, bound = m["attacks"], m["bound"]
