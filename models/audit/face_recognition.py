@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from models.data.cache import cache_key, load_cached, save_cached
+from models.data.cache import cache_key, file_id, load_cached, save_cached
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +85,13 @@ class FaceRecognitionNetwork:
         return np.asarray(self.network.compute_face_descriptor(rgb, shape), dtype=np.float32), fallback
 
 
-def _file_id(path: str) -> list:
-    st = Path(path).stat()
-    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
-
-
 def face_descriptors(paths: list[str], *, progress: bool | None = None) -> Descriptors:
     """Descriptors of the photographs at ``paths``, cached (:mod:`models.data.cache`) by file and model."""
     from PIL import Image
 
     net = FaceRecognitionNetwork()
-    key = cache_key("face-descriptors", {"files": [_file_id(p) for p in paths],
-                                         "models": [_file_id(p) for p in net.model_files]})
+    key = cache_key("face-descriptors", {"files": [file_id(p) for p in paths],
+                                         "models": [file_id(p) for p in net.model_files]})
     cached = load_cached(key)
     if cached is not None and len(cached["values"]) == len(paths):
         return Descriptors(cached["values"], cached["fallback"].astype(bool))

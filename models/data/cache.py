@@ -33,6 +33,12 @@ def cache_key(kind: str, params: dict) -> str:
     return f"{kind}-{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
 
 
+def file_id(path: str | Path) -> list:
+    """What keys a cache entry to one input file: its resolved path, size and modification time."""
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]
+
+
 def load_cached(key: str) -> dict[str, np.ndarray] | None:
     """The arrays stored under ``key``, or None when absent or unreadable (a bad entry is removed)."""
     path = cache_dir() / f"{key}.npz"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from models.data.cache import cache_key, load_cached, save_cached
+from models.data.cache import cache_key, file_id, load_cached, save_cached
 from models.preprocess import IMAGE_SIZE, load_image
 
 log = logging.getLogger(__name__)
@@ -57,11 +57,6 @@ class CropReport:
                 f"(largest cropped)")
 
 
-def _file_id(path: Path) -> list:
-    st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
-
-
 def detector_crops(paths: list[Path], kind: str, params: dict | None = None, *,
                    progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, CropReport]:
     """Detector crops of the frames at ``paths``.
@@ -71,7 +66,7 @@ def detector_crops(paths: list[Path], kind: str, params: dict | None = None, *,
     """
     params = dict(params or {})
     paths = [Path(p) for p in paths]
-    key = cache_key("face-crops", {"kind": kind, "params": params, "files": [_file_id(p) for p in paths]})
+    key = cache_key("face-crops", {"kind": kind, "params": params, "files": [file_id(p) for p in paths]})
     cached = load_cached(key)
     hit = cached is not None and len(cached["found"]) == len(paths)
     if hit:
